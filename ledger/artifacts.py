@@ -1,0 +1,99 @@
+"""The files of one run folder, read and written in one place.
+
+A run folder `runs/<experiment>/<run_id>/` holds:
+  spec.yaml         the resolved model entry it was trained from
+  metrics.csv       one row per epoch: epoch, phase, train_loss, valid_loss, error_rate, seconds
+  valid_preds.npz   ids, probs (N x C float32), labels (true class names), vocab: the held-out images
+  test_preds.npz    ids, probs (N x C float32, TTA-blended), vocab: in sample-submission order
+  summary.json      the figures the ledger row carries
+  model.safetensors optional weights
+The folder is built under a temporary name and renamed when complete, so a folder with the final
+name is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ledger.errors import LedgerError
+
+VALID_PREDS = "valid_preds.npz"
+TEST_PREDS = "test_preds.npz"
+SUMMARY = "summary.json"
+METRICS = "metrics.csv"
+SPEC = "spec.yaml"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Class probabilities for a list of image ids; `labels` holds true class names when known."""
+
+    ids: np.ndarray  # str, shape (N,)
+    probs: np.ndarray  # float32, shape (N, C)
+    vocab: np.ndarray  # str, shape (C,)
+    labels: np.ndarray | None = None  # str, shape (N,)
+
+
+def save_predictions(path: Path, preds: Predictions) -> None:
+    arrays = {
+        "ids": np.asarray(preds.ids, dtype=str),
+        "probs": np.asarray(preds.probs, dtype=np.float32),
+        "vocab": np.asarray(preds.vocab, dtype=str),
+    }
+    if preds.labels is not None:
+        arrays["labels"] = np.asarray(preds.labels, dtype=str)
+    # np.savez appends .npz to names without it; the caller's name already has it.
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_predictions(path: Path) -> Predictions:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Predictions(
+                ids=z["ids"],
+                probs=z["probs"],
+                vocab=z["vocab"],
+                labels=z["labels"] if "labels" in z.files else None,
+            )
+    except FileNotFoundError:
+        raise LedgerError(f"{path}: missing run artifact") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise LedgerError(f"{path}: unreadable run artifact ({e})") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+class RunFolder:
+    """Builds a run folder under `<final>.tmp-<pid>` and renames it into place on `commit()`."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.tmp = self.final.with_name(f"{self.final.name}.tmp-{os.getpid()}")
+        if self.final.exists():
+            raise LedgerError(f"{self.final}: run folder already exists")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

@@ -1,0 +1,222 @@
+"""The `ledger` command: a thin Typer layer that parses, loads the spec, calls one function, prints.
+
+User errors (`LedgerError`) print as one line on stderr with a non-zero exit and no traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger import __version__
+from ledger.errors import LedgerError, SpecError
+
+app = typer.Typer(
+    help="Experiment runner for Kaggle-style image classification: probe memory, train timm models with TTA, "
+    "bag them into a submission, and keep a ledger of every run.\n\n"
+    "Example: ledger data fashion-mnist data/fashion && ledger train experiments/fashion.yaml",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Write an embedded competition folder.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+# Options shared by several commands, written once.
+SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
+HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (default: $LEDGER_HOME or ./runs).")]
+ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def friendly_errors(command):
+    """One clear line and the error's exit code instead of a traceback, for errors a user can fix."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LedgerError as error:
+            err_console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"ledger {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """Road to the Top in four commands."""
+
+
+def _load(spec_path: Path, check_models: bool = True):
+    from ledger.spec import load_spec
+
+    return load_spec(spec_path, check_models=check_models)
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- data, check, score
+
+
+@data_app.command("fashion-mnist")
+@friendly_errors
+def data_fashion_mnist(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
+    seed: Annotated[int, typer.Option(help="Seed for the sample and the ids.")] = 0,
+    train_per_class: Annotated[int, typer.Option("--train-per-class", help="Training images per class.")] = 500,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
+    full: Annotated[bool, typer.Option("--full", help="Read Debian's dataset-fashion-mnist (70,000 images).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write the embedded Fashion-MNIST competition (Kaggle layout, hidden solution.csv).
+
+    Example: ledger data fashion-mnist data/fashion --train-per-class 500 --test 1000
+    """
+    from ledger.fashion import write_competition
+
+    summary = write_competition(out_dir, seed=seed, train_per_class=train_per_class, test=test, full=full, force=force)
+    console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images in {summary['classes']} "
+                  f"classes, {summary['test_images']} test images (source {summary['source']})")
+
+
+@app.command()
+@friendly_errors
+def check(spec_path: SpecArg) -> None:
+    """Validate a spec and print it resolved (every model with its inherited train settings).
+
+    Example: ledger check experiments/fashion.yaml
+    """
+    from ledger.spec import dump_yaml
+
+    spec = _load(spec_path)
+    resolved = spec.to_dict()
+    resolved.pop("path")
+    console.print(dump_yaml(resolved), end="", markup=False)
+    console.print(f"# {spec_path}: valid, {len(spec.models)} model(s), "
+                  f"{sum(m.runs for m in spec.models)} run(s)", markup=False)
+
+
+@app.command()
+@friendly_errors
+def score(
+    submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
+    solution: Annotated[Path, typer.Argument(help="Solution CSV with the true labels.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of a submission against a solution file, with per-class figures.
+
+    Example: ledger score submissions/fashion.csv data/fashion/solution.csv
+    """
+    from ledger.score import score_submission
+
+    report = score_submission(submission, solution)
+    if as_json:
+        _print_json({"accuracy": report.accuracy, "n": report.n, "per_class": report.per_class.to_dict("records")})
+        return
+    table = Table("class", "images", "correct", "accuracy", title=f"{submission}")
+    for row in report.per_class.itertuples():
+        table.add_row(str(row.label), str(row.n), str(row.correct), f"{row.accuracy:.4f}")
+    console.print(table)
+    console.print(f"accuracy {report.accuracy:.4f} on {report.n} images  ({submission})")
+
+
+# ---------------------------------------------------------------- train and runs
+
+
+def _override(models, runs: int | None, epochs: int | None):
+    changes = {k: v for k, v in (("runs", runs), ("epochs", epochs)) if v is not None}
+    return tuple(dataclasses.replace(m, **changes) for m in models)
+
+
+@app.command()
+@friendly_errors
+def train(
+    spec_path: SpecArg,
+    model: ModelOpt = None,
+    runs: Annotated[Optional[int], typer.Option(min=1, help="Runs per model, overriding the spec.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, overriding the spec.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Train every model x run of the spec; each run gets its own random split, artifacts and ledger row.
+
+    Example: ledger train experiments/fashion.yaml --model convnext --runs 2
+    """
+    from ledger.experiment import train_experiment
+    from ledger.probe import accum_resolver
+    from ledger.store import Store
+
+    spec = _load(spec_path)
+    models = _override(spec.select(model), runs, epochs)
+    store = Store(home)
+    outcomes = train_experiment(spec, models, store, accum_resolver(spec, store, console), console)
+    failed = [o for o in outcomes if o.status == "failed"]
+    console.print(f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _runs_table(rows: list[dict]) -> Table:
+    from ledger.memory import format_size
+
+    table = Table("id", "experiment", "model", "arch", "size", "seed", "k", "epochs", "status", "valid loss",
+                  "error", "img/s", "peak", title="runs")
+    for r in rows:
+        fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error'] or ''}"[:60]
+        table.add_row(r["id"], r["experiment"], r["model"], r["arch"], r["size"], str(r["split_seed"]),
+                      str(r["accum"]), str(r["epochs"]), status, fmt(r["valid_loss"], ".4f"),
+                      fmt(r["error_rate"], ".4f"), fmt(r["images_per_s"], ".0f"),
+                      "" if r["peak_bytes"] is None else format_size(r["peak_bytes"]))
+    return table
+
+
+@app.command("runs")
+@friendly_errors
+def runs_command(
+    experiment: Annotated[Optional[str], typer.Option(help="Only this experiment.")] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """What the ledger holds: runs and the submissions made from them.
+
+    Example: ledger runs --experiment fashion --json
+    """
+    from ledger.store import Store
+
+    store = Store(home)
+    rows, submissions = store.runs(experiment), store.submissions(experiment)
+    if as_json:
+        for row in rows:
+            row["spec"] = json.loads(row["spec"]) if row["spec"] else None
+        _print_json({"runs": rows, "submissions": submissions})
+        return
+    console.print(_runs_table(rows))
+    if submissions:
+        table = Table("id", "experiment", "path", "runs", "out-of-bag acc", "created", title="submissions")
+        for s in submissions:
+            oob = "" if s["oob_accuracy"] is None else f"{s['oob_accuracy']:.4f}"
+            table.add_row(s["id"], s["experiment"], s["path"], str(len(s["runs"])), oob, s["created_at"])
+        console.print(table)

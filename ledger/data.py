@@ -1,0 +1,216 @@
+"""A Kaggle-style competition folder -> image ids, labels, vocab, splits and decoded image arrays.
+
+Images are decoded and resized once to the model's item size and kept as one uint8 array
+(N, 3, H, W), cached on disk, so an epoch indexes memory instead of decoding files again. Random
+augmentation then runs on whole batches, on the training device (see `augment.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ledger.errors import LedgerError
+from ledger.spec import DataSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+@dataclass(frozen=True)
+class Competition:
+    root: Path
+    vocab: tuple[str, ...]  # sorted class names
+    train_ids: tuple[str, ...]  # as the labels source names them (CSV id or file name)
+    train_paths: tuple[Path, ...]
+    train_labels: np.ndarray  # int64 index into vocab, one per train image
+    test_ids: tuple[str, ...]  # in sample-submission order
+    test_paths: tuple[Path, ...]
+    sample_submission: Path
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise LedgerError(f"{path}: file not found")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LedgerError(f"{path}: unreadable CSV ({str(e).strip().splitlines()[0]})") from None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _resolve(ids: list[str], files: dict[str, Path], what: Path) -> list[Path]:
+    """Ids may carry the file extension or not (both are common on Kaggle)."""
+    stems = {p.stem: p for p in files.values()}
+    paths, missing = [], []
+    for image_id in ids:
+        path = files.get(image_id) or stems.get(image_id)
+        if path is None:
+            missing.append(image_id)
+        paths.append(path)
+    if missing:
+        shown = ", ".join(missing[:5])
+        raise LedgerError(f"{what}: {len(missing)} id(s) with no image in the image folder (e.g. {shown})")
+    return paths
+
+
+def load_competition(data: DataSpec) -> Competition:
+    root = data.root
+    if not root.is_dir():
+        raise LedgerError(f"{root}: data folder not found (data.root)")
+    train_dir, test_dir = root / data.train_dir, root / data.test_dir
+    for folder in (train_dir, test_dir):
+        if not folder.is_dir():
+            raise LedgerError(f"{folder}: folder not found")
+
+    if data.labels == "folders":
+        class_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir())
+        if not class_dirs:
+            raise LedgerError(f"{train_dir}: no class folders (data.labels is 'folders')")
+        ids, paths, names = [], [], []
+        for class_dir in class_dirs:
+            files = _image_files(class_dir)
+            if not files:
+                raise LedgerError(f"{class_dir}: class {class_dir.name!r} has no images")
+            ids += [p.name for p in files]
+            paths += files
+            names += [class_dir.name] * len(files)
+    else:
+        csv_path = root / data.labels
+        table = _read_csv(csv_path)
+        for column in (data.id_col, data.label_col):
+            if column not in table.columns:
+                raise LedgerError(f"{csv_path}: missing column {column!r} (columns: {', '.join(table.columns)})")
+        ids, names = list(table[data.id_col]), list(table[data.label_col])
+        empty = [i for i, name in zip(ids, names) if not name]
+        if empty:
+            raise LedgerError(f"{csv_path}: {len(empty)} row(s) with an empty {data.label_col!r} (e.g. {', '.join(empty[:5])})")
+        # Images may sit flat in train_dir or in class subfolders (as Paddy ships them).
+        files = {p.name: p for p in train_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+        paths = _resolve(ids, files, csv_path)
+    vocab = tuple(sorted(set(names)))
+    index = {name: i for i, name in enumerate(vocab)}
+    labels = np.array([index[n] for n in names], dtype=np.int64)
+
+    sample_path = root / data.sample_submission
+    sample = _read_csv(sample_path)
+    if sample.shape[1] < 2:
+        raise LedgerError(f"{sample_path}: expected an id column and a label column, found {list(sample.columns)}")
+    test_ids = list(sample.iloc[:, 0])
+    test_files = {p.name: p for p in _image_files(test_dir)}
+    stems = {p.stem: p for p in test_files.values()}
+    missing = [i for i in test_ids if i not in test_files and i not in stems]
+    if missing:
+        raise LedgerError(
+            f"{test_dir}: no test image for {len(missing)} sample-submission id(s) (e.g. {', '.join(missing[:5])})"
+        )
+    test_paths = _resolve(test_ids, test_files, sample_path)
+    return Competition(
+        root=root,
+        vocab=vocab,
+        train_ids=tuple(ids),
+        train_paths=tuple(paths),
+        train_labels=labels,
+        test_ids=tuple(test_ids),
+        test_paths=tuple(test_paths),
+        sample_submission=sample_path,
+    )
+
+
+# ---------------------------------------------------------------- splits
+
+
+def split_indices(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random split, stratified by class so that every class with 2+ images is in both parts."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_valid = int(round(len(members) * valid_pct))
+        if valid_pct > 0 and len(members) >= 2:
+            n_valid = min(max(n_valid, 1), len(members) - 1)
+        valid.append(members[:n_valid])
+        train.append(members[n_valid:])
+    # Sorted so the order does not depend on the class loop; training shuffles anyway.
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
+
+
+def smallest_class_indices(labels: np.ndarray) -> np.ndarray:
+    """The images of the least populated class (ties: the first in vocab order) for the memory
+    probe: same image size and batch size as the real run, so the same memory, in a fraction of
+    the time."""
+    classes, counts = np.unique(labels, return_counts=True)
+    return np.flatnonzero(labels == classes[np.argmin(counts)])
+
+
+# ---------------------------------------------------------------- decoding and the image cache
+
+
+def _fit(image: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
+    """Resize one image to (height, width) as fastai's Resize: squish, center crop, or pad with black."""
+    height, width = size
+    if method == "squish":
+        return image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if method == "crop":
+        return ImageOps.fit(image, (width, height), Image.Resampling.BILINEAR)
+    return ImageOps.pad(image, (width, height), Image.Resampling.BILINEAR, color=(0, 0, 0))
+
+
+def decode_image(path: Path, size: tuple[int, int], method: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here with its path
+            rgb = _fit(image.convert("RGB"), size, method)
+    except FileNotFoundError:
+        raise LedgerError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise LedgerError(f"{path}: unreadable or truncated image ({e})") from None
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _cache_key(paths: tuple[Path, ...], size: tuple[int, int], method: str) -> str:
+    digest = hashlib.sha1(f"{size}|{method}".encode())
+    for path in paths:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise LedgerError(f"{path}: image file not found") from None
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def load_images(
+    paths: tuple[Path, ...], size: tuple[int, int], method: str, cache_dir: Path | None = None, threads: int | None = None
+) -> np.ndarray:
+    """All images decoded and resized to (N, 3, H, W) uint8, from the disk cache when the files,
+    sizes and times match, else decoded (PIL releases the GIL, so threads help) and cached."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"images-{_cache_key(paths, size, method)}.npy"
+        if cache_file.is_file():
+            try:
+                return np.load(cache_file, mmap_mode="r")
+            except (OSError, ValueError):
+                pass  # a damaged cache file is rebuilt below
+    out = np.empty((len(paths), 3, *size), dtype=np.uint8)
+
+    def fill(i: int) -> None:
+        out[i] = decode_image(paths[i], size, method)
+
+    with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, range(len(paths))))
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, out)
+        os.replace(tmp, cache_file)
+    return out
