@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Write an embedded competition folder.", no_args_is_help=True)
+data_app = typer.Typer(help="Write an embedded competition folder.\n\nExample: ledger data fashion-mnist data/fashion",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 console = Console(highlight=False)
@@ -114,9 +115,9 @@ def check(spec_path: SpecArg) -> None:
     spec = _load(spec_path)
     resolved = spec.to_dict()
     resolved.pop("path")
-    console.print(dump_yaml(resolved), end="", markup=False)
-    console.print(f"# {spec_path}: valid, {len(spec.models)} model(s), "
-                  f"{sum(m.runs for m in spec.models)} run(s)", markup=False)
+    # Plain writes, never wrapped: the output is YAML a script may read back.
+    sys.stdout.write(dump_yaml(resolved))
+    sys.stdout.write(f"# {spec_path}: valid, {len(spec.models)} model(s), {sum(m.runs for m in spec.models)} run(s)\n")
 
 
 @app.command()
@@ -220,3 +221,116 @@ def runs_command(
             oob = "" if s["oob_accuracy"] is None else f"{s['oob_accuracy']:.4f}"
             table.add_row(s["id"], s["experiment"], s["path"], str(len(s["runs"])), oob, s["created_at"])
         console.print(table)
+
+
+# ---------------------------------------------------------------- probe and ensemble
+
+
+def _budget(text: str | None) -> int | None:
+    from ledger.memory import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise SpecError(f"--budget: {e}") from None
+
+
+@app.command("probe-memory")
+@friendly_errors
+def probe_memory(
+    spec_path: SpecArg,
+    model: ModelOpt = None,
+    budget: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 16GiB, 15.9GB, 800MiB (default: the spec's probe.budget).")] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Measure peak training memory on the smallest class and pick each model's accumulation factor.
+
+    Each trial trains probe.steps real steps in a fresh child process, for k = 1, 2, 4, ... and stops at
+    the first k whose peak fits the budget less probe.margin. `accum: auto` in train uses the choice.
+
+    Example: ledger probe-memory experiments/fashion.yaml --budget 16GiB
+    """
+    from ledger.memory import format_size
+    from ledger.probe import nothing_fits_message, probe_models
+    from ledger.store import Store
+
+    spec = _load(spec_path)
+    budget_bytes = _budget(budget) or spec.probe.budget_bytes
+    store = Store(home)
+    probes = probe_models(spec, spec.select(model), store, budget_bytes, console=None if as_json else console)
+    limit = int(budget_bytes * (1 - spec.probe.margin))
+    if as_json:
+        _print_json([
+            {"model": p.model.name, "arch": p.model.arch, "size": p.model.size_label, "device": p.device,
+             "budget_bytes": p.budget_bytes, "limit_bytes": limit, "chosen_k": p.result.chosen_k,
+             "trials": [dataclasses.asdict(t) | {"fits": t.fits(limit)} for t in p.result.trials]}
+            for p in probes])
+    else:
+        table = Table("model", "size", "k", "micro-batch", "peak", "fits", "seconds", "start-up s",
+                      title=f"memory probe, budget {format_size(budget_bytes)} "
+                            f"({format_size(limit)} usable), {probes[0].device if probes else ''}")
+        for p in probes:
+            for t in p.result.trials:
+                verdict = "yes" if t.fits(limit) else ("OOM" if t.out_of_memory else ("error" if t.error else "no"))
+                table.add_row(p.model.name, p.model.size_label, str(t.k), str(t.micro_batch),
+                              "-" if t.peak_bytes is None else format_size(t.peak_bytes), verdict,
+                              f"{t.seconds:.1f}", f"{t.startup_seconds:.1f}")
+        console.print(table)
+        for p in probes:
+            if p.result.chosen_k is not None:
+                console.print(f"{p.model.name}: accum {p.result.chosen_k} "
+                              f"(micro-batch {-(-p.model.batch_size // p.result.chosen_k)})")
+    failed = [p for p in probes if p.result.chosen_k is None]
+    for p in failed:
+        err_console.print(nothing_fits_message(f"{p.model.name} ({p.label})", p.result.trials, budget_bytes, limit),
+                          style="red", markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _weights(pairs: list[str] | None) -> dict[str, float]:
+    weights = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise SpecError(f"--weight {pair!r}: expected NAME=NUMBER, e.g. --weight vit=2") from None
+    return weights
+
+
+@app.command()
+@friendly_errors
+def ensemble(
+    spec_path: SpecArg,
+    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: submissions/<experiment>-<time>.csv).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model's runs, overriding the spec (repeatable).")] = None,
+    run: Annotated[Optional[list[str]], typer.Option("--run", help="Bag only this run id (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Bag finished runs into a submission CSV, with an out-of-bag estimate of its accuracy.
+
+    A weighted mean of the runs' TTA probabilities, checked against the sample submission's ids,
+    order and columns, and recorded in the ledger with its runs and weights.
+
+    Example: ledger ensemble experiments/fashion.yaml --weight vit=2 --out submissions/fashion.csv
+    """
+    from ledger.ensemble import make_submission
+    from ledger.store import Store
+
+    spec = _load(spec_path, check_models=False)
+    submission = make_submission(spec, Store(home), run, _weights(weight), out, dry_run)
+    oob = submission.out_of_bag
+    table = Table("kind", "name", "weight", "out-of-bag acc", "images", title="runs bagged, with out-of-bag accuracy")
+    for row in oob.table.itertuples():
+        table.add_row(row.kind, row.name, f"{row.weight:.3f}", f"{row.accuracy:.4f}", str(row.covered))
+    console.print(table)
+    console.print(f"{len(submission.runs)} run(s); out-of-bag accuracy {oob.accuracy:.4f} on {oob.covered} training images")
+    if submission.path is not None:
+        console.print(f"wrote {submission.path}")

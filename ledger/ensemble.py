@@ -375,3 +375,61 @@ def write_submission(
         except OSError:
             pass  # e.g. the parent could not be created: there is no temporary file either
     return frame
+
+
+# ---------------------------------------------------------------- from the ledger to a submission
+
+
+@dataclass(frozen=True, eq=False)
+class Submission:
+    runs: list[dict]  # the ledger rows of the runs bagged
+    result: BagResult
+    out_of_bag: OutOfBag
+    path: Path | None  # None on a dry run
+
+
+def make_submission(spec, store, run_ids: Sequence[str] | None = None,
+                    weight_overrides: Mapping[str, float] | None = None, out: Path | None = None,
+                    dry_run: bool = False) -> Submission:
+    """Bag the experiment's `done` runs (or the given ids) into a checked submission CSV and record
+    which runs, with which weights, made it. `failed` and `running` runs are never used."""
+    from datetime import datetime
+
+    from ledger.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
+
+    if run_ids:
+        rows = store.runs(ids=list(run_ids))
+        found = {row["id"]: row for row in rows}
+        for run_id in run_ids:
+            if run_id not in found:
+                raise LedgerError(f"run {run_id}: not in the ledger at {store.home}")
+            if found[run_id]["status"] != "done":
+                raise LedgerError(f"run {run_id}: status is {found[run_id]['status']}; only done runs are bagged")
+            if found[run_id]["experiment"] != spec.name:
+                raise LedgerError(f"run {run_id}: belongs to experiment {found[run_id]['experiment']!r}, not {spec.name!r}")
+    else:
+        rows = store.runs(spec.name, status="done")
+        if not rows:
+            raise LedgerError(f"experiment {spec.name!r}: no done runs in {store.home} (run `ledger train` first)")
+    runs = []
+    for row in rows:
+        folder = Path(row["artifact_dir"])
+        valid_path = folder / VALID_PREDS
+        runs.append(RunInput(row["id"], row["model"], load_predictions(folder / TEST_PREDS),
+                             load_predictions(valid_path) if valid_path.exists() else None))
+    present = {run.model for run in runs}
+    # Spec weights for the models that have runs here; --weight may name only those too.
+    model_weights = {m.name: m.weight for m in spec.models if m.name in present} | dict(weight_overrides or {})
+    weights = normalise_weights(runs, model_weights)
+    sample_path = spec.data.root / spec.data.sample_submission
+    frame, id_col, _ = read_sample_submission(sample_path)
+    result = bag(runs, weights, frame[id_col].to_numpy(str))
+    oob = out_of_bag(runs, weights)
+    path = None
+    if not dry_run:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(out) if out else Path("submissions") / f"{spec.name}-{stamp}.csv"
+        write_submission(sample_path, result, path)
+        store.record_submission(spec.name, path, [r["id"] for r in rows], result.weights,
+                                None if np.isnan(oob.accuracy) else oob.accuracy)
+    return Submission(rows, result, oob, path)

@@ -207,3 +207,132 @@ def _one_line(exc: BaseException, max_chars: int = 240) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
+
+
+# ---------------------------------------------------------------- the real trial, and the probe of a spec
+
+
+def training_trial(model, paths: tuple, num_classes: int, steps: int, device: str, cache_dir: str, *,
+                   k: int, micro_batch: int) -> Trial:
+    """Runs in the child: `steps` optimizer steps of the real training loop for `model` with
+    accumulation factor k, all layers trainable (the worst case), on the probe images."""
+    import numpy as np
+    import timm
+    import torch
+
+    from ledger.augment import BatchTransform
+    from ledger.data import load_images
+    from ledger.memory import PeakMemory
+    from ledger.models import create_model, parameter_groups
+    from ledger.train import Batches, fit_one_cycle, resolve_precision
+
+    torch_device = torch.device(device)
+    images = load_images(paths, model.item_size, model.resize, Path(cache_dir))  # a cache hit: the parent decoded them
+    meter = PeakMemory(torch_device)  # from here on, as in a real run: model, optimizer, activations
+    # Random weights: loading pretrained ones would change nothing in memory and need the hub.
+    net = create_model(dataclasses.replace(model, pretrained=False), num_classes).to(torch_device)
+    if torch_device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    config = timm.data.resolve_model_data_config(net)
+    transform = BatchTransform(model.size, config["mean"], config["std"])
+    # The smallest class repeated as needed: `steps` full effective batches of the real size.
+    indices = np.resize(np.arange(len(images)), steps * model.batch_size)
+    labels = np.zeros(len(images), dtype=np.int64)
+    batches = Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k)
+    groups = parameter_groups(net, model.lr, discriminative=model.finetune)
+    fit_one_cycle(net, groups, batches, epochs=1, accum=k, transform=transform, device=torch_device,
+                  precision=resolve_precision(model.precision, torch_device), weight_decay=model.weight_decay,
+                  max_steps=steps)
+    return Trial(k=k, micro_batch=micro_batch, peak_bytes=meter.read(), out_of_memory=False, seconds=0.0)
+
+
+def probe_key(model) -> str:
+    """What a probe's answer depends on, besides device and budget: model, input and batch, precision."""
+    import json
+
+    return json.dumps(dict(arch=model.arch, size=list(model.size), model_kwargs=model.model_kwargs,
+                           batch_size=model.batch_size, precision=model.precision), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    model: object  # ModelSpec
+    device: str
+    budget_bytes: int
+    result: SearchResult
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.arch} at {self.model.size_label}"
+
+
+def probe_models(spec, models, store, budget_bytes: int | None = None, device=None, console=None) -> list[ModelProbe]:
+    """Probe each model on the smallest class and record every trial and the choice in the ledger."""
+    from ledger.data import load_competition, load_images, smallest_class_indices
+    from ledger.memory import device_name
+    from ledger.train import default_device
+
+    device = device or default_device()
+    budget_bytes = budget_bytes or spec.probe.budget_bytes
+    limit = usable_bytes(budget_bytes, spec.probe.margin)
+    competition = load_competition(spec.data)
+    subset = smallest_class_indices(competition.train_labels)
+    paths = tuple(competition.train_paths[i] for i in subset)
+    cache_dir = store.home / "cache"
+    probes = []
+    for model in models:
+        # Decoded once here (no torch device touched), then read from the cache by every child.
+        load_images(paths, model.item_size, model.resize, cache_dir)
+
+        def trial(k: int, model=model) -> Trial:
+            result = run_in_child(training_trial, model, paths, len(competition.vocab), spec.probe.steps,
+                                  device.type, str(cache_dir), k=k, micro_batch=micro_batch_size(model.batch_size, k))
+            if console is not None:
+                peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)
+                verdict = "fits" if result.fits(limit) else ("out of memory" if result.out_of_memory else
+                                                             (result.error or "too big"))
+                console.print(f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak {peak}: {verdict}"
+                              f"  {result.seconds + result.startup_seconds:.1f}s", highlight=False)
+            return result
+
+        result = search_accum(model.batch_size, trial, limit)
+        name = device_name(device)
+        store.record_probe(spec.name, model.name, probe_key(model), model.size_label, name, budget_bytes,
+                           spec.probe.margin, result.chosen_k, result.trials)
+        probes.append(ModelProbe(model, name, budget_bytes, result))
+    return probes
+
+
+def accum_resolver(spec, store, console, device=None):
+    """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
+    with no probe on record, probe first (and say so)."""
+    from ledger.errors import LedgerError
+    from ledger.memory import device_name
+    from ledger.train import default_device
+
+    device = device or default_device()
+
+    def resolve(model) -> int:
+        if model.accum != "auto":
+            return model.accum
+        budget = spec.probe.budget_bytes
+        latest = store.latest_probe(probe_key(model), device_name(device), budget, spec.probe.margin)
+        if latest is None:
+            console.print(f"{model.name}: accum is auto and no probe is on record for {format_size(budget)} on "
+                          f"{device_name(device)}; probing first", highlight=False)
+            probe = probe_models(spec, [model], store, budget, device, console)[0]
+            chosen, trials = probe.result.chosen_k, probe.result.trials
+        else:
+            chosen, trials = latest["chosen_k"], None
+        if chosen is None:
+            if trials is None:
+                rows = store.probe_trials(latest["id"])
+                trials = [Trial(r["k"], r["micro_batch"], r["peak_bytes"], bool(r["out_of_memory"]), r["seconds"],
+                                r["error"]) for r in rows]
+            raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label})", trials,
+                                                   budget, usable_bytes(budget, spec.probe.margin)))
+        console.print(f"{model.name}: accum {chosen} (from the memory probe, budget {format_size(budget)})",
+                      highlight=False)
+        return chosen
+
+    return resolve

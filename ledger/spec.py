@@ -367,6 +367,7 @@ def _check_model(file: Path, index: int, model: ModelSpec) -> None:
         raise SpecError(f"{where}.model_kwargs: {model.arch} does not take them ({e})") from None
     except Exception as e:  # noqa: BLE001 - any construction failure is the user's kwargs
         raise SpecError(f"{where}.model_kwargs: {model.arch} cannot be built with them ({_one_line(e)})") from None
+    net.eval()  # BatchNorm in training mode refuses a single image at a 1x1 feature map
     try:
         with torch.no_grad():
             net(torch.empty(1, 3, *model.size, device="meta"))

@@ -145,7 +145,7 @@ class Store:
         if ids:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
-        return [dict(row) for row in self.db.execute(sql + " ORDER BY started_at, id", args)]
+        return [dict(row) for row in self.db.execute(sql + " ORDER BY rowid", args)]  # the order they started
 
     # ------------------------------------------------------------ probes
 
@@ -169,7 +169,7 @@ class Store:
     def latest_probe(self, probe_key: str, device: str, budget_bytes: int, margin: float) -> dict | None:
         row = self.db.execute(
             "SELECT * FROM probe_choices WHERE probe_key=? AND device=? AND budget_bytes=? AND margin=?"
-            " ORDER BY created_at DESC, id DESC LIMIT 1",
+            " ORDER BY rowid DESC LIMIT 1",
             (probe_key, device, budget_bytes, margin),
         ).fetchone()
         return dict(row) if row else None
@@ -193,7 +193,7 @@ class Store:
         if experiment:
             sql += " WHERE experiment=?"
             args.append(experiment)
-        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY created_at, id", args)]
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY rowid", args)]
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
         return rows

@@ -149,8 +149,11 @@ def fit_one_cycle(model: nn.Module, groups: list[dict], batches: Iterable, epoch
     progress = progress or SilentProgress()
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     steps_per_epoch = len(batches) if max_steps is None else min(len(batches), max_steps)
+    total_steps = max(1, epochs * steps_per_epoch)
+    if abs(pct_start * total_steps - 1) < 1e-9:
+        pct_start *= 1.001  # OneCycleLR divides by zero when the warm-up is exactly one step
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(1, epochs * steps_per_epoch), pct_start=pct_start
+        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=pct_start
     )
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)  # a disabled scaler is a no-op
     channels_last = device.type == "cuda"

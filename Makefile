@@ -1,0 +1,54 @@
+# Two commands do all set-up on a fresh machine: `make submission` (the whole job on the embedded
+# default competition) and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+LEDGER := $(VENV)/bin/ledger
+SPEC ?= experiments/fashion.yaml
+DATA ?= data/fashion
+SUBMISSION ?= submissions/fashion.csv
+
+.PHONY: install test data probe train ensemble submission bench clean
+
+# uv installs the locked CUDA-enabled torch + torchvision from PyPI (they run on CPU too) and ignores
+# pip's configuration, so a local CPU-only torch wheel can never be picked; bytecode is compiled at
+# install so every process (and each probe child) starts fast.
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml uv.lock
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	UV_COMPILE_BYTECODE=1 python3 -m uv sync --locked --group dev
+	@touch $@
+
+test: install
+	$(VENV)/bin/pytest -q
+
+$(DATA)/solution.csv: | install
+	$(LEDGER) data fashion-mnist $(DATA) --force
+
+data: $(DATA)/solution.csv
+
+probe: data
+	$(LEDGER) probe-memory $(SPEC)
+
+train: data
+	$(LEDGER) train $(SPEC)
+
+ensemble:
+	$(LEDGER) ensemble $(SPEC) --out $(SUBMISSION)
+
+# The whole job in its own ledger folder, so that it bags exactly the runs it trained.
+submission: data
+	@set -e; home=runs/submission-$$(date +%Y%m%d-%H%M%S); \
+	echo "== ledger folder $$home"; \
+	$(LEDGER) probe-memory $(SPEC) --home $$home; \
+	$(LEDGER) train $(SPEC) --home $$home; \
+	$(LEDGER) ensemble $(SPEC) --home $$home --out $(SUBMISSION); \
+	$(LEDGER) runs --home $$home; \
+	$(LEDGER) score $(SUBMISSION) $(DATA)/solution.csv; \
+	echo "submission: $(SUBMISSION)"
+
+bench: data
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf $(DATA) runs submissions

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# One thread each: the suite runs on 2 cores and small ops only slow down with more threads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_competition(tmp_path_factory) -> Path:
+    """A real (tiny) competition folder written from the embedded Fashion-MNIST subset."""
+    from ledger.fashion import write_competition
+
+    root = tmp_path_factory.mktemp("competition") / "fashion"
+    write_competition(root, seed=1, train_per_class=6, test=12)
+    return root
+
+
+TINY_CONVNEXT = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
+TINY_VIT = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2}
+
+
+def write_spec(path: Path, root: Path, models: str, extra: str = "") -> Path:
+    path.write_text(
+        f"name: tiny\n"
+        f"data: {{root: {root}, labels: train.csv}}\n"
+        f"train: {{batch_size: 8, epochs: 1, lr: 0.002}}\n"
+        f"tta: {{n: 2, beta: 0.25}}\n"
+        f"probe: {{budget: 4GiB, steps: 1}}\n"
+        f"{extra}"
+        f"models:\n{models}"
+    )
+    return path
