@@ -1,0 +1,48 @@
+"""A real memory probe on CPU: a tiny model trained in child processes, peaks read from the kernel."""
+
+import numpy as np
+import pytest
+from conftest import TINY_CONVNEXT
+
+from ledger.data import load_competition, load_images, smallest_class_indices
+from ledger.probe import micro_batch_size, run_in_child, search_accum, training_trial
+from ledger.spec import DataSpec, ModelSpec
+
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def measured(tiny_competition, tmp_path_factory):
+    """Peak of the real training step at k = 1, 4 and 32 (micro-batches of 32, 8 and 1 images)."""
+    competition = load_competition(DataSpec(root=tiny_competition, labels="train.csv"))
+    paths = tuple(competition.train_paths[i] for i in smallest_class_indices(competition.train_labels))
+    # Large images for a tiny model, so activations (which scale with the micro-batch) dominate.
+    model = ModelSpec(name="m", arch="convnext_atto", size=(96, 96), model_kwargs=TINY_CONVNEXT, batch_size=BATCH)
+    cache = tmp_path_factory.mktemp("cache")
+    load_images(paths, model.item_size, model.resize, cache)
+    trials = {}
+    for k in (1, 4, BATCH):
+        trials[k] = run_in_child(training_trial, model, paths, len(competition.vocab), 1, "cpu", str(cache),
+                                 k=k, micro_batch=micro_batch_size(BATCH, k))
+        assert trials[k].error is None, trials[k].error
+    return trials
+
+
+def test_peak_grows_with_the_micro_batch(measured):
+    peaks = [measured[k].peak_bytes for k in (BATCH, 4, 1)]  # micro-batches 1, 8, 32
+    assert peaks[0] < peaks[1] < peaks[2]
+    assert peaks[2] > 1.5 * peaks[0]  # not noise: 32 images' activations against one image's
+    assert all(measured[k].startup_seconds > 0 and measured[k].seconds > 0 for k in measured)
+
+
+def test_a_smaller_budget_never_gives_a_smaller_k(measured):
+    peaks = sorted(t.peak_bytes for t in measured.values())
+    budgets = np.linspace(peaks[0] * 0.9, peaks[-1] * 1.1, 25).astype(int)
+    chosen = []
+    # Factors not measured borrow the nearest smaller measured k: its larger micro-batch over-states them.
+    nearest = lambda k: measured[max(m for m in measured if m <= k)]  # noqa: E731
+    for budget in budgets:  # growing budgets; the measured trials stand in for the child runs
+        result = search_accum(BATCH, nearest, int(budget))
+        chosen.append(result.chosen_k or BATCH + 1)  # nothing fits: worse than any k
+    assert chosen == sorted(chosen, reverse=True)
+    assert chosen[0] == BATCH + 1 and chosen[-1] == 1
