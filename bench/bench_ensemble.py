@@ -7,16 +7,14 @@ The sample submission lists ids without extension in an order of its own, while 
 the extension fallback and the column reordering.
 
     .venv/bin/python bench/bench_ensemble.py [--out bench/results/ensemble.jsonl]
+
+`bench/run.py` runs it with the other benchmarks (`--only ensemble`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common import Context, Result, machine, now
 from ledger.artifacts import TEST_PREDS, Predictions, load_predictions, save_predictions
 from ledger.ensemble import RunInput, bag, normalise_weights, write_submission
 
@@ -50,22 +49,8 @@ def build(folder: Path, seed: int = 0) -> tuple[list[Path], Path]:
     return paths, sample
 
 
-def machine() -> dict:
-    return {
-        "node": platform.node(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        # The version without importing torch: the benchmark does not use it.
-        "torch": importlib.metadata.version("torch"),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ensemble.jsonl")
-    args = parser.parse_args()
-
+def measure() -> dict:
+    """Build the runs in a scratch folder, then time load + bag + write."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths, sample = build(folder)
@@ -83,15 +68,34 @@ def main() -> None:
         done = time.perf_counter()
         assert len(frame) == IMAGES and list(frame["image_id"]) == list(sample_ids)
 
-    record = {
+    return {
         "name": f"ensemble {RUNS} runs x {IMAGES} x {CLASSES}",
         "seconds_load": round(loaded - start, 4),
         "seconds_bag_write": round(done - loaded, 4),
         "seconds_total": round(done - start, 4),
         "passes": done - start < TARGET_SECONDS,
-        "machine": machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def run(context: Context) -> Result:
+    """For bench/run.py: the same measurement as a Result."""
+    figures = measure()
+    return Result(
+        name="ensemble",
+        summary=f"{figures['name']}: {figures['seconds_total']:.3f} s (load {figures['seconds_load']:.3f} s, "
+                f"bag + write {figures['seconds_bag_write']:.3f} s)",
+        target=f"total < {TARGET_SECONDS:g} s",
+        passes=figures.pop("passes"),
+        figures=figures,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ensemble.jsonl")
+    args = parser.parse_args()
+
+    record = measure() | {"machine": machine(), "date": now()}
     line = json.dumps(record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
