@@ -23,7 +23,7 @@ test: install
 	$(VENV)/bin/pytest -q
 
 $(DATA)/solution.csv: | install
-	$(LEDGER) data fashion-mnist $(DATA) --force
+	$(LEDGER) data fashion-mnist $(DATA) --train-per-class 1000 --test 2000 --force
 
 data: $(DATA)/solution.csv
 

@@ -30,14 +30,9 @@ DATA_DIR = REPO / "data" / "fashion"  # what `make data` writes; `make bench` de
 
 
 def _processor_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    from ledger.memory import processor_model  # imported here: this module's top level stays light
+
+    return processor_model()
 
 
 def _ram_bytes() -> int | None:

@@ -31,7 +31,7 @@ data_app = typer.Typer(help="Write an embedded competition folder.\n\nExample: l
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # never fold lines in logs
 err_console = Console(stderr=True, highlight=False)
 
 # Options shared by several commands, written once.

@@ -56,11 +56,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         # The affinity mask, not os.cpu_count(): containers often see all host cores but may use few.
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return f"cpu: {_processor_model()} x{cores}"
+        return f"cpu: {processor_model()} x{cores}"
     return str(device)
 
 
-def _processor_model() -> str:
+def processor_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:

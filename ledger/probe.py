@@ -226,7 +226,13 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     from ledger.models import create_model, parameter_groups
     from ledger.train import Batches, fit_one_cycle, resolve_precision
 
+    from ledger.spec import check_model
+
     torch_device = torch.device(device)
+    # `ledger train` builds and runs every model on the meta device when it checks the spec, which
+    # maps the same library code into memory; doing it here too, before the meter starts, keeps those
+    # pages out of the probe's peak exactly as they are out of a real run's.
+    check_model(Path("probe"), 0, model)
     images = load_images(paths, model.item_size, model.resize, Path(cache_dir))  # a cache hit: the parent decoded them
     meter = PeakMemory(torch_device)  # from here on, as in a real run: model, optimizer, activations
     # Random weights: loading pretrained ones would change nothing in memory and need the hub.

@@ -41,4 +41,4 @@ class ConsoleProgress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
-        self.console.print(_epoch_line(self.label, metrics), highlight=False)
+        self.console.print(_epoch_line(self.label, metrics), highlight=False, soft_wrap=True)

@@ -182,6 +182,21 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # YAML's true is not 1
+
+
+# kind -> (accepts, what the error says was expected)
+_PLAIN_KINDS = {
+    "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "dict": (lambda v: isinstance(v, dict), "a mapping"),
+    "list": (lambda v: isinstance(v, list) and bool(v), "a non-empty list"),
+}
+
+
 def _convert(checker: _Checker, key: str, value: Any, kind: str, **limits: Any) -> Any:
     fail = lambda message: checker.fail(message, key)  # noqa: E731
     nullable = kind.endswith("?")
@@ -190,31 +205,18 @@ def _convert(checker: _Checker, key: str, value: Any, kind: str, **limits: Any) 
         if nullable:
             return None
         fail(f"expected {kind}, got null")
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail(f"expected an integer, got {_type_name(value)} {value!r}")
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(f"expected a number, got {_type_name(value)} {value!r}")
-        value = float(value)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            fail(f"expected true or false, got {_type_name(value)} {value!r}")
-    elif kind == "str":
-        if not isinstance(value, str) or not value:
-            fail(f"expected a non-empty string, got {_type_name(value)} {value!r}")
+    if kind in _PLAIN_KINDS:
+        accepts, expected = _PLAIN_KINDS[kind]
+        if not accepts(value):
+            fail(f"expected {expected}, got {_type_name(value)} {value!r}")
+        if kind == "float":
+            value = float(value)
     elif kind == "size":
         value = _size(value, fail)
     elif kind == "budget":  # "16GiB", "15.9GB", or a plain number of bytes
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             fail(f"expected a size such as 16GiB, got {_type_name(value)} {value!r}")
         value = str(value)
-    elif kind == "dict":
-        if not isinstance(value, dict):
-            fail(f"expected a mapping, got {_type_name(value)}")
-    elif kind == "list":
-        if not isinstance(value, list) or not value:
-            fail(f"expected a non-empty list, got {_type_name(value)} {value!r}")
     elif kind == "pretrained":
         if isinstance(value, str) and value:
             value = Path(value)
@@ -345,11 +347,11 @@ def parse_spec(raw: Any, file: Path, check_models: bool = True) -> Spec:
         seen[model.name] = i
     if check_models:
         for i, model in enumerate(models):
-            _check_model(file, i, model)
+            check_model(file, i, model)
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe, path=file)
 
 
-def _check_model(file: Path, index: int, model: ModelSpec) -> None:
+def check_model(file: Path, index: int, model: ModelSpec) -> None:
     """The arch exists, takes the model_kwargs, and accepts the size: checked on the meta device,
     so even a large model costs no memory and no time."""
     import timm
