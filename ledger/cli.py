@@ -201,20 +201,30 @@ def runs_command(
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """What the ledger holds: runs and the submissions made from them.
+    """What the ledger holds: runs, memory probes, and the submissions made from them.
 
     Example: ledger runs --experiment fashion --json
     """
     from ledger.store import Store
 
     store = Store(home)
-    rows, submissions = store.runs(experiment), store.submissions(experiment)
+    rows, submissions, probes = store.runs(experiment), store.submissions(experiment), store.probes(experiment)
     if as_json:
         for row in rows:
             row["spec"] = json.loads(row["spec"]) if row["spec"] else None
-        _print_json({"runs": rows, "submissions": submissions})
+        _print_json({"runs": rows, "probes": probes, "submissions": submissions})
         return
     console.print(_runs_table(rows))
+    if probes:
+        from ledger.memory import format_size
+
+        table = Table("experiment", "model", "size", "device", "budget", "chosen k", "trials", "created",
+                      title="memory probes")
+        for p in probes:
+            table.add_row(p["experiment"], p["model"], p["size"], p["device"], format_size(p["budget_bytes"]),
+                          "nothing fits" if p["chosen_k"] is None else str(p["chosen_k"]), str(len(p["trials"])),
+                          p["created_at"])
+        console.print(table)
     if submissions:
         table = Table("id", "experiment", "path", "runs", "out-of-bag acc", "created", title="submissions")
         for s in submissions:

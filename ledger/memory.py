@@ -114,6 +114,9 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return
+        # Freed but still resident heap pages (left by decoding, spec checks, an earlier run) would be
+        # reused by the measured work without raising the resident size: hand them back first.
+        release_memory()
         try:
             # Writing "5" resets this process's VmHWM (peak RSS) to its current RSS (Linux >= 4.0).
             with open("/proc/self/clear_refs", "w") as clear_refs:

@@ -233,7 +233,10 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     # maps the same library code into memory; doing it here too, before the meter starts, keeps those
     # pages out of the probe's peak exactly as they are out of a real run's.
     check_model(Path("probe"), 0, model)
-    images = load_images(paths, model.item_size, model.resize, Path(cache_dir))  # a cache hit: the parent decoded them
+    # A cache hit (the parent decoded them), copied into memory before the meter starts: pages of a
+    # memory-mapped file read during the steps would count as resident memory, as a real run's
+    # decoded images (already in memory when its meter starts) do not.
+    images = np.array(load_images(paths, model.item_size, model.resize, Path(cache_dir)))
     meter = PeakMemory(torch_device)  # from here on, as in a real run: model, optimizer, activations
     # Random weights: loading pretrained ones would change nothing in memory and need the hub.
     net = create_model(dataclasses.replace(model, pretrained=False), num_classes).to(torch_device)

@@ -174,6 +174,17 @@ class Store:
         ).fetchone()
         return dict(row) if row else None
 
+    def probes(self, experiment: str | None = None) -> list[dict]:
+        """Every probe's choice with its trials, oldest first."""
+        sql, args = "SELECT * FROM probe_choices", []
+        if experiment:
+            sql += " WHERE experiment=?"
+            args.append(experiment)
+        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY rowid", args)]
+        for row in rows:
+            row["trials"] = self.probe_trials(row["id"])
+        return rows
+
     def probe_trials(self, probe_id: str) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM probe_trials WHERE probe_id=?", (probe_id,))]
 

@@ -39,8 +39,13 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
     # convnext has accum auto and no probe on record: train probes first and says so.
     assert "no probe is on record" in result.output and "convnext: accum 1" in result.output
 
-    rows = json.loads(invoke("runs", "--home", home, "--json").output)["runs"]
+    ledger = json.loads(invoke("runs", "--home", home, "--json").output)
+    rows = ledger["runs"]
     assert [(r["model"], r["status"]) for r in rows] == [("convnext", "done")] * 2 + [("vit", "done")]
+    # The probe train ran is on record, with its trial and the device it measured.
+    [probe] = ledger["probes"]
+    assert probe["model"] == "convnext" and probe["chosen_k"] == 1 and probe["device"].startswith("cpu")
+    assert [t["k"] for t in probe["trials"]] == [1] and probe["trials"][0]["fits"] == 1
     assert rows[0]["split_seed"] != rows[1]["split_seed"]  # a fresh random split for each run
     assert [r["accum"] for r in rows] == [1, 1, 2]
 
