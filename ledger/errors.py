@@ -11,3 +11,10 @@ class SpecError(LedgerError):
     """An experiment spec or a command-line value that does not validate."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when there is none):
+    enough to act on, short enough for one line of output or one ledger field."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

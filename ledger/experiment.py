@@ -19,7 +19,14 @@ from ledger import artifacts
 from ledger.artifacts import Predictions, RunFolder
 from ledger.augment import BatchTransform
 from ledger.data import Competition, load_competition, load_images, split_indices
-from ledger.memory import PeakMemory, device_name, format_size, is_out_of_memory, release_memory
+from ledger.errors import first_line
+from ledger.memory import (
+    PeakMemory,
+    device_name,
+    format_size,
+    is_out_of_memory,
+    release_memory,
+)
 from ledger.models import create_model, save_weights
 from ledger.progress import ConsoleProgress
 from ledger.spec import ModelSpec, Spec, dump_yaml, model_to_dict
@@ -53,8 +60,7 @@ def cached_images(competition: Competition, model: ModelSpec, cache_dir: Path) -
 
 
 def one_line_error(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def train_run(spec: Spec, model: ModelSpec, competition: Competition, images: ImageSet, split_seed: int,

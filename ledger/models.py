@@ -8,7 +8,7 @@ import timm
 import torch
 from torch import nn
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, first_line
 from ledger.spec import ModelSpec
 
 
@@ -25,7 +25,7 @@ def create_model(model: ModelSpec, num_classes: int) -> nn.Module:
     try:
         return timm.create_model(model.arch, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - no network, no cached file, or no weights for this arch
-        raise LedgerError(f"{model.arch}: hub weights could not be loaded ({_first_line(e)})") from None
+        raise LedgerError(f"{model.arch}: hub weights could not be loaded ({first_line(e)})") from None
 
 
 def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
@@ -39,7 +39,7 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
     try:
         state = load_state_dict(str(path), weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise LedgerError(f"{path}: unreadable weights file ({_first_line(e)})") from None
+        raise LedgerError(f"{path}: unreadable weights file ({first_line(e)})") from None
     prefix = head_prefix(net)
     in_head = lambda key: key == prefix or key.startswith(prefix + ".")  # noqa: E731
     state = {k: v for k, v in state.items() if not in_head(k)}
@@ -54,11 +54,6 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
             f"{len(wrong_shape)} of another shape, e.g. {', '.join(problems)})"
         )
     net.load_state_dict(state, strict=False)
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def head_prefix(net: nn.Module) -> str:

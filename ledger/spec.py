@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ledger.errors import SpecError
+from ledger.errors import SpecError, first_line
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHODS = ("squish", "crop", "pad")
@@ -368,7 +368,7 @@ def check_model(file: Path, index: int, model: ModelSpec) -> None:
     except TypeError as e:
         raise SpecError(f"{where}.model_kwargs: {model.arch} does not take them ({e})") from None
     except Exception as e:  # noqa: BLE001 - any construction failure is the user's kwargs
-        raise SpecError(f"{where}.model_kwargs: {model.arch} cannot be built with them ({_one_line(e)})") from None
+        raise SpecError(f"{where}.model_kwargs: {model.arch} cannot be built with them ({first_line(e)})") from None
     net.eval()  # BatchNorm in training mode refuses a single image at a 1x1 feature map
     try:
         with torch.no_grad():
@@ -378,14 +378,9 @@ def check_model(file: Path, index: int, model: ModelSpec) -> None:
     except Exception as e:  # noqa: BLE001 - fixed-size models assert on the input shape
         h, w = model.size
         raise SpecError(
-            f"{where}.size: {model.arch} cannot take {h}x{w} images ({_one_line(e)}); "
+            f"{where}.size: {model.arch} cannot take {h}x{w} images ({first_line(e)}); "
             f"pick the size it was built for or set model_kwargs img_size"
         ) from None
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def load_spec(path: str | Path, check_models: bool = True) -> Spec:
