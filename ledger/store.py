@@ -174,13 +174,14 @@ class Store:
         ).fetchone()
         return dict(row) if row else None
 
+    def _rows_of(self, table: str, experiment: str | None) -> list[dict]:
+        """A table's rows in the order they were written, optionally of one experiment."""
+        where, args = (" WHERE experiment=?", [experiment]) if experiment else ("", [])
+        return [dict(r) for r in self.db.execute(f"SELECT * FROM {table}{where} ORDER BY rowid", args)]
+
     def probes(self, experiment: str | None = None) -> list[dict]:
         """Every probe's choice with its trials, oldest first."""
-        sql, args = "SELECT * FROM probe_choices", []
-        if experiment:
-            sql += " WHERE experiment=?"
-            args.append(experiment)
-        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY rowid", args)]
+        rows = self._rows_of("probe_choices", experiment)
         for row in rows:
             row["trials"] = self.probe_trials(row["id"])
         return rows
@@ -200,11 +201,7 @@ class Store:
         return submission_id
 
     def submissions(self, experiment: str | None = None) -> list[dict]:
-        sql, args = "SELECT * FROM submissions", []
-        if experiment:
-            sql += " WHERE experiment=?"
-            args.append(experiment)
-        rows = [dict(r) for r in self.db.execute(sql + " ORDER BY rowid", args)]
+        rows = self._rows_of("submissions", experiment)
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
         return rows
