@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from common import Context, Result
-from ledger.augment import BatchTransform
 from ledger.data import Competition, load_competition, load_images, split_indices
-from ledger.models import create_model, parameter_groups
-from ledger.train import Batches, fit_one_cycle, resolve_precision
+from ledger.models import parameter_groups
+from ledger.train import Batches, fit_one_cycle, model_on_device, resolve_precision
 
 TARGET_RATIO = 0.95
 
@@ -81,11 +80,7 @@ def ledger_loop(model, images: np.ndarray, competition: Competition, train_idx: 
     precision = resolve_precision(model.precision, device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    net = create_model(model, num_classes=len(competition.vocab)).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    config = timm.data.resolve_model_data_config(net)
-    transform = BatchTransform(model.size, config["mean"], config["std"])
+    net, transform = model_on_device(model, len(competition.vocab), device)
     batches = Batches(images, competition.train_labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
                       seed=seed)
     timed = TimedBatches(batches, plan.warmup, plan.steps)

@@ -264,14 +264,14 @@ def probe_memory(
     Example: ledger probe-memory experiments/fashion.yaml --budget 16GiB
     """
     from ledger.memory import format_size
-    from ledger.probe import nothing_fits_message, probe_models
+    from ledger.probe import micro_batch_size, nothing_fits_message, probe_models, usable_bytes
     from ledger.store import Store
 
     spec = _load(spec_path)
     budget_bytes = _budget(budget) or spec.probe.budget_bytes
     store = Store(home)
     probes = probe_models(spec, spec.select(model), store, budget_bytes, console=None if as_json else console)
-    limit = int(budget_bytes * (1 - spec.probe.margin))
+    limit = usable_bytes(budget_bytes, spec.probe.margin)
     if as_json:
         _print_json([
             {"model": p.model.name, "arch": p.model.arch, "size": p.model.size_label, "device": p.device,
@@ -292,7 +292,7 @@ def probe_memory(
         for p in probes:
             if p.result.chosen_k is not None:
                 console.print(f"{p.model.name}: accum {p.result.chosen_k} "
-                              f"(micro-batch {-(-p.model.batch_size // p.result.chosen_k)})")
+                              f"(micro-batch {micro_batch_size(p.model.batch_size, p.result.chosen_k)})")
     failed = [p for p in probes if p.result.chosen_k is None]
     for p in failed:
         err_console.print(nothing_fits_message(f"{p.model.name} ({p.label})", p.result.trials, budget_bytes, limit),

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 from rich.console import Console
 
 from ledger import artifacts
 from ledger.artifacts import Predictions, RunFolder
-from ledger.augment import BatchTransform
 from ledger.data import Competition, load_competition, load_images, split_indices
 from ledger.errors import first_line
 from ledger.memory import (
@@ -27,11 +25,12 @@ from ledger.memory import (
     is_out_of_memory,
     release_memory,
 )
-from ledger.models import create_model, save_weights
+from ledger.models import save_weights
+from ledger.probe import micro_batch_size
 from ledger.progress import ConsoleProgress
 from ledger.spec import ModelSpec, Spec, dump_yaml, model_to_dict
 from ledger.store import Store, new_id
-from ledger.train import Batches, fine_tune, predict, resolve_precision, tta
+from ledger.train import Batches, fine_tune, model_on_device, predict, resolve_precision, tta
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,8 @@ def train_run(spec: Spec, model: ModelSpec, competition: Competition, images: Im
     generator = torch.Generator().manual_seed(train_seed)
     meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
 
-    net = create_model(model, num_classes=len(competition.vocab)).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    config = timm.data.resolve_model_data_config(net)
-    transform = BatchTransform(model.size, config["mean"], config["std"])
-    micro_batch = -(-model.batch_size // accum)  # evaluation batches no larger than a training micro-batch
+    net, transform = model_on_device(model, len(competition.vocab), device)
+    micro_batch = micro_batch_size(model.batch_size, accum)  # evaluation batches no larger than a training one
 
     batches = Batches(images.train, competition.train_labels, train_idx, model.batch_size, shuffle=True,
                       drop_last=True, seed=train_seed)

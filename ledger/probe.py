@@ -217,16 +217,13 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     """Runs in the child: `steps` optimizer steps of the real training loop for `model` with
     accumulation factor k, all layers trainable (the worst case), on the probe images."""
     import numpy as np
-    import timm
     import torch
 
-    from ledger.augment import BatchTransform
     from ledger.data import load_images
     from ledger.memory import PeakMemory
-    from ledger.models import create_model, parameter_groups
-    from ledger.train import Batches, fit_one_cycle, resolve_precision
-
+    from ledger.models import parameter_groups
     from ledger.spec import check_model
+    from ledger.train import Batches, fit_one_cycle, model_on_device, resolve_precision
 
     torch_device = torch.device(device)
     # `ledger train` builds and runs every model on the meta device when it checks the spec, which
@@ -239,11 +236,7 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     images = np.array(load_images(paths, model.item_size, model.resize, Path(cache_dir)))
     meter = PeakMemory(torch_device)  # from here on, as in a real run: model, optimizer, activations
     # Random weights: loading pretrained ones would change nothing in memory and need the hub.
-    net = create_model(dataclasses.replace(model, pretrained=False), num_classes).to(torch_device)
-    if torch_device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    config = timm.data.resolve_model_data_config(net)
-    transform = BatchTransform(model.size, config["mean"], config["std"])
+    net, transform = model_on_device(dataclasses.replace(model, pretrained=False), num_classes, torch_device)
     # The smallest class repeated as needed: `steps` full effective batches of the real size.
     indices = np.resize(np.arange(len(images)), steps * model.batch_size)
     labels = np.zeros(len(images), dtype=np.int64)

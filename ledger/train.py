@@ -19,7 +19,7 @@ from torch import nn
 
 from ledger.augment import BatchTransform
 from ledger.errors import SpecError
-from ledger.models import freeze_body, parameter_groups
+from ledger.models import create_model, freeze_body, parameter_groups
 
 
 # ---------------------------------------------------------------- batches
@@ -82,6 +82,18 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.Module, BatchTransform]:
+    """The spec's model on the training device (channels_last on CUDA) and its batch transform,
+    normalised as the model's pretrained config says: one set-up for runs and probe trials alike."""
+    import timm
+
+    net = create_model(model, num_classes).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    config = timm.data.resolve_model_data_config(net)
+    return net, BatchTransform(model.size, config["mean"], config["std"])
 
 
 # ---------------------------------------------------------------- progress
