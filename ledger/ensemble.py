@@ -413,7 +413,7 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
             raise LedgerError(f"experiment {spec.name!r}: no done runs in {store.home} (run `ledger train` first)")
     runs = []
     for row in rows:
-        folder = Path(row["artifact_dir"])
+        folder = store.artifact_path(row)
         valid_path = folder / VALID_PREDS
         runs.append(RunInput(row["id"], row["model"], load_predictions(folder / TEST_PREDS),
                              load_predictions(valid_path) if valid_path.exists() else None))

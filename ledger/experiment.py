@@ -128,26 +128,26 @@ def train_experiment(spec: Spec, models: tuple[ModelSpec, ...], store: Store, ac
     competition = load_competition(spec.data)
     accums = {model.name: accum_for(model) for model in models}
     outcomes = []
+    from ledger.plan import plan as plan_runs
+    from ledger.record import RunResult, record, record_start
+    import os, socket
+
+    plans = plan_runs(spec, models, store.runs(spec.name), accums, new_id)
     for model in models:
         images = cached_images(competition, model, store.home / "cache")
-        for run_number in range(model.runs):
-            # A fresh recorded seed per run unless the spec fixes the split; runs of a fixed split
-            # still differ in initialisation and augmentation.
-            split_seed = spec.split.seed if spec.split.seed is not None else secrets.randbelow(2**31)
-            train_seed = split_seed + run_number if spec.split.seed is not None else split_seed
-            run_id = new_id()
-            label = f"{model.name} run {run_number + 1}/{model.runs}"
-            store.start_run(run_id, spec.name, model.name, model.arch, model.size_label, split_seed, accums[model.name],
-                            model.batch_size, model.epochs, device_name(device),
-                            resolve_precision(model.precision, device).name, model_to_dict(model))
+        mine = [p for p in plans if p.model.name == model.name]
+        for index, run in enumerate(mine):
+            split_seed, train_seed, run_id = run.split.seed, run.train_seed, run.run_id
+            label = f"{model.name} run {index + 1}/{len(mine)}"
+            record_start(store, run, device_name(device), resolve_precision(model.precision, device).name,
+                         socket.gethostname(), os.getpid())
             folder = RunFolder(store.run_dir(spec.name, run_id))
             started = time.perf_counter()
             try:
-                summary = train_run(spec, model, competition, images, split_seed, train_seed, accums[model.name],
+                summary = train_run(spec, model, competition, images, split_seed, train_seed, run.accum,
                                     device, folder, console, label)
                 final = folder.commit()
-                store.finish_run(run_id, final, summary["valid_loss"], summary["error_rate"],
-                                 summary["images_per_s"], summary["peak_bytes"])
+                record(store, RunResult(run_id, "done", final, summary))
                 outcomes.append(RunOutcome(run_id, model.name, "done", error_rate=summary["error_rate"], folder=final))
                 error = "-" if summary["error_rate"] is None else f"{summary['error_rate']:.4f}"
                 console.print(f"{label}: done {run_id}  error_rate {error}  {summary['images_per_s']:.0f} img/s"
@@ -155,12 +155,12 @@ def train_experiment(spec: Spec, models: tuple[ModelSpec, ...], store: Store, ac
                               highlight=False)
             except KeyboardInterrupt:
                 folder.discard()
-                store.fail_run(run_id, "interrupted")
+                record(store, RunResult(run_id, "interrupted", error="interrupted"))
                 raise
             except Exception as error:  # noqa: BLE001 - a failed run is recorded; the next ones go on
                 folder.discard()
                 message = ("out of memory: " if is_out_of_memory(error) else "") + one_line_error(error)
-                store.fail_run(run_id, message)
+                record(store, RunResult(run_id, "failed", error=message))
                 outcomes.append(RunOutcome(run_id, model.name, "failed", error=message))
                 console.print(f"{label}: failed {run_id}  {message}", highlight=False, style="red")
             finally:

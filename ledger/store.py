@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,8 @@ from ledger.errors import LedgerError
 
 DEFAULT_HOME = "runs"
 
-_SCHEMA = """
+# Version 1: the first schema (user_version 0 on disk). Kept verbatim: migrations start from it.
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     experiment TEXT NOT NULL,
@@ -78,6 +80,94 @@ CREATE TABLE IF NOT EXISTS submissions (
 );
 """
 
+# Version 2: runs become resumable units of work. The status CHECK gains 'interrupted', which
+# SQLite cannot alter in place, so the table is rebuilt and every row copied by column name.
+# Artifact folders are stored relative to the ledger home from here on.
+_RUNS_V2 = """
+CREATE TABLE runs_v2 (
+    id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    model TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    size TEXT NOT NULL,
+    split_seed INTEGER,
+    accum INTEGER,
+    batch_size INTEGER,
+    epochs INTEGER,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    valid_loss REAL,
+    error_rate REAL,
+    images_per_s REAL,
+    peak_bytes INTEGER,
+    device TEXT,
+    precision TEXT,
+    artifact_dir TEXT,
+    error TEXT,
+    pid INTEGER,
+    spec TEXT,
+    host TEXT,
+    fingerprint TEXT,
+    run_number INTEGER,
+    fold INTEGER,
+    folds INTEGER,
+    train_seed INTEGER,
+    resumed_epochs INTEGER
+);
+"""
+
+_RUNS_V1_COLUMNS = ("id, experiment, model, arch, size, split_seed, accum, batch_size, epochs, status, started_at,"
+                    " finished_at, valid_loss, error_rate, images_per_s, peak_bytes, device, precision, artifact_dir,"
+                    " error, pid, spec")
+
+
+def _migrate_v2(db: sqlite3.Connection, home: Path) -> None:
+    db.execute(_RUNS_V2)
+    db.execute(f"INSERT INTO runs_v2 ({_RUNS_V1_COLUMNS}) SELECT {_RUNS_V1_COLUMNS} FROM runs")
+    db.execute("DROP TABLE runs")
+    db.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    db.execute("CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, status)")
+    db.execute("CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status)")
+    # Version 1 stored artifact paths relative to the current folder of the command that wrote
+    # them; make those that still resolve relative to the home.
+    for run_id, artifact_dir in db.execute("SELECT id, artifact_dir FROM runs WHERE artifact_dir IS NOT NULL").fetchall():
+        path = Path(artifact_dir)
+        try:
+            relative = path.resolve().relative_to(home.resolve())
+        except ValueError:
+            continue
+        db.execute("UPDATE runs SET artifact_dir=? WHERE id=?", (str(relative), run_id))
+    for column, kind in (("oob_images", "INTEGER"), ("train_images", "INTEGER"), ("sha256", "TEXT"),
+                         ("public_score", "REAL"), ("private_score", "REAL"), ("message", "TEXT"),
+                         ("excluded", "TEXT")):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
+
+
+# Each entry upgrades the schema from its index to index + 1, in one transaction.
+_MIGRATIONS = [
+    # executescript would commit the migration's transaction; statements one by one keep it whole.
+    lambda db, home: [db.execute(statement) for statement in _SCHEMA_V1.split(";") if statement.strip()],
+    _migrate_v2,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, home: Path) -> None:
+    """Upgrade the ledger to SCHEMA_VERSION without losing a row; newer ledgers are refused."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise LedgerError(f"{home}: ledger schema {version} is newer than this ledger ({SCHEMA_VERSION}); upgrade ledger")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _MIGRATIONS[target - 1](db, home)
+            db.execute(f"PRAGMA user_version={target}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -86,6 +176,16 @@ def now() -> str:
 def new_id() -> str:
     """Sortable by time, unique without coordination: 20261122-043501-3fa9c1."""
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, but another user's
+    return True
 
 
 def resolve_home(home: str | Path | None) -> Path:
@@ -104,7 +204,7 @@ class Store:
         # WAL: readers (`ledger runs`) never block a training process writing its rows.
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(_SCHEMA)
+        migrate(self.db, self.home)
 
     def close(self) -> None:
         self.db.close()
@@ -113,26 +213,39 @@ class Store:
         return self.home / experiment / run_id
 
     # ------------------------------------------------------------ runs
+    # Written only through `ledger.record`: columns are named, never positional.
 
-    def start_run(self, run_id: str, experiment: str, model: str, arch: str, size: str, split_seed: int,
-                  accum: int, batch_size: int, epochs: int, device: str, precision: str, spec: dict) -> None:
-        self.db.execute(
-            "INSERT INTO runs (id, experiment, model, arch, size, split_seed, accum, batch_size, epochs, status,"
-            " started_at, device, precision, pid, spec) VALUES (?,?,?,?,?,?,?,?,?,'running',?,?,?,?,?)",
-            (run_id, experiment, model, arch, size, split_seed, accum, batch_size, epochs, now(), device, precision,
-             os.getpid(), json.dumps(spec)),
-        )
+    def insert_run(self, row: dict) -> None:
+        columns = ", ".join(row)
+        self.db.execute(f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
 
-    def finish_run(self, run_id: str, artifact_dir: Path, valid_loss: float, error_rate: float,
-                   images_per_s: float, peak_bytes: int) -> None:
-        self.db.execute(
-            "UPDATE runs SET status='done', finished_at=?, valid_loss=?, error_rate=?, images_per_s=?,"
-            " peak_bytes=?, artifact_dir=? WHERE id=?",
-            (now(), valid_loss, error_rate, images_per_s, peak_bytes, str(artifact_dir), run_id),
-        )
+    def update_run(self, run_id: str, changes: dict) -> None:
+        assignments = ", ".join(f"{column}=?" for column in changes)
+        self.db.execute(f"UPDATE runs SET {assignments} WHERE id=?", (*changes.values(), run_id))
 
-    def fail_run(self, run_id: str, error: str) -> None:
-        self.db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE id=?", (now(), error, run_id))
+    def delete_run(self, run_id: str) -> None:
+        self.db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def artifact_path(self, row: dict) -> Path | None:
+        """A run's folder: stored relative to the home (absolute in ledgers written elsewhere)."""
+        if not row.get("artifact_dir"):
+            return None
+        path = Path(row["artifact_dir"])
+        return path if path.is_absolute() else self.home / path
+
+    def mark_stale_runs(self) -> list[str]:
+        """`running` rows of this host whose process is gone become `interrupted`; returns their ids.
+        Rows from other hosts are left alone: their process may well be alive there."""
+        host, stale = socket.gethostname(), []
+        for row in self.db.execute("SELECT id, pid, host FROM runs WHERE status='running'").fetchall():
+            if (row["host"] or host) != host or row["pid"] is None:
+                continue
+            if row["pid"] != os.getpid() and not _process_alive(row["pid"]):
+                stale.append(row["id"])
+        for run_id in stale:
+            self.update_run(run_id, {"status": "interrupted", "finished_at": now(),
+                                     "error": "interrupted (its process is gone)"})
+        return stale
 
     def runs(self, experiment: str | None = None, status: str | None = None, ids: list[str] | None = None) -> list[dict]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
@@ -155,12 +268,14 @@ class Store:
         with self.db:  # one transaction: a probe is recorded whole or not at all
             self.db.execute("BEGIN")
             self.db.execute(
-                "INSERT INTO probe_choices VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO probe_choices (id, experiment, model, probe_key, size, device, budget_bytes, margin,"
+                " chosen_k, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now()),
             )
             limit = int(budget_bytes * (1 - margin))
             self.db.executemany(
-                "INSERT INTO probe_trials VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO probe_trials (probe_id, k, micro_batch, peak_bytes, fits, out_of_memory, seconds,"
+                " startup_seconds, error) VALUES (?,?,?,?,?,?,?,?,?)",
                 [(probe_id, t.k, t.micro_batch, t.peak_bytes, int(t.fits(limit)), int(t.out_of_memory), t.seconds,
                   t.startup_seconds, t.error) for t in trials],
             )
@@ -192,12 +307,13 @@ class Store:
     # ------------------------------------------------------------ submissions
 
     def record_submission(self, experiment: str, path: Path, run_ids: list[str], weights: dict[str, float],
-                          oob_accuracy: float | None) -> str:
+                          oob_accuracy: float | None, **extra) -> str:
+        """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message."""
         submission_id = new_id()
-        self.db.execute(
-            "INSERT INTO submissions VALUES (?,?,?,?,?,?,?)",
-            (submission_id, experiment, str(path), now(), json.dumps(run_ids), json.dumps(weights), oob_accuracy),
-        )
+        row = dict(id=submission_id, experiment=experiment, path=str(path), created_at=now(),
+                   runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra)
+        self.db.execute(f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
         return submission_id
 
     def submissions(self, experiment: str | None = None) -> list[dict]:

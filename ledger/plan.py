@@ -1,0 +1,105 @@
+"""Which runs a spec still owes: `plan` is pure, so `train --dry-run`, top-up, resume and any
+executor (local or Ray) agree on the same list.
+
+A run is owed when its model entry has fewer `done` runs of the same fingerprint than it asks
+for. Each planned run has a number within its entry (0, 1, 2, ...) that fixes its split and seeds,
+so a top-up never repeats a run already done, and a run resumed after a kill gets the same ones.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from ledger.fingerprint import run_fingerprint
+from ledger.spec import ModelSpec, Spec
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How a run's training images are split: a random stratified split, or fold `fold` of `folds`."""
+
+    seed: int
+    valid_pct: float = 0.2
+    fold: int | None = None
+    folds: int | None = None
+
+    def describe(self) -> str:
+        if self.folds:
+            return f"fold {self.fold + 1}/{self.folds} seed {self.seed}"
+        return f"random {self.valid_pct:.0%} seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run, resolved: what `execute` needs besides the data, and what `record` writes."""
+
+    run_id: str
+    experiment: str
+    model: ModelSpec
+    run_number: int  # within its entry's runs of this fingerprint
+    split: SplitPlan
+    train_seed: int
+    accum: int
+    fingerprint: str
+    resume: bool = False  # an interrupted run of this id left a checkpoint to go on from
+    tta_n: int = 4
+    tta_beta: float = 0.25
+
+
+def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tuple[SplitPlan, int]:
+    """The split and training seed of an entry's `run_number`-th run.
+
+    k-fold: run r is fold r % K of the assignment seeded seed + r // K, so runs K..2K-1 repeat the
+    folds on a new assignment. A fixed `valid_pct` seed: the same split for every run, which still
+    differ in initialisation and augmentation (train seed = seed + r). No seed: a fresh one per run."""
+    split = spec.split
+    if split.folds:
+        base = split.seed or 0
+        seed = base + run_number // split.folds
+        return SplitPlan(seed=seed, fold=run_number % split.folds, folds=split.folds), seed * 1000 + run_number
+    if split.seed is not None:
+        return SplitPlan(seed=split.seed, valid_pct=split.valid_pct), split.seed + run_number
+    seed = fresh_seed()
+    return SplitPlan(seed=seed, valid_pct=split.valid_pct), seed
+
+
+def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping], accums: Mapping[str, int],
+         new_id: Callable[[], str], more: int = 0, resumable: Callable[[Mapping], bool] = lambda row: False,
+         fresh_seed: Callable[[], int] | None = None) -> list[RunPlan]:
+    """The runs `models` still owe, in spec order.
+
+    `ledger_rows`: the experiment's rows from the ledger. `resumable(row)`: whether an
+    interrupted row left a checkpoint; such runs are planned again under their own id and numbers.
+    `more`: runs to add per entry beyond the spec's `runs`."""
+    fresh_seed = fresh_seed or (lambda: random.SystemRandom().randrange(2**31))
+    plans = []
+    for model in models:
+        fingerprint = run_fingerprint(spec, model)
+        mine = [r for r in ledger_rows if r.get("fingerprint") == fingerprint and r.get("experiment") == spec.name]
+        done = [r for r in mine if r["status"] == "done"]
+        resumes = [r for r in mine if r["status"] == "interrupted" and resumable(r)]
+        owed = max(0, model.runs + more - len(done))
+        taken = {r["run_number"] for r in done if r.get("run_number") is not None}
+        for row in resumes[:owed]:
+            split = SplitPlan(seed=row["split_seed"], valid_pct=spec.split.valid_pct, fold=row["fold"],
+                              folds=row["folds"])
+            plans.append(_run_plan(spec, model, row["id"], row["run_number"], split, row["train_seed"],
+                                   accums[model.name], fingerprint, resume=True))
+            taken.add(row["run_number"])
+        number = 0
+        for _ in range(owed - len(resumes[:owed])):
+            while number in taken:
+                number += 1
+            split, train_seed = split_for(spec, number, fresh_seed)
+            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accums[model.name], fingerprint))
+            taken.add(number)
+    return plans
+
+
+def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: SplitPlan, train_seed: int, accum: int,
+              fingerprint: str, resume: bool = False) -> RunPlan:
+    return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
+                   train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
+                   tta_n=spec.tta.n, tta_beta=spec.tta.beta)
