@@ -96,6 +96,7 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
 
     save_weights(tiny_vit(), tmp_path / "other.safetensors")
     failing = MODELS.replace("runs: 2,", f"runs: 1, pretrained: {tmp_path / 'other.safetensors'},")
+    failing = failing.replace("weight: 2,", "weight: 2, lr: 0.001,")  # a new recipe: its run is owed
     spec2 = write_spec(tmp_path / "tiny2.yaml", tiny_competition, failing)
     result = invoke("train", spec2, "--home", home)
     assert result.exit_code == 1
