@@ -6,8 +6,10 @@ User errors (`LedgerError`) print as one line on stderr with a non-zero exit and
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -39,6 +41,7 @@ SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_de
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (default: $LEDGER_HOME or ./runs).")]
 ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the first GPU, else CPU).")]
 
 
 def friendly_errors(command):
@@ -152,6 +155,51 @@ def _override(models, runs: int | None, epochs: int | None):
     return tuple(dataclasses.replace(m, **changes) for m in models)
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a preempted machine, `kill`) is handled exactly as Ctrl-C."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _device(name: str | None):
+    from ledger.train import default_device, parse_device
+
+    return parse_device(name) if name else default_device()
+
+
+def _plan_table(plans) -> Table:
+    table = Table("run", "model", "arch", "size", "split", "train seed", "accum", "epochs", "resume", title="plan")
+    for p in plans:
+        table.add_row(p.run_id, p.model.name, p.model.arch, p.model.size_label, p.split.describe(), str(p.train_seed),
+                      str(p.accum) if p.accum else "auto", str(p.model.epochs), "yes" if p.resume else "")
+    return table
+
+
+def _results_table(plans, results) -> Table:
+    from ledger.memory import format_size
+
+    table = Table("run", "model", "status", "accuracy", "time", "peak", title="runs trained")
+    by_id = {r.run_id: r for r in results}
+    for p in plans:
+        r = by_id.get(p.run_id)
+        if r is None:
+            continue
+        s = r.summary
+        accuracy = "" if s.get("accuracy") is None else f"{s['accuracy']:.4f}"
+        seconds = s.get("train_seconds")
+        table.add_row(p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
+                      accuracy, "" if seconds is None else f"{seconds:.0f}s",
+                      "" if s.get("peak_bytes") is None else format_size(s["peak_bytes"]))
+    return table
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -159,22 +207,49 @@ def train(
     model: ModelOpt = None,
     runs: Annotated[Optional[int], typer.Option(min=1, help="Runs per model, overriding the spec.")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, overriding the spec.")] = None,
+    more: Annotated[int, typer.Option(min=0, help="Runs to add per model beyond what the spec asks for.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs owed, splits, seeds, accum); train nothing.")] = False,
+    device: DeviceOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Train every model x run of the spec; each run gets its own random split, artifacts and ledger row.
+    """Train the runs the spec still owes; each run gets its own split, artifacts and ledger row.
 
-    Example: ledger train experiments/fashion.yaml --model convnext --runs 2
+    Runs already done with the same recipe (fingerprint) count; a run killed part-way resumes from
+    its last finished epoch. A second call trains nothing.
+
+    Example: ledger train experiments/fashion.yaml --model convnext --more 2
     """
-    from ledger.experiment import train_experiment
+    from ledger.experiment import plan_experiment, train_experiment
     from ledger.probe import accum_resolver
+    from ledger.progress import ConsoleEvents
     from ledger.store import Store
 
     spec = _load(spec_path)
     models = _override(spec.select(model), runs, epochs)
     store = Store(home)
-    outcomes = train_experiment(spec, models, store, accum_resolver(spec, store, console), console)
-    failed = [o for o in outcomes if o.status == "failed"]
-    console.print(f"{len(outcomes) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
+    torch_device = _device(device)
+    if dry_run:
+        plans = plan_experiment(spec, models, store, accum_resolver(spec, store, console, torch_device, may_probe=False), more)
+        console.print(_plan_table(plans))
+        console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
+        return
+    plans = plan_experiment(spec, models, store, accum_resolver(spec, store, console, torch_device), more)
+    if not plans:
+        console.print(f"nothing to train: every run the spec asks for is done (ledger in {store.home}); "
+                      "--more N adds runs")
+        return
+    results = []
+    try:
+        with _sigterm_as_interrupt(), ConsoleEvents(console, plans) as events:
+            results = train_experiment(spec, plans, store, events, torch_device)
+    except KeyboardInterrupt:
+        done = len([r for r in store.runs(spec.name, status="done")])
+        console.print(f"interrupted: {done} done run(s) kept; the run in progress resumes from its last finished "
+                      f"epoch when you run the same command again")
+        raise typer.Exit(130)
+    console.print(_results_table(plans, results))
+    failed = [r for r in results if r.status != "done"]
+    console.print(f"{len(results) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
     if failed:
         raise typer.Exit(1)
 

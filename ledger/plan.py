@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from ledger.fingerprint import run_fingerprint
-from ledger.spec import ModelSpec, Spec
+from ledger.spec import DataSpec, ModelSpec, Spec
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class RunPlan:
     accum: int
     fingerprint: str
     resume: bool = False  # an interrupted run of this id left a checkpoint to go on from
+    data: DataSpec | None = None  # where the competition is (a Ray worker loads it itself)
     tta_n: int = 4
     tta_beta: float = 0.25
 
@@ -65,12 +66,13 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
     return SplitPlan(seed=seed, valid_pct=split.valid_pct), seed
 
 
-def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping], accums: Mapping[str, int],
+def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping], accum_for: Callable[[ModelSpec], int],
          new_id: Callable[[], str], more: int = 0, resumable: Callable[[Mapping], bool] = lambda row: False,
          fresh_seed: Callable[[], int] | None = None) -> list[RunPlan]:
     """The runs `models` still owe, in spec order.
 
-    `ledger_rows`: the experiment's rows from the ledger. `resumable(row)`: whether an
+    `ledger_rows`: the experiment's rows from the ledger. `accum_for(model)` is asked only for
+    entries that owe runs (it may have to probe memory). `resumable(row)`: whether an
     interrupted row left a checkpoint; such runs are planned again under their own id and numbers.
     `more`: runs to add per entry beyond the spec's `runs`."""
     fresh_seed = fresh_seed or (lambda: random.SystemRandom().randrange(2**31))
@@ -81,19 +83,22 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping]
         done = [r for r in mine if r["status"] == "done"]
         resumes = [r for r in mine if r["status"] == "interrupted" and resumable(r)]
         owed = max(0, model.runs + more - len(done))
+        if owed == 0:
+            continue
+        accum = accum_for(model)
         taken = {r["run_number"] for r in done if r.get("run_number") is not None}
         for row in resumes[:owed]:
             split = SplitPlan(seed=row["split_seed"], valid_pct=spec.split.valid_pct, fold=row["fold"],
                               folds=row["folds"])
             plans.append(_run_plan(spec, model, row["id"], row["run_number"], split, row["train_seed"],
-                                   accums[model.name], fingerprint, resume=True))
+                                   accum, fingerprint, resume=True))
             taken.add(row["run_number"])
         number = 0
         for _ in range(owed - len(resumes[:owed])):
             while number in taken:
                 number += 1
             split, train_seed = split_for(spec, number, fresh_seed)
-            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accums[model.name], fingerprint))
+            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accum, fingerprint))
             taken.add(number)
     return plans
 
@@ -102,4 +107,4 @@ def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: Spl
               fingerprint: str, resume: bool = False) -> RunPlan:
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
-                   tta_n=spec.tta.n, tta_beta=spec.tta.beta)
+                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data)

@@ -221,9 +221,9 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
 
     from ledger.data import load_images
     from ledger.memory import PeakMemory
-    from ledger.models import parameter_groups
+    from ledger.schedule import Phase
     from ledger.spec import check_model
-    from ledger.train import Batches, fit_one_cycle, model_on_device, resolve_precision
+    from ledger.train import Batches, Criterion, Runtime, fit, model_on_device, resolve_precision
 
     torch_device = torch.device(device)
     # `ledger train` builds and runs every model on the meta device when it checks the spec, which
@@ -241,10 +241,11 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     indices = np.resize(np.arange(len(images)), steps * model.batch_size)
     labels = np.zeros(len(images), dtype=np.int64)
     batches = Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k)
-    groups = parameter_groups(net, model.lr, discriminative=model.finetune)
-    fit_one_cycle(net, groups, batches, epochs=1, accum=k, transform=transform, device=torch_device,
-                  precision=resolve_precision(model.precision, torch_device), weight_decay=model.weight_decay,
-                  max_steps=steps)
+    # Every layer trainable (the unfrozen phase, the worst case), with the run's loss and mixing.
+    phase = Phase("train", epochs=1, lr=model.lr, pct_start=0.25, div=25.0)
+    torch_precision = resolve_precision(model.precision, torch_device)
+    runtime = Runtime(torch_device, torch_precision, k, transform, torch.Generator().manual_seed(k), max_steps=steps)
+    fit(net, model, [phase], batches, runtime, Criterion(num_classes, model.label_smoothing, model.mixup, model.cutmix))
     return Trial(k=k, micro_batch=micro_batch, peak_bytes=meter.read(), out_of_memory=False, seconds=0.0)
 
 
@@ -305,9 +306,9 @@ def probe_models(spec, models, store, budget_bytes: int | None = None, device=No
     return probes
 
 
-def accum_resolver(spec, store, console, device=None):
+def accum_resolver(spec, store, console, device=None, may_probe: bool = True):
     """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
-    with no probe on record, probe first (and say so)."""
+    with no probe on record, probe first (and say so), or, with `may_probe=False`, answer 0 (unknown)."""
     from ledger.errors import LedgerError
     from ledger.memory import device_name
     from ledger.train import default_device
@@ -319,6 +320,8 @@ def accum_resolver(spec, store, console, device=None):
             return model.accum
         budget = spec.probe.budget_bytes
         latest = store.latest_probe(probe_key(model), device_name(device), budget, spec.probe.margin)
+        if latest is None and not may_probe:
+            return 0
         if latest is None:
             console.print(f"{model.name}: accum is auto and no probe is on record for {format_size(budget)} on "
                           f"{device_name(device)}; probing first", highlight=False)

@@ -1,6 +1,6 @@
-"""The training loop (exact gradient accumulation, autocast, one-cycle, fine-tune) and TTA.
+"""The training loop (exact gradient accumulation, autocast, fastai's phases and one-cycle) and TTA.
 
-`fit_one_cycle` is the whole loop, top to bottom. Side concerns (progress display) are objects it
+`fit` is the whole loop, top to bottom. Side concerns (progress display) are objects it
 calls by name; it knows nothing of ledger rows or artifact files.
 """
 
@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ledger.augment import BatchTransform
-from ledger.errors import SpecError
+from ledger.errors import LedgerError, SpecError
 from ledger.models import create_model, freeze_body, parameter_groups
+from ledger.schedule import OneCycle, Phase
 
 
 # ---------------------------------------------------------------- batches
@@ -45,11 +46,24 @@ class Batches:
         order = self.rng.permutation(self.indices) if self.shuffle else self.indices
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             chunk = order[start : start + self.batch_size]
-            # Sorted reads are sequential in a memory-mapped cache; the batch order stays random.
-            rows = np.sort(chunk) if self.shuffle else chunk
-            images = torch.from_numpy(np.ascontiguousarray(self.images[rows]))
-            labels = None if self.labels is None else torch.from_numpy(self.labels[rows])
-            yield images, labels
+            if self.shuffle:
+                # Sorted reads are sequential in a memory-mapped cache; putting the rows back in
+                # their random order keeps micro-batches from being class-sorted (which would bias
+                # BatchNorm statistics, since the cache is stored class by class).
+                order_in_sorted = np.argsort(chunk, kind="stable")
+                rows = chunk[order_in_sorted]
+                images = np.empty((len(chunk), *self.images.shape[1:]), dtype=self.images.dtype)
+                images[order_in_sorted] = self.images[rows]
+            else:
+                rows, images = chunk, self.images[chunk]
+            labels = None if self.labels is None else torch.from_numpy(self.labels[chunk])
+            yield torch.from_numpy(np.ascontiguousarray(images)), labels
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
 
 
 # ---------------------------------------------------------------- precision
@@ -68,16 +82,39 @@ class Precision:
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """auto: bf16 on CUDA cards that support it, else fp16 with a scaler; float32 on CPU."""
+    """auto: bf16 on CUDA cards that run it natively (Ampere and later), else fp16 with a scaler;
+    float32 on CPU. T4, P100 and V100 only emulate bf16 (slowly), and they are the 16 GB cards
+    the probe budgets for, so emulation does not count."""
     if device.type == "cuda":
         if precision == "auto":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            precision = "bf16" if native_bf16(device) else "fp16"
     elif precision == "auto":
         precision = "fp32"
     elif precision == "fp16":
         raise SpecError("train.precision: fp16 needs a CUDA device (use auto, fp32 or bf16 on CPU)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return Precision(precision, dtype, scaled=precision == "fp16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def parse_device(name: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:1`: checked here, so a typo or a missing GPU is one clear line."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LedgerError(f"--device {name}: no CUDA device on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LedgerError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def default_device() -> torch.device:
@@ -100,6 +137,8 @@ def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.M
 
 
 class Progress(Protocol):
+    """What the loop reports; the command line draws it (library code never prints)."""
+
     def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, step: int, loss: float, images_per_s: float) -> None: ...
     def end(self, metrics: "EpochMetrics") -> None: ...
@@ -114,16 +153,74 @@ class SilentProgress:
 @dataclass(frozen=True)
 class EpochMetrics:
     phase: str  # "frozen" (fine-tune's head-only epochs) or "train"
-    epoch: int
+    epoch: int  # counted from 1 over the whole run, as the console shows it
     train_loss: float
     valid_loss: float | None
     error_rate: float | None
     train_images: int
     train_seconds: float
+    lr: float = 0.0  # the head's learning rate at the epoch's last step
 
     @property
     def images_per_s(self) -> float:
         return self.train_images / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if self.error_rate is None else 1.0 - self.error_rate
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite training loss: the run fails instead of bagging garbage."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run's loop runs, the same for all its phases."""
+
+    device: torch.device
+    precision: "Precision"
+    accum: int
+    transform: BatchTransform
+    generator: torch.Generator  # augmentation's random numbers (drawn on the CPU)
+    max_steps: int | None = None  # the probe's few steps
+
+
+# ---------------------------------------------------------------- loss
+
+
+class Criterion:
+    """Cross-entropy with label smoothing (fastai's LabelSmoothingCrossEntropy: (1-eps)*nll +
+    eps*mean(-log p) over classes, which is torch's label_smoothing), and timm's Mixup / CutMix.
+
+    Mixing happens within a micro-batch, so accumulated gradients still equal the full batch's
+    for the same mixing. timm's Mixup pairs image i with image n-1-i and needs an even count; an
+    odd micro-batch's last image stays unmixed, with the same smoothed one-hot target."""
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0):
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+        self.mixer = None
+        if mixup > 0 or cutmix > 0:
+            from timm.data import Mixup
+
+            self.mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                               num_classes=num_classes)
+
+    def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixer is None or len(images) < 2:
+            return images, targets
+        even = len(images) - len(images) % 2
+        mixed, soft = self.mixer(images[:even], targets[:even])
+        if even == len(images):
+            return mixed, soft
+        off = self.label_smoothing / self.num_classes
+        rest = F.one_hot(targets[even:], self.num_classes).float() * (1 - self.label_smoothing) + off
+        return torch.cat([mixed, images[even:]]), torch.cat([soft, rest.to(soft.device)])
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 2:  # soft targets from mixup
+            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
 
 # ---------------------------------------------------------------- the loop
@@ -131,7 +228,7 @@ class EpochMetrics:
 
 def accumulate_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, accum: int,
                          prepare: Callable[[torch.Tensor], torch.Tensor], precision: Precision,
-                         scaler: torch.amp.GradScaler) -> torch.Tensor:
+                         scaler: torch.amp.GradScaler, criterion: Criterion | None = None) -> torch.Tensor:
     """Forward and backward one effective batch as `accum` micro-batches.
 
     Each micro-batch's mean loss is weighted by its share of the batch, so the summed gradients are
@@ -143,86 +240,104 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, targets: torch.
         if len(micro_images) == 0:
             continue
         x = prepare(micro_images)
+        if criterion is not None:
+            x, micro_targets = criterion.mix(x, micro_targets)
         with precision.autocast(x.device):
             logits = model(x)
         # Loss in float32: under fp16 autocast a low-precision reduction loses small losses.
-        loss = F.cross_entropy(logits.float(), micro_targets) * (len(micro_images) / total)
+        logits = logits.float()
+        loss = (criterion(logits, micro_targets) if criterion is not None else F.cross_entropy(logits, micro_targets))
+        loss = loss * (len(micro_images) / total)
         scaler.scale(loss).backward()
         batch_loss += loss.detach()
     return batch_loss
 
 
-def fit_one_cycle(model: nn.Module, groups: list[dict], batches: Iterable, epochs: int, accum: int,
-                  transform: BatchTransform, device: torch.device, precision: Precision,
-                  weight_decay: float = 0.01, pct_start: float = 0.25, phase: str = "train",
-                  valid: Batches | None = None, progress: Progress | None = None,
-                  generator: torch.Generator | None = None, max_steps: int | None = None) -> list[EpochMetrics]:
-    """AdamW with a one-cycle schedule; the optimizer and schedule step once per effective batch."""
+@dataclass
+class LoopParts:
+    """Everything a checkpoint must hold to resume the loop exactly."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: Batches
+    generator: torch.Generator
+
+
+def _first_non_finite(losses: list[torch.Tensor], since: int) -> int | None:
+    if len(losses) <= since:
+        return None
+    finite = torch.isfinite(torch.stack(losses[since:]))
+    if bool(finite.all()):  # one device sync per check, not per step
+        return None
+    return since + int((~finite).nonzero()[0, 0])
+
+
+def fit(net: nn.Module, model, phases: list[Phase], batches: Batches, runtime: Runtime, criterion: Criterion,
+        valid: Batches | None = None, progress: Progress | None = None, checkpoint=None) -> list[EpochMetrics]:
+    """fastai's recipe as one loop over `phases` (see schedule.fit_phases): one AdamW (fastai's
+    Adam: betas 0.9/0.99, eps 1e-5, decoupled weight decay, none on norm layers and biases) kept
+    across phases as fastai keeps its optimizer; each phase freezes or unfreezes the body and runs
+    its own one-cycle schedule of learning rate and momentum, stepped once per effective batch.
+
+    `checkpoint` (optional) saves after every epoch and, when it holds a saved state, the loop
+    resumes after the last epoch it saved, with every random generator where it was."""
     progress = progress or SilentProgress()
-    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    steps_per_epoch = len(batches) if max_steps is None else min(len(batches), max_steps)
-    total_steps = max(1, epochs * steps_per_epoch)
-    if abs(pct_start * total_steps - 1) < 1e-9:
-        pct_start *= 1.001  # OneCycleLR divides by zero when the warm-up is exactly one step
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in groups], total_steps=total_steps, pct_start=pct_start
-    )
+    device, precision = runtime.device, runtime.precision
+    optimizer = torch.optim.AdamW(parameter_groups(net, model.weight_decay), betas=(0.9, 0.99), eps=1e-5)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)  # a disabled scaler is a no-op
+    parts = LoopParts(net, optimizer, scaler, batches, runtime.generator)
+    history = checkpoint.restore(parts) if checkpoint is not None and checkpoint.exists() else []
     channels_last = device.type == "cuda"
-    prepare = lambda x: transform.random(x, generator).contiguous(  # noqa: E731
+    prepare = lambda x: runtime.transform.random(x, runtime.generator).contiguous(  # noqa: E731
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
     )
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        progress.start(phase, epoch, epochs, steps_per_epoch)
-        losses, seen, started = [], 0, time.perf_counter()
-        for step, (images, targets) in enumerate(batches):
-            if step >= steps_per_epoch:
-                break
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(accumulate_gradients(model, images, targets, accum, prepare, precision, scaler))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            seen += len(images)
-            if step % 10 == 0 or step == steps_per_epoch - 1:
-                # .item() waits for the device: only every few steps, for the display.
-                elapsed = time.perf_counter() - started
-                progress.step(step + 1, losses[-1].item(), seen / elapsed if elapsed else 0.0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # so the epoch's time is the device's time
-        seconds = time.perf_counter() - started
-        train_loss = torch.stack(losses).mean().item() if losses else float("nan")
-        valid_loss = error_rate = None
-        if valid is not None:
-            probs, labels = predict(model, valid, transform, device, precision)
-            valid_loss, error_rate = classification_metrics(probs, labels)
-        metrics = EpochMetrics(phase, epoch, train_loss, valid_loss, error_rate, seen, seconds)
-        progress.end(metrics)
-        history.append(metrics)
-    return history
-
-
-def fine_tune(model: nn.Module, batches: Batches, epochs: int, lr: float, accum: int, transform: BatchTransform,
-              device: torch.device, precision: Precision, weight_decay: float, finetune: bool, freeze_epochs: int,
-              valid: Batches | None = None, progress: Progress | None = None,
-              generator: torch.Generator | None = None) -> list[EpochMetrics]:
-    """fastai's `fine_tune`: head only for `freeze_epochs`, then every layer with learning rates
-    spread over the groups. Without `finetune`, every layer from the start at `lr` (right for
-    random weights)."""
-    common = dict(accum=accum, transform=transform, device=device, precision=precision,
-                  weight_decay=weight_decay, valid=valid, progress=progress, generator=generator)
-    history = []
-    if finetune and freeze_epochs > 0:
-        freeze_body(model, True)
-        head = [p for p in model.parameters() if p.requires_grad]
-        history += fit_one_cycle(model, [{"params": head, "lr": lr}], batches, freeze_epochs,
-                                 pct_start=0.99, phase="frozen", **common)
-        freeze_body(model, False)
-    groups = parameter_groups(model, lr, discriminative=finetune)
-    history += fit_one_cycle(model, groups, batches, epochs, **common)
+    steps_per_epoch = len(batches) if runtime.max_steps is None else min(len(batches), runtime.max_steps)
+    epoch_number = 0  # over all phases
+    for phase in phases:
+        freeze_body(net, phase.frozen)
+        schedule = OneCycle(optimizer, phase, total_steps=max(1, phase.epochs * steps_per_epoch))
+        for phase_epoch in range(phase.epochs):
+            epoch_number += 1
+            if epoch_number <= len(history):
+                continue  # done before the checkpoint
+            net.train()
+            progress.start(phase.name, epoch_number - 1, sum(p.epochs for p in phases), steps_per_epoch)
+            losses, seen, started, shown, checked = [], 0, time.perf_counter(), 0.0, 0
+            for step, (images, targets) in enumerate(batches):
+                if step >= steps_per_epoch:
+                    break
+                schedule.apply(phase_epoch * steps_per_epoch + step)
+                images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(accumulate_gradients(net, images, targets, runtime.accum, prepare, precision, scaler,
+                                                   criterion))
+                scaler.step(optimizer)
+                scaler.update()
+                seen += len(images)
+                now = time.perf_counter()
+                if now - shown >= 1.0 or step == steps_per_epoch - 1:
+                    # .item() and the finiteness check wait for the device: once a second at most.
+                    bad = _first_non_finite(losses, checked)
+                    if bad is not None:
+                        raise NonFiniteLoss(f"non-finite training loss ({losses[bad].item()}) at epoch "
+                                            f"{epoch_number}, step {bad + 1}")
+                    checked, shown = len(losses), now
+                    progress.step(step + 1, losses[-1].item(), seen / (now - started))
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # so the epoch's time is the device's time
+            seconds = time.perf_counter() - started
+            train_loss = torch.stack(losses).mean().item() if losses else float("nan")
+            valid_loss = error_rate = None
+            if valid is not None:
+                probs, labels = predict(net, valid, runtime.transform, device, precision)
+                valid_loss, error_rate = classification_metrics(probs, labels)
+            metrics = EpochMetrics(phase.name, epoch_number, train_loss, valid_loss, error_rate, seen, seconds,
+                                   lr=optimizer.param_groups[-1]["lr"])
+            progress.end(metrics)
+            history.append(metrics)
+            if checkpoint is not None:
+                checkpoint.save(parts, history)
     return history
 
 
@@ -250,13 +365,14 @@ def predict(model: nn.Module, batches: Batches, transform: BatchTransform, devic
 
 
 def tta(model: nn.Module, batches: Batches, transform: BatchTransform, device: torch.device, precision: Precision,
-        n: int, beta: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """fastai's TTA: the mean of `n` augmented passes, blended with one plain pass as
-    lerp(mean_augmented, plain, beta). With n = 0 it is the plain pass."""
+        n: int, beta: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """fastai's TTA: the mean of `n` passes with the training augmentation, blended with one plain
+    pass as lerp(mean_augmented, plain, beta). With n = 0 it is the plain pass."""
     plain, _ = predict(model, batches, transform, device, precision)
     if n == 0:
         return plain
-    augment = augment or transform.random
+    augment = augment or (lambda x: transform.random(x, generator))
     augmented = torch.stack([predict(model, batches, transform, device, precision, augment)[0] for _ in range(n)])
     return torch.lerp(augmented.mean(0), plain, beta)
 

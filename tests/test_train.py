@@ -11,7 +11,10 @@ from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
 from ledger.models import create_model, freeze_body, parameter_groups, save_weights, split_body_head
 from ledger.spec import ModelSpec
-from ledger.train import Batches, accumulate_gradients, fine_tune, fit_one_cycle, predict, resolve_precision, tta
+from ledger.checkpoint import Checkpoint
+from ledger.schedule import Phase
+from ledger.train import (Batches, Criterion, NonFiniteLoss, Runtime, SilentProgress, accumulate_gradients, fit, predict,
+                          resolve_precision, tta)
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -54,6 +57,14 @@ def random_images(n, size=16, seed=0):
     return rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8), rng.integers(0, 3, n).astype(np.int64)
 
 
+def runtime(accum=1, seed=0, max_steps=None):
+    return Runtime(CPU, FP32, accum, transform_for(), torch.Generator().manual_seed(seed), max_steps=max_steps)
+
+
+def model_spec(**changes):
+    return ModelSpec(name="m", arch="vit_tiny_patch16_224", size=(16, 16), **changes)
+
+
 def test_optimizer_and_schedule_step_once_per_effective_batch():
     images, labels = random_images(44)
     batches = Batches(images, labels, np.arange(44), batch_size=8, shuffle=True, drop_last=True)
@@ -63,30 +74,126 @@ def test_optimizer_and_schedule_step_once_per_effective_batch():
     step_hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     forward_hook = model.register_forward_hook(lambda module, args, out: micro_sizes.append(len(args[0])))
     try:
-        history = fit_one_cycle(model, parameter_groups(model, 1e-3, False), batches, epochs=2, accum=4,
-                                transform=transform_for(), device=CPU, precision=FP32)
+        history = fit(model, model_spec(), [Phase("train", 2, 1e-3, 0.25, 25.0)], batches, runtime(accum=4),
+                      Criterion(3))
     finally:
         step_hook.remove()
         forward_hook.remove()
     assert len(steps) == 2 * 5
     assert micro_sizes == [2] * (2 * 5 * 4)  # each optimizer step saw 4 micro-batches of 8 // 4
     assert [m.train_images for m in history] == [40, 40]
+    assert [m.epoch for m in history] == [1, 2]  # counted from 1, as the console shows them
 
 
-def test_one_cycle_warms_up_then_anneals_to_near_zero():
+def test_fit_follows_fastais_one_cycle_for_lr_and_momentum():
+    # fastai: pos = step / total; lr = SchedCos(lr/div, lr) up to pct_start, then SchedCos(lr, lr/1e5);
+    # SchedCos(a, b)(p) = a + (1 + cos(pi * (1 - p))) * (b - a) / 2. Momentum likewise 0.95 -> 0.85 -> 0.95.
     images, labels = random_images(32)
     model = tiny_vit()
-    rates = []
-    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
+    seen = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0])))
     try:
-        fit_one_cycle(model, parameter_groups(model, 1e-2, False), Batches(images, labels, np.arange(32), 8),
-                      epochs=2, accum=1, transform=transform_for(), device=CPU, precision=FP32)
+        fit(model, model_spec(), [Phase("train", 2, 1e-2, 0.25, 25.0)], Batches(images, labels, np.arange(32), 8),
+            runtime(), Criterion(3))
     finally:
         hook.remove()
-    assert len(rates) == 8
-    assert rates[0] == pytest.approx(1e-2 / 25)  # one-cycle starts at max_lr / 25
-    assert max(rates) == pytest.approx(1e-2, rel=0.05) and rates.index(max(rates)) in (1, 2)
-    assert rates[-1] < 1e-6
+    rates, moms = [r for r, _ in seen], [m for _, m in seen]
+    assert len(rates) == 8  # 2 epochs x 4 steps
+    assert rates[0] == pytest.approx(1e-2 / 25) and moms[0] == pytest.approx(0.95)  # pos 0
+    # step 1: pos 1/8 = half the warm-up: 4e-4 + (1 + cos(pi/2)) * (1e-2 - 4e-4) / 2 = 5.2e-3
+    assert rates[1] == pytest.approx(5.2e-3) and moms[1] == pytest.approx(0.90)
+    assert rates[2] == pytest.approx(1e-2) and moms[2] == pytest.approx(0.85)  # pos 0.25: the peak
+    # step 7: pos 7/8 -> (0.875 - 0.25) / 0.75 = 5/6 of the way down; 1 + cos(pi/6) = 1.8660254
+    assert rates[7] == pytest.approx(1e-2 + 1.8660254 * (1e-7 - 1e-2) / 2)
+    assert moms[7] == pytest.approx(0.85 + 1.8660254 * (0.95 - 0.85) / 2)
+
+
+def test_fit_uses_fastais_adam_and_no_weight_decay_on_norms_and_biases():
+    images, labels = random_images(16)
+    model = tiny_vit()
+    groups = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: groups.append(opt.param_groups))
+    try:
+        fit(model, model_spec(weight_decay=0.01), [Phase("train", 1, 1e-3, 0.25, 25.0)],
+            Batches(images, labels, np.arange(16), 8), runtime(max_steps=1), Criterion(3))
+    finally:
+        hook.remove()
+    decay = {id(p): g["weight_decay"] for g in groups[0] for p in g["params"]}
+    assert all(g["eps"] == 1e-5 and g["betas"][1] == 0.99 for g in groups[0])
+    assert decay[id(model.head.bias)] == 0 and decay[id(model.norm.weight)] == 0 and decay[id(model.head.weight)] == 0.01
+
+
+def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
+    # drop_path (global torch generator), augmentation (its own generator), batch order (numpy) and
+    # mixup (numpy's global generator) all draw random numbers: a resume must restore every one.
+    images, labels = random_images(48)
+    spec = model_spec(mixup=0.4, label_smoothing=0.1)
+    phases = [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True), Phase("train", 2, (1e-4, 5e-3), 0.3, 5.0)]
+
+    def train(folder, stop_after=None):
+        torch.manual_seed(3)
+        np.random.seed(3)
+        model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.2, **TINY_VIT)
+
+        class Stop(SilentProgress):
+            def end(self, metrics):
+                if metrics.epoch == stop_after:
+                    raise KeyboardInterrupt  # killed after this epoch's metrics, before its checkpoint
+
+        batches = Batches(images, labels, np.arange(48), 8, shuffle=True, drop_last=True, seed=7)
+        history = fit(model, spec, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
+                      progress=Stop(), checkpoint=Checkpoint(folder))
+        return model, history
+
+    uninterrupted, full_history = train(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "b", stop_after=3)  # the checkpoint holds epochs 1 and 2
+    resumed, history = train(tmp_path / "b")
+    assert [m.epoch for m in history] == [1, 2, 3] and [m.phase for m in history] == ["frozen", "train", "train"]
+    # The first two epochs come from the checkpoint; every epoch's loss equals the uninterrupted run's.
+    assert [m.train_loss for m in history] == [m.train_loss for m in full_history]
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_a_non_finite_loss_fails_the_run_naming_epoch_and_step():
+    images, labels = random_images(32)
+    with pytest.raises(NonFiniteLoss, match="epoch 1, step 2"):
+        # An lr of NaN: the first step's loss is finite, every later one NaN.
+        fit(tiny_vit(), model_spec(), [Phase("train", 1, float("nan"), 0.25, 25.0)],
+            Batches(images, labels, np.arange(32), 8), runtime(), Criterion(3))
+
+
+def test_label_smoothing_loss_matches_the_formula_worked_by_hand():
+    # logits (2, 1, 0), target 0, eps 0.1: logsumexp = log(e^2 + e + 1) = log(11.1073) = 2.40761
+    # -log p = (0.40761, 1.40761, 2.40761); loss = 0.9 * 0.40761 + 0.1 * mean(-log p) = 0.9 * 0.40761 + 0.1 * 1.40761
+    loss = Criterion(3, label_smoothing=0.1)(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([0]))
+    assert loss.item() == pytest.approx(0.9 * 0.40761 + 0.1 * 1.40761, abs=1e-4)
+
+
+def test_mixup_with_alpha_zero_changes_nothing():
+    images, targets = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    criterion = Criterion(3, mixup=0.0, cutmix=0.0)
+    mixed, mixed_targets = criterion.mix(images, targets)
+    assert mixed is images and mixed_targets is targets
+    mixing = Criterion(3, mixup=1.0)
+    np.random.seed(0)
+    out, soft = mixing.mix(images.clone(), targets)
+    assert soft.shape == (6, 3) and torch.allclose(soft.sum(1), torch.ones(6)) and not torch.equal(out, images)
+    _, odd = mixing.mix(torch.randn(5, 3, 16, 16), targets[:5])  # odd: the last image stays unmixed
+    assert torch.equal(odd[4], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_shuffled_batches_keep_their_random_order_within_a_batch():
+    # The cache is stored class by class; reading rows sorted must not hand the loop sorted classes.
+    images = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(3, 1)
+    labels = np.arange(40, dtype=np.int64)
+    batches = Batches(images, labels, np.arange(40), 8, shuffle=True, seed=0)
+    order = np.random.default_rng(0).permutation(np.arange(40))
+    read = np.concatenate([y.numpy() for _, y in batches])
+    assert list(read) == list(order)
+    assert [int(x[0, 0, 0]) for x, _ in Batches(images, labels, np.arange(40), 8, shuffle=True, seed=0)][:1] == [order[0]]
 
 
 def test_identity_augmentation_tta_equals_plain_prediction():
@@ -114,41 +221,20 @@ def test_tta_blends_as_lerp_of_augmented_mean_and_plain():
     torch.testing.assert_close(blended, 0.75 * (passes[0] + passes[1]) / 2 + 0.25 * plain)
 
 
-def test_random_transform_without_crop_or_flip_is_the_identity():
-    images, _ = random_images(4)
-    batch = torch.from_numpy(images)
-    fixed = BatchTransform((16, 16), (0.5,) * 3, (0.25,) * 3, min_scale=1.0, ratio=(1.0, 1.0), flip=False)
-    torch.testing.assert_close(fixed.random(batch), fixed.plain(batch), atol=1e-4, rtol=1e-4)
-    flipped = BatchTransform((16, 16), (0.5,) * 3, (0.25,) * 3, min_scale=1.0, ratio=(1.0, 1.0), flip=True)
-    out = flipped.random(batch, torch.Generator().manual_seed(0))
-    plain = fixed.plain(batch)
-    for i in range(4):  # every image is either itself or its mirror image
-        assert torch.allclose(out[i], plain[i], atol=1e-4) or torch.allclose(out[i], plain[i].flip(-1), atol=1e-4)
-    assert fixed.random(torch.zeros(3, 3, 40, 30, dtype=torch.uint8)).shape == (3, 3, 16, 16)
-
-
-def test_fine_tune_trains_only_the_head_while_frozen():
+def test_frozen_phase_trains_the_head_and_norm_layers_only():
+    # fastai's freeze() with train_bn=True: norm layers of the body still train.
     images, labels = random_images(16)
     model = tiny_vit()
     body, head = split_body_head(model)
-    body_before = [p.detach().clone() for p in body]
-    head_before = [p.detach().clone() for p in head]
-    history = fine_tune(model, Batches(images, labels, np.arange(16), 8), epochs=0, lr=1e-2, accum=1,
-                        transform=transform_for(), device=CPU, precision=FP32, weight_decay=0.0, finetune=True,
-                        freeze_epochs=1)
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    history = fit(model, model_spec(weight_decay=0.0), [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True)],
+                  Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3))
     assert [m.phase for m in history] == ["frozen"]
-    assert all(torch.equal(a, b) for a, b in zip(body, body_before))
-    assert not all(torch.equal(a, b) for a, b in zip(head, head_before))
-    assert all(p.requires_grad for p in model.parameters())  # unfrozen afterwards
-
-
-def test_discriminative_learning_rates_spread_from_lr_over_100_to_lr_over_2():
-    groups = parameter_groups(tiny_vit(), 0.01, discriminative=True)
-    rates = [g["lr"] for g in groups]
-    assert rates[0] == pytest.approx(0.0001) and rates[-1] == pytest.approx(0.005)
-    assert rates == sorted(rates)
-    freeze_body(model := tiny_vit(), True)
-    assert sum(p.requires_grad for p in model.parameters()) == 2  # the classifier's weight and bias
+    body_plain = [p for p in body if id(p) not in norm_ids]
+    assert all(torch.equal(p, before[id(p)]) for p in body_plain)
+    assert not all(torch.equal(p, before[id(p)]) for p in head)
+    assert any(not torch.equal(p, before[id(p)]) for p in body if id(p) in norm_ids)
 
 
 def test_precision_on_cpu():

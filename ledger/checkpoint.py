@@ -1,0 +1,76 @@
+"""A run's checkpoint: everything the loop needs to go on after a kill as if it never stopped.
+
+Saved after every epoch into the run's partial folder (written to a temporary name, then renamed,
+so a kill during the save leaves the previous checkpoint whole) and deleted when the run commits.
+It holds the model, optimizer and grad-scaler states, the epochs' metrics, and every random
+generator the loop draws from: batch order (numpy), augmentation (a torch generator), the global
+torch generator (dropout, drop-path), numpy's and Python's global generators (timm's Mixup), and
+CUDA's. On CPU a resumed run therefore ends with bitwise the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ledger.train import EpochMetrics, LoopParts
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _numpy_global_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos, has_gauss=has_gauss, cached=cached)
+
+
+def _restore_numpy_global(state: dict) -> None:
+    keys = state["keys"].numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+class Checkpoint:
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / CHECKPOINT
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self, parts: LoopParts, history: list[EpochMetrics]) -> None:
+        version, state, gauss = random.getstate()
+        data = dict(
+            model=parts.net.state_dict(), optimizer=parts.optimizer.state_dict(), scaler=parts.scaler.state_dict(),
+            history=[dataclasses.asdict(m) for m in history],
+            batch_order=parts.batches.state(), augmentation=parts.generator.get_state(),
+            torch_global=torch.get_rng_state(), numpy_global=_numpy_global_state(),
+            python_global=dict(version=version, state=list(state), gauss=gauss),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        torch.save(data, temporary)
+        os.replace(temporary, self.path)
+
+    def restore(self, parts: LoopParts) -> list[EpochMetrics]:
+        """Load every state into `parts` and the global generators; returns the epochs done."""
+        # weights_only: a checkpoint is data, never code, even one left in a shared folder.
+        data = torch.load(self.path, map_location="cpu", weights_only=True)
+        parts.net.load_state_dict(data["model"])
+        parts.optimizer.load_state_dict(data["optimizer"])
+        parts.scaler.load_state_dict(data["scaler"])
+        parts.batches.restore(data["batch_order"])
+        parts.generator.set_state(data["augmentation"])
+        torch.set_rng_state(data["torch_global"])
+        _restore_numpy_global(data["numpy_global"])
+        python = data["python_global"]
+        random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+        if data["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(data["cuda"])
+        return [EpochMetrics(**m) for m in data["history"]]
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)

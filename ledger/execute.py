@@ -1,0 +1,164 @@
+"""Execute one planned run: train it, write its artifacts into its own folder, report a result.
+
+It writes nothing but `<home>/<experiment>/<run_id>.partial/` (renamed to `<run_id>/` when the run
+is complete), reports progress through the `Progress` object it is given, and returns a small
+`RunResult`; the ledger row is the caller's (`record`). The same function runs in-process or in a
+Ray task.
+
+A killed run leaves its partial folder with the checkpoint of its last finished epoch; executing
+the same plan again (`plan.resume`) goes on from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ledger import artifacts
+from ledger.artifacts import Predictions
+from ledger.checkpoint import Checkpoint
+from ledger.data import Competition, load_images, split_indices
+from ledger.errors import first_line
+from ledger.memory import PeakMemory, device_name, is_out_of_memory
+from ledger.models import save_weights
+from ledger.plan import RunPlan
+from ledger.probe import micro_batch_size
+from ledger.record import RunResult
+from ledger.schedule import fit_phases
+from ledger.spec import dump_yaml, model_to_dict
+from ledger.train import (Batches, Criterion, Progress, Runtime, SilentProgress, fit, model_on_device, predict,
+                          resolve_precision, tta)
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class ImageSet:
+    """A model entry's decoded images (train and test) at its item size, shared by its runs."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def cached_images(competition: Competition, model, cache_dir: Path) -> ImageSet:
+    return ImageSet(
+        train=load_images(competition.train_paths, model.item_size, model.resize, cache_dir),
+        test=load_images(competition.test_paths, model.item_size, model.resize, cache_dir),
+    )
+
+
+def run_folders(home: Path, plan: RunPlan) -> tuple[Path, Path]:
+    """(partial, final) folders of a run."""
+    final = Path(home) / plan.experiment / plan.run_id
+    return final.with_name(final.name + PARTIAL_SUFFIX), final
+
+
+def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if plan.split.folds:
+        from ledger.data import fold_indices
+
+        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed)
+    return split_indices(labels, plan.split.valid_pct, plan.split.seed)
+
+
+def one_line_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {first_line(error)}"
+
+
+def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Path, device: torch.device,
+            progress: Progress | None = None) -> RunResult:
+    """Train `plan` and commit its folder. Failures come back as a `failed` result (the partial
+    folder is removed); a KeyboardInterrupt propagates and leaves the partial folder and its
+    checkpoint for a resume."""
+    partial, final = run_folders(home, plan)
+    where = dict(host=socket.gethostname(), pid=os.getpid())
+    if final.exists():
+        return RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists", **where)
+    if not plan.resume:
+        shutil.rmtree(partial, ignore_errors=True)  # a stale partial folder of a run not resumed
+    partial.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(partial)
+    try:
+        summary, resumed = _train(plan, competition, images, partial, device, progress or SilentProgress(), checkpoint)
+        checkpoint.delete()  # weights are kept only with save_weights
+        os.replace(partial, final)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
+        shutil.rmtree(partial, ignore_errors=True)
+        message = ("out of memory: " if is_out_of_memory(error) else "") + one_line_error(error)
+        return RunResult(plan.run_id, "failed", error=message, **where)
+    return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=resumed, **where)
+
+
+def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Path, device: torch.device,
+           progress: Progress, checkpoint: Checkpoint) -> tuple[dict, int]:
+    model = plan.model
+    precision = resolve_precision(model.precision, device)
+    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    torch.manual_seed(plan.train_seed)
+    np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
+    generator = torch.Generator().manual_seed(plan.train_seed)
+    meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
+
+    net, transform = model_on_device(model, len(competition.vocab), device)
+    micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
+    batches = Batches(images.train, competition.train_labels, train_idx, model.batch_size, shuffle=True,
+                      drop_last=True, seed=plan.train_seed)
+    valid = Batches(images.train, competition.train_labels, valid_idx, micro_batch) if len(valid_idx) else None
+    runtime = Runtime(device, precision, plan.accum, transform, generator)
+    criterion = Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix)
+    resumed = 0
+    if checkpoint.exists():
+        resumed = len(torch.load(checkpoint.path, map_location="cpu", weights_only=True)["history"])
+        if hasattr(progress, "resumed"):
+            progress.resumed(resumed)
+    history = fit(net, model, fit_phases(model), batches, runtime, criterion, valid=valid, progress=progress,
+                  checkpoint=checkpoint)
+
+    vocab = np.array(competition.vocab)
+    test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
+    test_probs = tta(net, test_batches, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator)
+    artifacts.save_predictions(folder / artifacts.TEST_PREDS,
+                               Predictions(ids=np.array(competition.test_ids), probs=test_probs.numpy(), vocab=vocab))
+    valid_loss = error_rate = tta_accuracy = None
+    if valid is not None:
+        # TTA on the held-out images too, so the out-of-bag estimate measures what the submission is.
+        valid_probs = tta(net, valid, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator)
+        valid_labels = competition.train_labels[valid_idx]
+        valid_loss, error_rate = history[-1].valid_loss, history[-1].error_rate
+        tta_accuracy = float((valid_probs.argmax(1).numpy() == valid_labels).mean())
+        artifacts.save_predictions(folder / artifacts.VALID_PREDS, Predictions(
+            ids=np.array(competition.train_ids)[valid_idx], probs=valid_probs.numpy(), vocab=vocab,
+            labels=vocab[valid_labels]))
+    if model.save_weights:
+        save_weights(net, folder / artifacts.WEIGHTS)
+    peak_bytes = meter.read()
+
+    rows = [dataclasses.asdict(m) | {"accuracy": m.accuracy, "images_per_s": m.images_per_s} for m in history]
+    pd.DataFrame(rows).to_csv(folder / artifacts.METRICS, index=False)
+    seconds = sum(m.train_seconds for m in history)
+    summary = dict(
+        experiment=plan.experiment, model=model.name, arch=model.arch, size=model.size_label, split_seed=plan.split.seed,
+        fold=plan.split.fold, folds=plan.split.folds, train_seed=plan.train_seed, run_number=plan.run_number,
+        fingerprint=plan.fingerprint, accum=plan.accum, micro_batch=micro_batch, epochs=model.epochs,
+        train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
+        valid_loss=valid_loss, error_rate=error_rate, accuracy=None if error_rate is None else 1 - error_rate,
+        tta_accuracy=tta_accuracy, train_seconds=seconds,
+        precision=precision.name, device=device_name(device), resumed_epochs=resumed,
+        images_per_s=sum(m.train_images for m in history) / seconds if seconds else 0.0, peak_bytes=peak_bytes,
+    )
+    artifacts.write_json(folder / artifacts.SUMMARY, summary)
+    resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
+                    split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta), fingerprint=plan.fingerprint)
+    (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
+    return summary, resumed
