@@ -42,3 +42,10 @@ def kill_self(*, k: int, micro_batch: int) -> Trial:
 def sleep(seconds: float, *, k: int, micro_batch: int) -> Trial:
     time.sleep(seconds)
     return Trial(k=k, micro_batch=micro_batch, peak_bytes=0, out_of_memory=False, seconds=0.0)
+
+
+def write_pid_and_sleep(path: str, *, k: int, micro_batch: int) -> Trial:
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(600)
+    return Trial(k=k, micro_batch=micro_batch, peak_bytes=0, out_of_memory=False, seconds=0.0)

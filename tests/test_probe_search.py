@@ -199,3 +199,39 @@ def test_child_side_turns_other_errors_into_one_line():
     trial = receiver.recv()
     assert (trial.k, trial.micro_batch, trial.out_of_memory, trial.peak_bytes) == (2, 32, False, None)
     assert trial.error.startswith("ValueError: Expected more than 1 value per channel when training (")
+
+
+def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
+    # kill -9 of `ledger probe-memory` runs no cleanup in the parent; the trial child must not live on.
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pid_file = tmp_path / "child.pid"
+    tests = Path(__file__).parent
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys; sys.path.insert(0, sys.argv[1]); import probe_targets; "
+                               "from ledger.probe import run_in_child; "
+                               "run_in_child(probe_targets.write_pid_and_sleep, sys.argv[2], k=1, micro_batch=1)",
+                               str(tests), str(pid_file)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split()[2] == "Z":  # a zombie waiting for init to reap it: dead already
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the trial child outlived its parent")
