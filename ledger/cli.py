@@ -39,6 +39,10 @@ SpecArg = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_de
 HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (default: $LEDGER_HOME or ./runs).")]
 ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY.PATH=VALUE",
+    help="Change one spec value before validation (repeatable; values are YAML), e.g. --set train.lr=0.003 "
+         "--set models.vit.epochs=5 --set augment.do_flip=false.")]
 
 
 def friendly_errors(command):
@@ -69,10 +73,10 @@ def main(
     """Road to the Top in four commands."""
 
 
-def _load(spec_path: Path, check_models: bool = True):
+def _load(spec_path: Path, check_models: bool = True, overrides: list[str] | None = None, check_data: bool = False):
     from ledger.spec import load_spec
 
-    return load_spec(spec_path, check_models=check_models)
+    return load_spec(spec_path, overrides or (), check_models=check_models, check_data=check_data)
 
 
 def _print_json(data) -> None:
@@ -105,14 +109,15 @@ def data_fashion_mnist(
 
 @app.command()
 @friendly_errors
-def check(spec_path: SpecArg) -> None:
-    """Validate a spec and print it resolved (every model with its inherited train settings).
+def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
+    """Validate a spec and print it resolved (every model with its inherited train settings), with
+    --set overrides applied; the data root must exist.
 
-    Example: ledger check experiments/fashion.yaml
+    Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
     """
     from ledger.spec import dump_yaml
 
-    spec = _load(spec_path)
+    spec = _load(spec_path, overrides=overrides, check_data=True)
     resolved = spec.to_dict()
     resolved.pop("path")
     # Plain writes, never wrapped: the output is YAML a script may read back.
