@@ -1,8 +1,10 @@
 """Experiment specs: YAML -> frozen, validated objects.
 
-Every error names the spec file and the key path (`models[2].arch`) in one line. Model entries
-inherit the `train` settings they do not set themselves, so each `ModelSpec` is complete on its own
-and is what gets saved beside a run.
+Every error names the spec file and the key path (`models[2].arch`) in one line (or the `--set`
+item that caused it). Model entries inherit the `train` and `augment` settings they do not set
+themselves, key by key, so each `ModelSpec` is complete on its own and is what gets saved beside a
+run. Relative paths (data.root, weights files) are relative to the spec file's folder and are
+stored absolute. The checking plumbing is in `spec_checks.py`, `--set` overrides in `overrides.py`.
 """
 
 from __future__ import annotations
