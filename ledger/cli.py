@@ -42,6 +42,10 @@ HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (
 ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the first GPU, else CPU).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", metavar="KEY.PATH=VALUE",
+    help="Change one spec value before validation (repeatable; values are YAML), e.g. --set train.lr=0.003 "
+         "--set models.vit.epochs=5 --set augment.do_flip=false.")]
 
 
 def friendly_errors(command):
@@ -72,10 +76,10 @@ def main(
     """Road to the Top in four commands."""
 
 
-def _load(spec_path: Path, check_models: bool = True):
+def _load(spec_path: Path, check_models: bool = True, overrides: list[str] | None = None, check_data: bool = False):
     from ledger.spec import load_spec
 
-    return load_spec(spec_path, check_models=check_models)
+    return load_spec(spec_path, overrides or (), check_models=check_models, check_data=check_data)
 
 
 def _print_json(data) -> None:
@@ -108,14 +112,15 @@ def data_fashion_mnist(
 
 @app.command()
 @friendly_errors
-def check(spec_path: SpecArg) -> None:
-    """Validate a spec and print it resolved (every model with its inherited train settings).
+def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
+    """Validate a spec and print it resolved (every model with its inherited train settings), with
+    --set overrides applied; the data root must exist.
 
-    Example: ledger check experiments/fashion.yaml
+    Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
     """
     from ledger.spec import dump_yaml
 
-    spec = _load(spec_path)
+    spec = _load(spec_path, overrides=overrides, check_data=True)
     resolved = spec.to_dict()
     resolved.pop("path")
     # Plain writes, never wrapped: the output is YAML a script may read back.
@@ -210,6 +215,7 @@ def train(
     more: Annotated[int, typer.Option(min=0, help="Runs to add per model beyond what the spec asks for.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs owed, splits, seeds, accum); train nothing.")] = False,
     device: DeviceOpt = None,
+    overrides: SetOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Train the runs the spec still owes; each run gets its own split, artifacts and ledger row.
@@ -224,7 +230,7 @@ def train(
     from ledger.progress import ConsoleEvents
     from ledger.store import Store
 
-    spec = _load(spec_path)
+    spec = _load(spec_path, overrides=overrides, check_data=True)
     models = _override(spec.select(model), runs, epochs)
     store = Store(home)
     torch_device = _device(device)
@@ -329,6 +335,8 @@ def probe_memory(
     model: ModelOpt = None,
     budget: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 16GiB, 15.9GB, 800MiB (default: the spec's probe.budget).")] = None,
     as_json: JsonOpt = False,
+    device: DeviceOpt = None,
+    overrides: SetOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Measure peak training memory on the smallest class and pick each model's accumulation factor.
@@ -342,10 +350,11 @@ def probe_memory(
     from ledger.probe import micro_batch_size, nothing_fits_message, probe_models, usable_bytes
     from ledger.store import Store
 
-    spec = _load(spec_path)
+    spec = _load(spec_path, overrides=overrides, check_data=True)
     budget_bytes = _budget(budget) or spec.probe.budget_bytes
     store = Store(home)
-    probes = probe_models(spec, spec.select(model), store, budget_bytes, console=None if as_json else console)
+    probes = probe_models(spec, spec.select(model), store, budget_bytes, device=_device(device),
+                          console=None if as_json else console)
     limit = usable_bytes(budget_bytes, spec.probe.margin)
     if as_json:
         _print_json([

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +46,29 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise LedgerError(f"{path}: unreadable CSV ({str(e).strip().splitlines()[0]})") from None
 
 
+def _hidden(name: str) -> bool:
+    """`.ipynb_checkpoints`, `.DS_Store`, `._x.png` (macOS resource forks): tool droppings, never
+    classes or images."""
+    return name.startswith(".")
+
+
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not _hidden(p.name) and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _unique_names(paths: list[Path], what: Path) -> dict[str, Path]:
+    """File name -> path. Ids are file names, so one name in two folders would be two images with
+    one id (and, from folders, perhaps two labels for it): refuse rather than pick one."""
+    by_name: dict[str, Path] = {}
+    for path in paths:
+        other = by_name.setdefault(path.name, path)
+        if other != path:
+            raise LedgerError(
+                f"{what}: image {path.name!r} is in two folders, {other.parent} and {path.parent}; ids must be unique"
+            )
+    return by_name
 
 
 def _resolve(ids: list[str], files: dict[str, Path], what: Path) -> list[Path]:
@@ -73,7 +96,7 @@ def load_competition(data: DataSpec) -> Competition:
             raise LedgerError(f"{folder}: folder not found")
 
     if data.labels == "folders":
-        class_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir())
+        class_dirs = sorted(p for p in train_dir.iterdir() if p.is_dir() and not _hidden(p.name))
         if not class_dirs:
             raise LedgerError(f"{train_dir}: no class folders (data.labels is 'folders')")
         ids, paths, names = [], [], []
@@ -84,6 +107,7 @@ def load_competition(data: DataSpec) -> Competition:
             ids += [p.name for p in files]
             paths += files
             names += [class_dir.name] * len(files)
+        _unique_names(paths, train_dir)
     else:
         csv_path = root / data.labels
         table = _read_csv(csv_path)
@@ -91,11 +115,21 @@ def load_competition(data: DataSpec) -> Competition:
             if column not in table.columns:
                 raise LedgerError(f"{csv_path}: missing column {column!r} (columns: {', '.join(table.columns)})")
         ids, names = list(table[data.id_col]), list(table[data.label_col])
+        repeated = list(dict.fromkeys(table[data.id_col][table[data.id_col].duplicated()]))
+        if repeated:
+            raise LedgerError(
+                f"{csv_path}: {len(repeated)} id(s) in more than one row of {data.id_col!r} (e.g. {', '.join(repeated[:5])})"
+            )
         empty = [i for i, name in zip(ids, names) if not name]
         if empty:
             raise LedgerError(f"{csv_path}: {len(empty)} row(s) with an empty {data.label_col!r} (e.g. {', '.join(empty[:5])})")
         # Images may sit flat in train_dir or in class subfolders (as Paddy ships them).
-        files = {p.name: p for p in train_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+        found = sorted(
+            p for p in train_dir.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(_hidden(part) for part in p.relative_to(train_dir).parts)
+        )
+        files = _unique_names(found, train_dir)
         paths = _resolve(ids, files, csv_path)
     vocab = tuple(sorted(set(names)))
     index = {name: i for i, name in enumerate(vocab)}
@@ -144,6 +178,21 @@ def split_indices(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[np.n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
 
 
+def fold_indices(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold `fold` of a stratified K-fold split: (train, valid) indices, sorted.
+
+    Each class's members, permuted with `seed`, are dealt round-robin into the K folds, continuing
+    from class to class, so every fold has each class's share to within one image (and the folds'
+    sizes differ by at most one). Over fold = 0..K-1 every index is in exactly one valid set.
+    """
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    rng = np.random.default_rng(seed)
+    dealt = np.concatenate([rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)])
+    in_fold = np.arange(len(dealt)) % folds == fold
+    return np.sort(dealt[~in_fold]), np.sort(dealt[in_fold])
+
+
 def smallest_class_indices(labels: np.ndarray) -> np.ndarray:
     """The images of the least populated class (ties: the first in vocab order) for the memory
     probe: same image size and batch size as the real run, so the same memory, in a fraction of
@@ -165,13 +214,29 @@ def _fit(image: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
     return ImageOps.pad(image, (width, height), Image.Resampling.BILINEAR, color=(0, 0, 0))
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit greyscale (PIL's modes I;16* and I, as it opens 16-bit PNG and TIFF) scaled to 8 bits:
+    PIL's own convert clips every value above 255 to white."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8))  # 65535 -> 255, 32896 -> 128
+    return image.convert("RGB")
+
+
 def decode_image(path: Path, size: tuple[int, int], method: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
+            # Opening reads only the header; PIL warns above its limit and refuses at twice it.
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
             image.load()  # decode now, so a truncated file fails here with its path
-            rgb = _fit(image.convert("RGB"), size, method)
+            rgb = _fit(_to_rgb(image), size, method)
     except FileNotFoundError:
         raise LedgerError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:
+        raise LedgerError(
+            f"{path}: image too large to decode safely ({e}; PIL's limit is {Image.MAX_IMAGE_PIXELS} pixels)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise LedgerError(f"{path}: unreadable or truncated image ({e})") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
@@ -188,11 +253,47 @@ def _cache_key(paths: tuple[Path, ...], size: tuple[int, int], method: str) -> s
     return digest.hexdigest()[:20]
 
 
+def _memory_bytes() -> int:
+    # All of physical memory, not SC_AVPHYS_PAGES: that counts only free pages, leaving out the page
+    # cache the kernel hands back on demand, so right after reading the images it can be a fraction
+    # of what is available and would refuse caches that fit.
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _free_disk_bytes(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the cache folder is made later; its nearest existing parent's disk
+    return shutil.disk_usage(folder).free
+
+
+def _check_room(needed: int, size: tuple[int, int], label: str, cache_file: Path | None) -> None:
+    """Fail in one line before decoding, not with an OOM kill or a full disk an hour later."""
+    from ledger.memory import format_size  # imports torch: only when there is something to decode
+
+    h, w = size
+    what = f"{label} {h if h == w else f'{h}x{w}'}"
+    memory = _memory_bytes()
+    if needed > memory:
+        raise LedgerError(f"{what}: the image cache needs {format_size(needed)}, more than the "
+                          f"{format_size(memory)} of memory here; use a smaller size or presize")
+    if cache_file is not None:
+        free = _free_disk_bytes(cache_file.parent)
+        if needed > free:
+            raise LedgerError(f"{what}: the image cache needs {format_size(needed)}, more than the "
+                              f"{format_size(free)} free on {cache_file.parent}; use a smaller size or free some space")
+
+
 def load_images(
-    paths: tuple[Path, ...], size: tuple[int, int], method: str, cache_dir: Path | None = None, threads: int | None = None
+    paths: tuple[Path, ...],
+    size: tuple[int, int],
+    method: str,
+    cache_dir: Path | None = None,
+    threads: int | None = None,
+    label: str = "size",
 ) -> np.ndarray:
     """All images decoded and resized to (N, 3, H, W) uint8, from the disk cache when the files,
-    sizes and times match, else decoded (PIL releases the GIL, so threads help) and cached."""
+    sizes and times match, else decoded (PIL releases the GIL, so threads help) and cached.
+    `label` names the size in errors, e.g. `models[0].size` (or `.presize`)."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"images-{_cache_key(paths, size, method)}.npy"
@@ -201,13 +302,18 @@ def load_images(
                 return np.load(cache_file, mmap_mode="r")
             except (OSError, ValueError):
                 pass  # a damaged cache file is rebuilt below
+    _check_room(len(paths) * 3 * size[0] * size[1], size, label, cache_file)
     out = np.empty((len(paths), 3, *size), dtype=np.uint8)
 
     def fill(i: int) -> None:
         out[i] = decode_image(paths[i], size, method)
 
-    with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(fill, range(len(paths))))
+    # decode_image refuses images over PIL's limit itself; this only keeps PIL's warning about them
+    # off stderr. Set here, in the calling thread, because warning filters are process-wide.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(fill, range(len(paths))))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}.npy")

@@ -8,9 +8,18 @@ class LedgerError(Exception):
 
 
 class SpecError(LedgerError):
-    """An experiment spec or a command-line value that does not validate."""
+    """An experiment spec or a command-line value that does not validate.
+
+    `keypath` and `detail` (the message without the file and key path) are set when the error is
+    about one key of a spec, so that an error caused by a `--set` override can name the override
+    instead of the file, whose text never said it.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, keypath: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.keypath, self.detail = keypath, detail
 
 
 def first_line(error: BaseException) -> str:

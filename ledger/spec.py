@@ -1,21 +1,24 @@
 """Experiment specs: YAML -> frozen, validated objects.
 
-Every error names the spec file and the key path (`models[2].arch`) in one line. Model entries
-inherit the `train` settings they do not set themselves, so each `ModelSpec` is complete on its own
-and is what gets saved beside a run.
+Every error names the spec file and the key path (`models[2].arch`) in one line (or the `--set`
+item that caused it). Model entries inherit the `train` and `augment` settings they do not set
+themselves, key by key, so each `ModelSpec` is complete on its own and is what gets saved beside a
+run. Relative paths (data.root, weights files) are relative to the spec file's folder and are
+stored absolute. The checking plumbing is in `spec_checks.py`, `--set` overrides in `overrides.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ledger.errors import SpecError, first_line
+from ledger.errors import SpecError
+from ledger.overrides import apply_overrides, blame
+from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHODS = ("squish", "crop", "pad")
@@ -142,6 +145,7 @@ class Spec:
     train: TrainSpec = TrainSpec()
     tta: TtaSpec = TtaSpec()
     probe: ProbeSpec = ProbeSpec()
+    augment: AugmentSpec | None = AugmentSpec()  # what model entries inherit; None: off
     path: Path | None = None
 
     def model(self, name: str) -> ModelSpec:
@@ -173,116 +177,14 @@ def model_to_dict(model: ModelSpec) -> dict:
     return _plain(dataclasses.asdict(model))
 
 
-# ---------------------------------------------------------------- validation helpers
-
-
-class _Checker:
-    """Reads one mapping of the YAML, recording which keys were used, with the key path for errors."""
-
-    def __init__(self, file: Path, keypath: str, mapping: Any):
-        self.file, self.keypath = file, keypath
-        if not isinstance(mapping, dict):
-            self.fail(f"expected a mapping, got {_type_name(mapping)}")
-        self.mapping = mapping
-
-    def key(self, key: str) -> str:
-        return f"{self.keypath}.{key}" if self.keypath else key
-
-    def fail(self, message: str, key: str | None = None) -> None:
-        where = self.key(key) if key is not None else (self.keypath or "(top level)")
-        raise SpecError(f"{self.file}: {where}: {message}")
-
-    def reject_unknown(self, allowed: set[str]) -> None:
-        for key in self.mapping:
-            if key not in allowed:
-                hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-                self.fail(f"unknown key{extra}; allowed: {', '.join(sorted(allowed))}", str(key))
-
-    def get(self, key: str, kind: str, default: Any = ..., **limits: Any) -> Any:
-        if key not in self.mapping:
-            if default is ...:
-                self.fail("is required", key)
-            return default
-        return _convert(self, key, self.mapping[key], kind, **limits)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)  # YAML's true is not 1
-
-
-# kind -> (accepts, what the error says was expected)
-_PLAIN_KINDS = {
-    "int": (lambda v: _is_number(v) and isinstance(v, int), "an integer"),
-    "float": (_is_number, "a number"),
-    "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "str": (lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
-    "dict": (lambda v: isinstance(v, dict), "a mapping"),
-    "list": (lambda v: isinstance(v, list) and bool(v), "a non-empty list"),
-}
-
-
-def _convert(checker: _Checker, key: str, value: Any, kind: str, **limits: Any) -> Any:
-    fail = lambda message: checker.fail(message, key)  # noqa: E731
-    nullable = kind.endswith("?")
-    kind = kind.rstrip("?")
-    if value is None:
-        if nullable:
-            return None
-        fail(f"expected {kind}, got null")
-    if kind in _PLAIN_KINDS:
-        accepts, expected = _PLAIN_KINDS[kind]
-        if not accepts(value):
-            fail(f"expected {expected}, got {_type_name(value)} {value!r}")
-        if kind == "float":
-            value = float(value)
-    elif kind == "size":
-        value = _size(value, fail)
-    elif kind == "budget":  # "16GiB", "15.9GB", or a plain number of bytes
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            fail(f"expected a size such as 16GiB, got {_type_name(value)} {value!r}")
-        value = str(value)
-    elif kind == "pretrained":
-        if isinstance(value, str) and value:
-            value = Path(value)
-        elif not isinstance(value, bool):
-            fail(f"expected true, false or a path to a weights file, got {_type_name(value)} {value!r}")
-    elif kind == "accum":
-        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            fail(f"expected 'auto' or a positive integer, got {value!r}")
-    if "choices" in limits and value not in limits["choices"]:
-        fail(f"expected one of {', '.join(limits['choices'])}, got {value!r}")
-    if "min" in limits and value < limits["min"]:
-        fail(f"must be >= {limits['min']}, got {value!r}")
-    if "max" in limits and value > limits["max"]:
-        fail(f"must be <= {limits['max']}, got {value!r}")
-    if "below" in limits and value >= limits["below"]:
-        fail(f"must be < {limits['below']}, got {value!r}")
-    return value
-
-
-def _size(value: Any, fail) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    if (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
-    ):
-        return (int(value[0]), int(value[1]))
-    fail(f"expected a positive integer or [height, width], got {value!r}")
-
-
 # ---------------------------------------------------------------- sections
 
 _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSpec)}
+_AUGMENT_KEYS = {f.name for f in dataclasses.fields(AugmentSpec)}
+_MODEL_KEYS = {"name", "arch", "size", "resize", "presize", "runs", "weight", "accum", "model_kwargs", "augment"}
 
 
-def _train_fields(c: _Checker, defaults: TrainSpec) -> dict:
+def _train_fields(c: Checker, defaults: TrainSpec) -> dict:
     """The train settings of a `train:` section or of a model entry that overrides them."""
     return dict(
         batch_size=c.get("batch_size", "int", defaults.batch_size, min=1),
@@ -294,14 +196,57 @@ def _train_fields(c: _Checker, defaults: TrainSpec) -> dict:
         precision=c.get("precision", "str", defaults.precision, choices=PRECISIONS),
         pretrained=c.get("pretrained", "pretrained", defaults.pretrained),
         save_weights=c.get("save_weights", "bool", defaults.save_weights),
+        # 1 would make every target uniform: nothing left to learn.
+        label_smoothing=c.get("label_smoothing", "float", defaults.label_smoothing, min=0.0, below=1.0),
+        mixup=c.get("mixup", "float", defaults.mixup, min=0.0),
+        cutmix=c.get("cutmix", "float", defaults.cutmix, min=0.0),
     )
 
 
-def _parse_data(file: Path, raw: Any) -> DataSpec:
-    c = _Checker(file, "data", raw)
+def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
+    """`augment:` of the top level or of a model entry. Absent: `base` as it is. false: None.
+    true: `base`, or the defaults when `base` is off. A mapping: those keys changed, the others
+    kept, as model entries inherit `train` settings."""
+    if "augment" not in c.mapping:
+        return base
+    value = c.mapping["augment"]
+    if value is False:
+        return None
+    start = base or AugmentSpec()
+    if value is True:
+        return start
+    if not isinstance(value, dict):
+        c.fail(f"expected true, false or a mapping of {', '.join(sorted(_AUGMENT_KEYS))}; got {value!r}", "augment")
+    a = Checker(c.file, c.key("augment"), value)
+    a.reject_unknown(_AUGMENT_KEYS)
+    augment = AugmentSpec(
+        do_flip=a.get("do_flip", "bool", start.do_flip),
+        flip_vert=a.get("flip_vert", "bool", start.flip_vert),
+        max_rotate=a.get("max_rotate", "float", start.max_rotate, min=0.0),
+        min_zoom=a.get("min_zoom", "float", start.min_zoom, above=0.0),
+        max_zoom=a.get("max_zoom", "float", start.max_zoom, above=0.0),
+        # Lighting scales brightness and contrast by up to 1 +- max_lighting: 1 reaches black.
+        max_lighting=a.get("max_lighting", "float", start.max_lighting, min=0.0, below=1.0),
+        max_warp=a.get("max_warp", "float", start.max_warp, min=0.0),
+        p_affine=a.get("p_affine", "float", start.p_affine, min=0.0, max=1.0),
+        p_lighting=a.get("p_lighting", "float", start.p_lighting, min=0.0, max=1.0),
+        min_scale=a.get("min_scale", "float", start.min_scale, above=0.0, max=1.0),
+    )
+    if augment.min_zoom > augment.max_zoom:
+        a.fail(f"must be <= max_zoom ({augment.max_zoom}), got {augment.min_zoom}", "min_zoom")
+    return augment
+
+
+def _parse_data(file: Path, raw: Any, check_root: bool) -> DataSpec:
+    c = Checker(file, "data", raw)
     c.reject_unknown({f.name for f in dataclasses.fields(DataSpec)})
+    given = c.get("root", "str")
+    root = resolve_path(file, given)
+    if check_root and not root.is_dir():
+        relative = "" if Path(given).expanduser().is_absolute() else f" ({given} from the spec's folder)"
+        c.fail(f"no such folder: {root}{relative}", "root")
     return DataSpec(
-        root=Path(c.get("root", "str")),
+        root=root,
         labels=c.get("labels", "str", "folders"),
         id_col=c.get("id_col", "str", "image_id"),
         label_col=c.get("label_col", "str", "label"),
@@ -311,20 +256,34 @@ def _parse_data(file: Path, raw: Any) -> DataSpec:
     )
 
 
-def _parse_model(file: Path, index: int, raw: Any, train: TrainSpec) -> ModelSpec:
-    c = _Checker(file, f"models[{index}]", raw)
-    own = {"name", "arch", "size", "resize", "presize", "runs", "weight", "accum", "model_kwargs"}
-    c.reject_unknown(own | _TRAIN_KEYS)
+def _parse_split(file: Path, raw: Any) -> SplitSpec:
+    c = Checker(file, "split", raw)
+    c.reject_unknown({"valid_pct", "seed", "folds"})
+    folds = c.get("folds", "int?", None, min=2)
+    valid_pct = c.get("valid_pct", "float?", None, min=0.0, below=1.0)
+    seed = c.get("seed", "int?", None, min=0)
+    if folds is None:
+        return SplitSpec(valid_pct=0.2 if valid_pct is None else valid_pct, seed=seed)
+    if valid_pct is not None:
+        c.fail(f"cannot be used with split.valid_pct {valid_pct} (each fold holds out 1/{folds} of the "
+               f"images); drop valid_pct or set it to null", "folds")
+    # Folds must be the same partition in every run, so a null seed means 0, not a fresh one.
+    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds)
+
+
+def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, split: SplitSpec) -> ModelSpec:
+    c.reject_unknown(_MODEL_KEYS | _TRAIN_KEYS)
     model = ModelSpec(
         name=c.get("name", "str"),
         arch=c.get("arch", "str"),
         size=c.get("size", "size"),
         resize=c.get("resize", "str", "squish", choices=RESIZE_METHODS),
         presize=c.get("presize", "size?", None),
-        runs=c.get("runs", "int", 1, min=1),
+        runs=c.get("runs", "int", split.folds or 1, min=1),  # with folds: one run per fold
         weight=c.get("weight", "float", 1.0, min=0.0),
         accum=c.get("accum", "accum", "auto"),
         model_kwargs=c.get("model_kwargs", "dict", {}),
+        augment=_augment(c, augment),
         **_train_fields(c, train),
     )
     if isinstance(model.accum, int) and model.accum > model.batch_size:
@@ -332,30 +291,49 @@ def _parse_model(file: Path, index: int, raw: Any, train: TrainSpec) -> ModelSpe
     return model
 
 
-def parse_spec(raw: Any, file: Path, check_models: bool = True) -> Spec:
-    top = _Checker(file, "", raw)
-    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "models"})
+def _check_name(top: Checker) -> str:
     name = top.get("name", "str")
     if not all(ch.isalnum() or ch in "-_." for ch in name):
         top.fail("use letters, digits, '-', '_' and '.' only (it names folders)", "name")
-    data = _parse_data(file, top.get("data", "dict"))
+    if name.startswith("."):  # '.', '..' and hidden folders: runs/<name> must be a folder of its own
+        top.fail(f"must not start with '.' (it names folders), got {name!r}", "name")
+    return name
 
-    split_c = _Checker(file, "split", top.get("split", "dict", {}))
-    split_c.reject_unknown({"valid_pct", "seed"})
-    split = SplitSpec(
-        valid_pct=split_c.get("valid_pct", "float", 0.2, min=0.0, below=1.0),
-        seed=split_c.get("seed", "int?", None),
-    )
 
-    train_c = _Checker(file, "train", top.get("train", "dict", {}))
+def parse_spec(
+    raw: Any, file: Path, check_models: bool = True, overrides: list[str] | tuple[str, ...] = (), check_data: bool = False
+) -> Spec:
+    """Raw YAML -> Spec. `overrides` are `--set` items (`train.lr=0.003`, `models.vit.epochs=5`),
+    applied to `raw` first and then validated like the file; an error they cause names the item.
+    `check_data`: the data root must exist (what `ledger check` promises)."""
+    raw, origins = apply_overrides(raw, overrides)
+    try:
+        return _parse(raw, file, check_models, check_data)
+    except SpecError as error:
+        item = blame(error.keypath, origins)
+        if item is None:
+            raise
+        raise SpecError(f"--set {item}: {error.keypath}: {error.detail}", error.keypath, error.detail) from None
+
+
+def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
+    top = Checker(file, "", raw)
+    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models"})
+    name = _check_name(top)
+    # The data root is checked last: a typo in a key is the more useful error to see first.
+    data = _parse_data(file, top.get("data", "dict"), check_root=False)
+    split = _parse_split(file, top.get("split", "dict", {}))
+
+    train_c = Checker(file, "train", top.get("train", "dict", {}))
     train_c.reject_unknown(_TRAIN_KEYS)
     train = TrainSpec(**_train_fields(train_c, TrainSpec()))
+    augment = _augment(top, AugmentSpec())
 
-    tta_c = _Checker(file, "tta", top.get("tta", "dict", {}))
+    tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
     tta_c.reject_unknown({"n", "beta"})
     tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0))
 
-    probe_c = _Checker(file, "probe", top.get("probe", "dict", {}))
+    probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
     probe_c.reject_unknown({"budget", "steps", "margin"})
     probe = ProbeSpec(
         budget=probe_c.get("budget", "budget", "16GiB"),
@@ -368,63 +346,30 @@ def parse_spec(raw: Any, file: Path, check_models: bool = True) -> Spec:
         probe_c.fail(str(e), "budget")
 
     raw_models = top.get("models", "list")
-    models = tuple(_parse_model(file, i, m, train) for i, m in enumerate(raw_models))
+    models = tuple(
+        _parse_model(Checker(file, f"models[{i}]", m), train, augment, split) for i, m in enumerate(raw_models)
+    )
     seen: dict[str, int] = {}
     for i, model in enumerate(models):
         if model.name in seen:
-            raise SpecError(f"{file}: models[{i}].name: duplicate model name {model.name!r} (also models[{seen[model.name]}])")
+            raise spec_error(file, f"models[{i}].name", f"duplicate model name {model.name!r} (also models[{seen[model.name]}])")
         seen[model.name] = i
+    if check_data:
+        _parse_data(file, top.get("data", "dict"), check_root=True)
     if check_models:
         for i, model in enumerate(models):
             check_model(file, i, model)
-    return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe, path=file)
+    return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
+                augment=augment, path=file)
 
 
-def check_model(file: Path, index: int, model: ModelSpec) -> None:
-    """The arch exists, takes the model_kwargs, and accepts the size: checked on the meta device,
-    so even a large model costs no memory and no time."""
-    import timm
-    import torch
-
-    where = f"{file}: models[{index}]"
-    if not timm.is_model(model.arch):
-        hint = difflib.get_close_matches(model.arch, timm.list_models(), n=3)
-        extra = f" (close: {', '.join(hint)})" if hint else ""
-        raise SpecError(f"{where}.arch: unknown timm architecture {model.arch!r}{extra}")
-    try:
-        with torch.device("meta"):
-            net = timm.create_model(model.arch, pretrained=False, num_classes=2, **model.model_kwargs)
-    except TypeError as e:
-        raise SpecError(f"{where}.model_kwargs: {model.arch} does not take them ({e})") from None
-    except Exception as e:  # noqa: BLE001 - any construction failure is the user's kwargs
-        raise SpecError(f"{where}.model_kwargs: {model.arch} cannot be built with them ({first_line(e)})") from None
-    net.eval()  # BatchNorm in training mode refuses a single image at a 1x1 feature map
-    try:
-        with torch.no_grad():
-            net(torch.empty(1, 3, *model.size, device="meta"))
-    except NotImplementedError:
-        return  # an op without a meta kernel: nothing learned about the size
-    except Exception as e:  # noqa: BLE001 - fixed-size models assert on the input shape
-        h, w = model.size
-        raise SpecError(
-            f"{where}.size: {model.arch} cannot take {h}x{w} images ({first_line(e)}); "
-            f"pick the size it was built for or set model_kwargs img_size"
-        ) from None
-
-
-def load_spec(path: str | Path, check_models: bool = True) -> Spec:
+def load_spec(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_models: bool = True, check_data: bool = False
+) -> Spec:
+    """Read, override (`--set` items, see `parse_spec`) and validate a spec file. Relative paths in
+    it (data.root, pretrained weights) are relative to the file's folder."""
     file = Path(path)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{file}: spec file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{file}: is a folder, not a spec file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{file}: not valid YAML{where} ({getattr(e, 'problem', e)})") from None
-    return parse_spec(raw, file, check_models=check_models)
+    return parse_spec(read_yaml(file), file, check_models=check_models, overrides=overrides, check_data=check_data)
 
 
 def dump_yaml(data: dict) -> str:

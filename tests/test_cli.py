@@ -203,7 +203,7 @@ def test_train_with_a_missing_data_root(tmp_path):
         )
     )
     result = invoke("train", spec, "--home", tmp_path / "home")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a spec error, caught while the spec is checked, before any run
     line = _one_error_line(result)
     assert str(missing) in line
     assert "data.root" in line

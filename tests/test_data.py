@@ -13,7 +13,14 @@ import pytest
 from PIL import Image
 
 import ledger.data
-from ledger.data import decode_image, load_competition, load_images, smallest_class_indices, split_indices
+from ledger.data import (
+    decode_image,
+    fold_indices,
+    load_competition,
+    load_images,
+    smallest_class_indices,
+    split_indices,
+)
 from ledger.errors import LedgerError
 from ledger.spec import DataSpec
 
@@ -427,3 +434,148 @@ def test_images_in_memory_without_a_cache_dir(tmp_path):
     out = load_images((path,), (4, 4), "squish")
     assert out[0, :, 0, 0].tolist() == [1, 2, 3]
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------- hidden files, repeated ids and names
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
+    root = _folder_competition(tmp_path / "comp")
+    _image(root / "train_images" / ".ipynb_checkpoints" / "c1-checkpoint.png")  # not a class
+    _image(root / "train_images" / "cat" / ".c9.png")  # not an image
+    _image(root / "train_images" / "cat" / ".ipynb_checkpoints" / "c1.png")
+    _image(root / "test_images" / ".t9.png")
+    comp = load_competition(DataSpec(root=root))
+    assert comp.vocab == ("ant", "cat", "dog")
+    assert comp.train_ids == ("a1.png", "c1.png", "c2.png", "c3.png", "d1.png", "d2.jpg")
+
+
+def test_hidden_copies_in_a_csv_competition_are_not_duplicates(tmp_path):
+    root = _csv_competition(tmp_path / "comp", with_extension=True, nested=True)
+    _image(root / "train_images" / ".ipynb_checkpoints" / "img_a.jpg")  # a notebook's copy
+    comp = load_competition(DataSpec(root=root, labels="train.csv"))
+    assert comp.train_paths[1] == root / "train_images" / "horse" / "img_a.jpg"
+
+
+def test_csv_with_repeated_ids(tmp_path):
+    root = _csv_competition(tmp_path / "comp", with_extension=True)
+    with open(root / "train.csv", "a") as f:
+        f.write("img_a.jpg,zebra,g\nimg_c.png,zebra,g\nimg_a.jpg,horse,g\n")
+    message = _one_line_error(DataSpec(root=root, labels="train.csv"))
+    assert message == f"{root / 'train.csv'}: 2 id(s) in more than one row of 'image_id' (e.g. img_a.jpg, img_c.png)"
+
+
+def test_one_file_name_in_two_class_folders(tmp_path):
+    root = _folder_competition(tmp_path / "comp")
+    _image(root / "train_images" / "dog" / "c2.png")  # also in cat/
+    message = _one_line_error(DataSpec(root=root))
+    train = root / "train_images"
+    assert message == f"{train}: image 'c2.png' is in two folders, {train / 'cat'} and {train / 'dog'}; ids must be unique"
+
+
+def test_one_file_name_in_two_folders_of_a_csv_competition(tmp_path):
+    root = _csv_competition(tmp_path / "comp", with_extension=True, nested=True)
+    _image(root / "train_images" / "zebra" / "img_a.jpg")  # also in horse/
+    message = _one_line_error(DataSpec(root=root, labels="train.csv"))
+    assert "'img_a.jpg' is in two folders" in message
+    assert str(root / "train_images" / "horse") in message and str(root / "train_images" / "zebra") in message
+
+
+# ---------------------------------------------------------------- 16-bit and oversized images
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "deep.png"
+    pixels = np.full((8, 8), 0x8080, dtype=np.uint16)  # mid-grey: 32896 of 65535
+    pixels[0, :] = 65535
+    pixels[1, :] = 0
+    Image.fromarray(pixels).save(path)
+    with Image.open(path) as image:
+        assert image.mode in ("I;16", "I")  # PIL really wrote and reads a 16-bit PNG
+    out = decode_image(path, (8, 8), "squish")
+    assert np.all(out[:, 4, :] == 128)  # mid-grey stays mid-grey (clipping would make it 255)
+    assert np.all(out[:, 0, :] == 255) and np.all(out[:, 1, :] == 0)
+
+
+@pytest.mark.parametrize("side", [12, 20], ids=["over-the-limit-pil-warns", "over-twice-the-limit-pil-refuses"])
+def test_decompression_bomb_is_a_one_line_error(tmp_path, monkeypatch, recwarn, side):
+    path = _image(tmp_path / "huge.png", (side, side))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(LedgerError) as caught:
+        load_images((path,), (8, 8), "squish")
+    message = str(caught.value)
+    assert message.startswith(f"{path}: image too large to decode safely")
+    assert f"{side}x{side}" in message or str(side * side) in message
+    assert "\n" not in message
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+# ---------------------------------------------------------------- room for the image cache
+
+
+def _never_decode(*args, **kwargs):
+    raise AssertionError("decoded although the cache cannot fit")
+
+
+def test_cache_larger_than_free_disk(tmp_path, monkeypatch):
+    paths = (_image(tmp_path / "a.png"), _image(tmp_path / "b.png"))
+    monkeypatch.setattr(ledger.data, "_free_disk_bytes", lambda folder: 20 * 1024**3)
+    monkeypatch.setattr(ledger.data, "_memory_bytes", lambda: 2**60)
+    monkeypatch.setattr(ledger.data, "decode_image", _never_decode)
+    cache = tmp_path / "cache"
+    with pytest.raises(LedgerError) as caught:
+        load_images(paths, (100000, 100000), "squish", cache_dir=cache, label="models[0].size")
+    # 2 x 3 x 100000 x 100000 bytes
+    assert str(caught.value) == (
+        f"models[0].size 100000: the image cache needs 55.9 GiB, more than the 20.0 GiB free on {cache}; "
+        f"use a smaller size or free some space"
+    )
+    assert not cache.exists()
+
+
+def test_cache_larger_than_memory(tmp_path, monkeypatch):
+    paths = (_image(tmp_path / "a.png"),)
+    monkeypatch.setattr(ledger.data, "_memory_bytes", lambda: 1024**2)
+    monkeypatch.setattr(ledger.data, "decode_image", _never_decode)
+    with pytest.raises(LedgerError, match=r"^size 1000x800: the image cache needs 2.3 MiB, more than the 1.0 MiB of memory"):
+        load_images(paths, (1000, 800), "squish")  # no cache folder: memory is still checked
+
+
+def test_free_disk_is_read_where_the_cache_will_be(tmp_path):
+    assert ledger.data._free_disk_bytes(tmp_path / "not" / "made" / "yet") == ledger.data.shutil.disk_usage(tmp_path).free
+    assert ledger.data._memory_bytes() > 2**20
+
+
+# ---------------------------------------------------------------- k-fold splits
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_folds_partition_every_class(folds):
+    valids = []
+    for fold in range(folds):
+        train, valid = fold_indices(LABELS, folds, fold, seed=4)
+        assert len(np.intersect1d(train, valid)) == 0
+        assert sorted(np.concatenate([train, valid]).tolist()) == list(range(len(LABELS)))
+        assert np.all(np.diff(train) > 0) and np.all(np.diff(valid) > 0)
+        valids.append(valid)
+    # Every index is in exactly one valid set.
+    assert sorted(np.concatenate(valids).tolist()) == list(range(len(LABELS)))
+    sizes = [len(v) for v in valids]
+    assert max(sizes) - min(sizes) <= 1
+    for cls in np.unique(LABELS):
+        per_fold = [int(np.sum(LABELS[v] == cls)) for v in valids]
+        assert max(per_fold) - min(per_fold) <= 1, (cls, per_fold)
+
+
+def test_folds_depend_on_the_seed_only():
+    a = [fold_indices(LABELS, 5, f, seed=1)[1] for f in range(5)]
+    b = [fold_indices(LABELS, 5, f, seed=1)[1] for f in range(5)]
+    c = [fold_indices(LABELS, 5, f, seed=2)[1] for f in range(5)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (3, 3), (3, -1)])
+def test_fold_arguments_out_of_range(folds, fold):
+    with pytest.raises(ValueError, match="folds"):
+        fold_indices(LABELS, folds, fold, seed=0)

