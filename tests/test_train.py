@@ -9,7 +9,7 @@ from conftest import TINY_CONVNEXT, TINY_VIT
 
 from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
-from ledger.models import create_model, freeze_body, parameter_groups, save_weights, split_body_head
+from ledger.models import NORM_TYPES, create_model, freeze_body, parameter_groups, save_weights, split_body_head
 from ledger.spec import ModelSpec
 from ledger.train import Batches, accumulate_gradients, fine_tune, fit_one_cycle, predict, resolve_precision, tta
 
@@ -131,6 +131,9 @@ def test_fine_tune_trains_only_the_head_while_frozen():
     images, labels = random_images(16)
     model = tiny_vit()
     body, head = split_body_head(model)
+    # fastai's train_bn: the body's norm layers train while frozen; every other body weight must not.
+    norms = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
+    body = [p for p in body if id(p) not in norms]
     body_before = [p.detach().clone() for p in body]
     head_before = [p.detach().clone() for p in head]
     history = fine_tune(model, Batches(images, labels, np.arange(16), 8), epochs=0, lr=1e-2, accum=1,
@@ -147,7 +150,7 @@ def test_discriminative_learning_rates_spread_from_lr_over_100_to_lr_over_2():
     rates = [g["lr"] for g in groups]
     assert rates[0] == pytest.approx(0.0001) and rates[-1] == pytest.approx(0.005)
     assert rates == sorted(rates)
-    freeze_body(model := tiny_vit(), True)
+    freeze_body(model := tiny_vit(), True, train_bn=False)
     assert sum(p.requires_grad for p in model.parameters()) == 2  # the classifier's weight and bias
 
 
