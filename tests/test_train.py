@@ -114,19 +114,6 @@ def test_tta_blends_as_lerp_of_augmented_mean_and_plain():
     torch.testing.assert_close(blended, 0.75 * (passes[0] + passes[1]) / 2 + 0.25 * plain)
 
 
-def test_random_transform_without_crop_or_flip_is_the_identity():
-    images, _ = random_images(4)
-    batch = torch.from_numpy(images)
-    fixed = BatchTransform((16, 16), (0.5,) * 3, (0.25,) * 3, min_scale=1.0, ratio=(1.0, 1.0), flip=False)
-    torch.testing.assert_close(fixed.random(batch), fixed.plain(batch), atol=1e-4, rtol=1e-4)
-    flipped = BatchTransform((16, 16), (0.5,) * 3, (0.25,) * 3, min_scale=1.0, ratio=(1.0, 1.0), flip=True)
-    out = flipped.random(batch, torch.Generator().manual_seed(0))
-    plain = fixed.plain(batch)
-    for i in range(4):  # every image is either itself or its mirror image
-        assert torch.allclose(out[i], plain[i], atol=1e-4) or torch.allclose(out[i], plain[i].flip(-1), atol=1e-4)
-    assert fixed.random(torch.zeros(3, 3, 40, 30, dtype=torch.uint8)).shape == (3, 3, 16, 16)
-
-
 def test_fine_tune_trains_only_the_head_while_frozen():
     images, labels = random_images(16)
     model = tiny_vit()
