@@ -70,13 +70,20 @@ class BatchTransform:
     def apply(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """The augmentation that `draws` (from `draw`, or made by hand in a test) describe."""
         aug = self.augment or AugmentSpec()
-        x = images.float() / 255
+        x = images.float()
         matrix = self.sampling_matrix(draws, tuple(x.shape[-2:])).to(device=x.device, dtype=x.dtype)
+        # Sampling is linear in the pixel values, so scaling to [0, 1] waits until the image has
+        # the (often smaller) output size. Later steps work in place: on a CPU, allocating and
+        # filling a new batch-sized tensor per step costs as much as the step itself.
         x = F.grid_sample(x, _projective_grid(matrix, self.size), mode="bilinear", padding_mode="reflection",
                           align_corners=False)
         if aug.max_lighting > 0:
-            x = _lighting(x, draws, aug.max_lighting, aug.p_lighting)
-        return self._normalise(x)
+            x = _lighting(x.mul_(1 / 255), draws, aug.max_lighting, aug.p_lighting)
+            scale = 1.0
+        else:
+            scale = 255.0
+        mean, std = self.mean.to(x.device) * scale, self.std.to(x.device) * scale
+        return x.sub_(mean).div_(std)
 
     def sampling_matrix(self, draws: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, 3): output coordinates (x, y, 1) in [-1, 1] -> input coordinates, projectively.
@@ -180,29 +187,31 @@ def homography(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _projective_grid(matrix: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """grid_sample's grid: the output pixel centres (align_corners=False) mapped by `matrix`."""
+    """grid_sample's grid: the output pixel centres (align_corners=False) mapped by `matrix`.
+
+    Each coordinate is a row term plus a column term, so only the final sums (and the perspective
+    divide, when some image has one) are full-size work."""
     height, width = size
-    ys = (torch.arange(height, device=matrix.device, dtype=matrix.dtype) * 2 + 1) / height - 1
-    xs = (torch.arange(width, device=matrix.device, dtype=matrix.dtype) * 2 + 1) / width - 1
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    points = torch.stack([grid_x, grid_y, torch.ones_like(grid_x)], -1).view(1, -1, 3)
-    mapped = points @ matrix.transpose(1, 2)  # (B, h*w, 3)
-    return (mapped[..., :2] / mapped[..., 2:]).view(-1, height, width, 2)
-
-
-def _logit(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(1e-7, 1 - 1e-7)  # fastai's clamp: pure black or white would be infinite
-    return torch.log(x / (1 - x))
+    ys = ((torch.arange(height, device=matrix.device, dtype=matrix.dtype) * 2 + 1) / height - 1).view(1, -1, 1)
+    xs = ((torch.arange(width, device=matrix.device, dtype=matrix.dtype) * 2 + 1) / width - 1).view(1, 1, -1)
+    m = matrix.view(-1, 9, 1, 1).unbind(1)  # m[0..8]: the matrix's entries, row by row, as (B, 1, 1)
+    grid = torch.empty(matrix.shape[0], height, width, 2, device=matrix.device, dtype=matrix.dtype)
+    torch.add(m[0] * xs, m[1] * ys + m[2], out=grid[..., 0])
+    torch.add(m[3] * xs, m[4] * ys + m[5], out=grid[..., 1])
+    if bool((matrix[:, 2, :2] != 0).any()):  # a perspective warp: divide by the third coordinate
+        grid.div_((m[6] * xs + (m[7] * ys + m[8])).unsqueeze(-1))
+    return grid
 
 
 def _lighting(x: torch.Tensor, draws: torch.Tensor, max_lighting: float, p: float) -> torch.Tensor:
     """fastai's Brightness then Contrast, composed in logit space: sigmoid((logit(x) + logit(b)) * c),
     b uniform in 0.5 * (1 +- max_lighting) (0.5 when not applied), c log-uniform in
-    [1 - max_lighting, 1 / (1 - max_lighting)] (1 when not applied)."""
+    [1 - max_lighting, 1 / (1 - max_lighting)] (1 when not applied). In place on x."""
     brightness = torch.where(draws[:, BRIGHTNESS_ON] < p,
                              _uniform(draws[:, BRIGHTNESS], 0.5 * (1 - max_lighting), 0.5 * (1 + max_lighting)), 0.5)
     log_limit = -math.log(1 - max_lighting)
     contrast = torch.where(draws[:, CONTRAST_ON] < p, torch.exp(_uniform(draws[:, CONTRAST], -log_limit, log_limit)), 1.0)
-    shift = _logit(brightness).to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+    shift = torch.logit(brightness).to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
     factor = contrast.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-    return torch.sigmoid((_logit(x) + shift) * factor)
+    # eps clamps to [1e-7, 1 - 1e-7] first, as fastai's logit: pure black or white would be infinite.
+    return x.logit_(eps=1e-7).add_(shift).mul_(factor).sigmoid_()
