@@ -1,7 +1,7 @@
 """Training throughput benchmarks.
 
-train_throughput: images/s of ledger's training path (`fit_one_cycle` over `Batches`, random batch
-augmentation, set up as `experiment.train_run` does) against a bare PyTorch + timm loop written here
+train_throughput: images/s of ledger's training path (`fit` over `Batches`, random batch
+augmentation, set up as `execute` does) against a bare PyTorch + timm loop written here
 with no ledger code (same model, batch, size, data, optimizer, schedule and torch threads; a torch-only
 random flip for augmentation). Target: ledger / bare >= 0.95.
 
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from common import Context, Result
 from ledger.data import Competition, load_competition, load_images, split_indices
-from ledger.models import parameter_groups
-from ledger.train import Batches, fit_one_cycle, model_on_device, resolve_precision
+from ledger.schedule import Phase
+from ledger.train import Batches, Criterion, Runtime, fit, model_on_device, resolve_precision
 
 TARGET_RATIO = 0.95
 
@@ -76,7 +76,7 @@ class TimedBatches:
 
 def ledger_loop(model, images: np.ndarray, competition: Competition, train_idx: np.ndarray, device: torch.device,
                 plan: Plan, seed: int = 0, accum: int = 1) -> float:
-    """Training images/s of ledger's path, built from the blocks `experiment.train_run` uses (no validation)."""
+    """Training images/s of ledger's path, built from the blocks `execute` uses (no validation)."""
     precision = resolve_precision(model.precision, device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -84,9 +84,9 @@ def ledger_loop(model, images: np.ndarray, competition: Competition, train_idx: 
     batches = Batches(images, competition.train_labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
                       seed=seed)
     timed = TimedBatches(batches, plan.warmup, plan.steps)
-    groups = parameter_groups(net, model.lr, discriminative=model.finetune)
-    fit_one_cycle(net, groups, timed, epochs=1, accum=accum, transform=transform, device=device, precision=precision,
-                  weight_decay=model.weight_decay, generator=generator)
+    runtime = Runtime(device, precision, accum, transform, generator)
+    fit(net, model, [Phase("train", 1, model.lr, pct_start=0.25, div=25.0)], timed, runtime,
+        Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix))
     return plan.steps * model.batch_size / timed.seconds
 
 
@@ -182,7 +182,7 @@ def train_throughput(context: Context) -> Result:
                      torch_threads=torch.get_num_threads(), accum=1,
                      precision=resolve_precision(spec.models[0].precision, device).name),
         rows=rows,
-        notes=["ledger: fit_one_cycle over Batches of the cached (memory-mapped) images with BatchTransform.random "
+        notes=["ledger: fit over Batches of the cached (memory-mapped) images with BatchTransform.random "
                "(random resized crop + flip); bare: timm + AdamW + OneCycleLR over one in-memory uint8 tensor with a "
                "random flip. Medians of interleaved rounds."],
     )

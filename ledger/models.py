@@ -181,15 +181,10 @@ def _parameter_roles(net: nn.Module):
             yield param, HEAD if _in_head(full, prefix) else BODY, is_norm, name == "bias"
 
 
-def parameter_groups(net: nn.Module, weight_decay: float, discriminative: bool | None = None) -> list[dict]:
+def parameter_groups(net: nn.Module, weight_decay: float) -> list[dict]:
     """Torch param groups for fastai's two layer groups (body, head), each tagged "layer_group" for
     `schedule.OneCycle`, and split as fastai's `wd_bn_bias=False`: norm layers' parameters and
-    every bias get no weight decay, the rest `weight_decay`. Empty groups are left out.
-
-    `discriminative` marks the old call `parameter_groups(net, lr, discriminative)` (lr in the
-    second place), kept until train.py moves to `OneCycle`."""
-    if discriminative is not None:
-        return _legacy_parameter_groups(net, weight_decay, discriminative)
+    every bias get no weight decay, the rest `weight_decay`. Empty groups are left out."""
     buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for param, group, is_norm, is_bias in _parameter_roles(net):
         buckets.setdefault((group, is_norm or is_bias), []).append(param)
@@ -199,17 +194,6 @@ def parameter_groups(net: nn.Module, weight_decay: float, discriminative: bool |
         for no_decay in (False, True)
         if buckets.get((group, no_decay))
     ]
-
-
-def _legacy_parameter_groups(net: nn.Module, lr: float, discriminative: bool) -> list[dict]:
-    body, head = split_body_head(net)
-    if not discriminative:
-        return [{"params": body + head, "lr": lr}]
-    middle = len(body) // 2
-    groups = [body[:middle], body[middle:], head]
-    low, high = lr / 100, lr / 2
-    rates = [low * (high / low) ** (i / (len(groups) - 1)) for i in range(len(groups))]
-    return [{"params": params, "lr": rate} for params, rate in zip(groups, rates) if params]
 
 
 def freeze_body(net: nn.Module, frozen: bool, train_bn: bool = True) -> None:

@@ -9,7 +9,7 @@ from conftest import TINY_CONVNEXT, TINY_VIT
 
 from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
-from ledger.models import create_model, freeze_body, parameter_groups, save_weights, split_body_head
+from ledger.models import NORM_TYPES, create_model, freeze_body, parameter_groups, save_weights, split_body_head
 from ledger.spec import ModelSpec
 from ledger.checkpoint import Checkpoint
 from ledger.schedule import Phase
