@@ -130,7 +130,7 @@ def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.M
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     config = timm.data.resolve_model_data_config(net)
-    return net, BatchTransform(model.size, config["mean"], config["std"])
+    return net, BatchTransform(model.size, config["mean"], config["std"], augment=model.augment)
 
 
 # ---------------------------------------------------------------- progress
