@@ -166,6 +166,7 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; }
 td:first-child, th:first-child { text-align: left; }
 figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+figure.half { max-width: 48%; }  /* the two confusion matrices side by side */
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; }
 .tables { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
@@ -182,7 +183,8 @@ def _table(frame: pd.DataFrame, empty: str) -> str:
 def _figure(caption: str, path: Path, out: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     relative = path.relative_to(out).as_posix()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+    kind = ' class="half"' if caption.startswith("confusion") else ""
+    return (f'<figure{kind}><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
             f'<figcaption>{html.escape(caption)} (<a href="{html.escape(relative)}">{html.escape(relative)}</a>)'
             f"</figcaption></figure>")
 

@@ -227,3 +227,26 @@ def test_cli_needs_model_when_the_spec_has_several(tmp_path, tiny_competition):
     result = CliRunner().invoke(app, ["lr-find", str(spec), "--home", str(tmp_path / "home")])
     assert result.exit_code == 2
     assert "--model is needed" in result.stderr and "m0, m1" in result.stderr
+
+
+def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
+    import sqlite3
+
+    from ledger.store import _MIGRATIONS, SCHEMA_VERSION, Store
+
+    home = tmp_path / "home"
+    home.mkdir()
+    db = sqlite3.connect(home / "ledger.db", isolation_level=None)
+    for migration in _MIGRATIONS[:2]:  # a ledger as schema 2 left it
+        migration(db, home)
+    db.execute("PRAGMA user_version=2")
+    db.execute("INSERT INTO runs (id, experiment, model, arch, size, status, started_at)"
+               " VALUES ('r1', 'tiny', 'm', 'a', '32', 'done', 'now')")
+    db.close()
+    store = Store(home)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert [r["id"] for r in store.runs()] == ["r1"]
+    store.record_lr_find(dict(id="l1", experiment="tiny", model="m", suggestions=json.dumps({"valley": 1e-3}),
+                              plot=str(home / "tiny" / "lr.png")))
+    row = store.lr_finds("tiny")[0]
+    assert row["suggestions"] == {"valley": 1e-3} and row["plot"] == "tiny/lr.png" and row["created_at"]
