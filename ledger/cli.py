@@ -428,3 +428,96 @@ def ensemble(
     console.print(f"{len(submission.runs)} run(s); out-of-bag accuracy {oob.accuracy:.4f} on {oob.covered} training images")
     if submission.path is not None:
         console.print(f"wrote {submission.path}")
+
+
+# ---------------------------------------------------------------- lr-find and report
+
+
+def _lr_find_progress(console_: Console, model: str):
+    """A rich bar on a terminal, a plain line every 10 batches otherwise (logs stay readable).
+    Returns (callback, close)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    if not console_.is_terminal:
+        def line(batch, total, lr, loss):
+            if batch == 1 or batch % 10 == 0:
+                console_.print(f"{model} lr-find batch {batch}/{total}: lr {lr:.2e}  smoothed loss {loss:.4f}",
+                               highlight=False)
+        return line, lambda: None
+    bar = Progress(TextColumn(f"{model} lr-find"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4f}"),
+                   console=console_, transient=True)
+    task = bar.add_task("", total=None, lr=0.0, loss=float("nan"))
+    bar.start()
+    return (lambda batch, total, lr, loss: bar.update(task, completed=batch, total=total, lr=lr, loss=loss)), bar.stop
+
+
+@app.command("lr-find")
+@friendly_errors
+def lr_find_command(
+    spec_path: SpecArg,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model entry to test (may be left out when the spec has one).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: <home>/<experiment>/lr_find/<id>-<model>.png).")] = None,
+    num_it: Annotated[int, typer.Option("--num-it", min=6, help="Mini-batches (effective batches) to try.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help='Print only {"suggestions": {...}, "plot": PATH}.')] = False,
+    home: HomeOpt = None,
+) -> None:
+    """fastai's learning-rate range test: suggestions (valley, slide, minimum/10, steep) and a plot.
+
+    Trains a fresh model (head only with finetune: true) for up to --num-it batches at learning
+    rates growing exponentially from 1e-7 to 10, stops when the smoothed loss passes 4x its minimum,
+    then throws the model away. The result is recorded in the ledger.
+
+    Example: ledger lr-find experiments/fashion.yaml --model convnext --json
+    """
+    from ledger.lr_find import lr_find
+    from ledger.probe import accum_resolver
+    from ledger.store import Store
+
+    spec = _load(spec_path)
+    if model is None and len(spec.models) != 1:
+        raise SpecError(f"{spec_path}: --model is needed: the spec has {len(spec.models)} models "
+                        f"({', '.join(m.name for m in spec.models)})")
+    entry = spec.model(model) if model else spec.models[0]
+    store = Store(home)
+    # With --json stdout carries only the JSON: every message goes to stderr.
+    chatter = err_console if as_json else console
+    accum = accum_resolver(spec, store, chatter)(entry)
+    progress, close = _lr_find_progress(chatter, entry.name)
+    try:
+        result = lr_find(spec, entry, store, accum, out=out, num_it=num_it, progress=progress)
+    finally:
+        close()
+    if as_json:
+        _print_json({"suggestions": result.suggested_lrs(), "plot": str(result.plot)})
+        return
+    table = Table("method", "suggested lr", title=f"lr-find {entry.name}: {len(result.test.lrs)} batches, "
+                                                  f"stopped: {result.test.stopped}")
+    for name, lr in result.suggested_lrs().items():
+        table.add_row("minimum/10" if name == "minimum" else name, "-" if lr is None else f"{lr:.2e}")
+    console.print(table)
+    console.print(f"plot {result.plot}; recorded as {result.id} in {store.home}")
+
+
+@app.command()
+@friendly_errors
+def report(
+    spec_path: SpecArg,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and its pictures and tables.")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Only this run (a unique id prefix is enough).")] = None,
+    top_losses: Annotated[int, typer.Option("--top-losses", min=0, help="Images in each top-losses grid.")] = 9,
+    home: HomeOpt = None,
+) -> None:
+    """What the finished runs got wrong: confusion matrices, most confused, per-class accuracy,
+    training curves and top losses, for each run and for their bag, in one report.html.
+
+    Example: ledger report experiments/fashion.yaml --out reports/fashion
+    """
+    from ledger.report import write_report
+    from ledger.store import Store
+
+    spec = _load(spec_path, check_models=False)
+    result = write_report(spec, Store(home), out, run=run, top_losses=top_losses)
+    for section in result.sections:
+        console.print(f"{section.heading}: accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} images")
+    console.print(f"wrote {result.html}")

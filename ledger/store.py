@@ -144,11 +144,22 @@ def _migrate_v2(db: sqlite3.Connection, home: Path) -> None:
         db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
 
 
+def _migrate_v3_lr_finds(db: sqlite3.Connection, home: Path) -> None:
+    # Learning-rate range tests (`ledger lr-find`): suggestions and the smoothed curve as JSON, so
+    # a plot can be redrawn; the plot path is relative to the home when it lies inside it.
+    db.execute(
+        "CREATE TABLE lr_finds (id TEXT PRIMARY KEY, experiment TEXT NOT NULL, model TEXT NOT NULL, arch TEXT,"
+        " size TEXT, accum INTEGER, frozen INTEGER, device TEXT, stopped TEXT, batches INTEGER,"
+        " suggestions TEXT NOT NULL, curve TEXT, plot TEXT, created_at TEXT NOT NULL)"
+    )
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
     lambda db, home: [db.execute(statement) for statement in _SCHEMA_V1.split(";") if statement.strip()],
     _migrate_v2,
+    _migrate_v3_lr_finds,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -320,4 +331,26 @@ class Store:
         rows = self._rows_of("submissions", experiment)
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
+        return rows
+
+    # ------------------------------------------------------------ learning-rate range tests
+
+    def record_lr_find(self, row: dict) -> str:
+        """One `lr-find` result: id, experiment, model, suggestions (JSON) and plot, plus any other
+        lr_finds column. created_at is filled in; a plot inside the home is stored relative to it."""
+        row = dict(row, created_at=row.get("created_at") or now())
+        plot = row.get("plot")
+        if plot:
+            try:
+                row["plot"] = str(Path(plot).resolve().relative_to(self.home.resolve()))
+            except ValueError:
+                row["plot"] = str(Path(plot).resolve())
+        self.db.execute(f"INSERT INTO lr_finds ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+        return row["id"]
+
+    def lr_finds(self, experiment: str | None = None) -> list[dict]:
+        rows = self._rows_of("lr_finds", experiment)
+        for row in rows:
+            row["suggestions"] = json.loads(row["suggestions"])
         return rows
