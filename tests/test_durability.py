@@ -32,7 +32,7 @@ def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path)
     db.close()
 
     store = Store(home)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     rows = store.runs()
     assert [(r["id"], r["status"], r["error_rate"], r["pid"]) for r in rows] == [
         ("r1", "done", 0.1, 123), ("r2", "failed", None, 124)]
@@ -41,7 +41,7 @@ def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path)
     store.update_run("r2", {"status": "interrupted"})  # the new status passes the CHECK constraint
     assert store.submissions()[0]["runs"] == ["r1"] and store.submissions()[0]["sha256"] is None
     store.close()
-    assert Store(home).db.execute("PRAGMA user_version").fetchone()[0] == 2  # idempotent
+    assert Store(home).db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # idempotent
 
 
 def _dead_pid() -> int:
