@@ -5,6 +5,7 @@ A run folder `runs/<experiment>/<run_id>/` holds:
   metrics.csv       one row per epoch: epoch, phase, train_loss, valid_loss, error_rate, seconds
   valid_preds.npz   ids, probs (N x C float32), labels (true class names), vocab: the held-out images
   test_preds.npz    ids, probs (N x C float32, TTA-blended), vocab: in sample-submission order
+  *_preds_<target>.npz  the same for each of data.extra_targets (valid ones TTA'd too)
   summary.json      the figures the ledger row carries
   model.safetensors optional weights
 The folder is built under a temporary name and renamed when complete, so a folder with the final
@@ -29,6 +30,14 @@ SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 SPEC = "spec.yaml"
 WEIGHTS = "model.safetensors"
+
+
+def predictions_file(base: str, target: str | None = None) -> str:
+    """`test_preds.npz` for the submission's target, `test_preds_<target>.npz` for an extra one."""
+    if target is None:
+        return base
+    stem, suffix = base.rsplit(".", 1)
+    return f"{stem}_{target}.{suffix}"
 
 
 @dataclass(frozen=True)

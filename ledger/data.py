@@ -35,6 +35,27 @@ class Competition:
     test_ids: tuple[str, ...]  # in sample-submission order
     test_paths: tuple[Path, ...]
     sample_submission: Path
+    extra: tuple["ExtraTarget", ...] = ()  # data.extra_targets, in the spec's order
+
+    @property
+    def head_sizes(self) -> tuple[int, ...]:
+        """Classes of each target, the submission's first: one head holds them all, in this order."""
+        return (len(self.vocab), *(len(t.vocab) for t in self.extra))
+
+    def target_labels(self) -> np.ndarray:
+        """(N,) int64 for one target; (N, 1 + extra) with the extra targets' columns after it."""
+        if not self.extra:
+            return self.train_labels
+        return np.stack([self.train_labels, *(t.labels for t in self.extra)], axis=1)
+
+
+@dataclass(frozen=True)
+class ExtraTarget:
+    """Another label column trained alongside the submission's target (Road to the Top part 4)."""
+
+    name: str
+    vocab: tuple[str, ...]
+    labels: np.ndarray  # int64 index into vocab, one per train image
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -111,7 +132,7 @@ def load_competition(data: DataSpec) -> Competition:
     else:
         csv_path = root / data.labels
         table = _read_csv(csv_path)
-        for column in (data.id_col, data.label_col):
+        for column in (data.id_col, data.label_col, *data.extra_targets):
             if column not in table.columns:
                 raise LedgerError(f"{csv_path}: missing column {column!r} (columns: {', '.join(table.columns)})")
         ids, names = list(table[data.id_col]), list(table[data.label_col])
@@ -131,9 +152,14 @@ def load_competition(data: DataSpec) -> Competition:
         )
         files = _unique_names(found, train_dir)
         paths = _resolve(ids, files, csv_path)
-    vocab = tuple(sorted(set(names)))
-    index = {name: i for i, name in enumerate(vocab)}
-    labels = np.array([index[n] for n in names], dtype=np.int64)
+    vocab, labels = _encode(names)
+    extra = []
+    for column in data.extra_targets:
+        values = list(table[column])
+        empty = [i for i, value in zip(ids, values) if not value]
+        if empty:
+            raise LedgerError(f"{csv_path}: {len(empty)} row(s) with an empty {column!r} (e.g. {', '.join(empty[:5])})")
+        extra.append(ExtraTarget(column, *_encode(values)))
 
     sample_path = root / data.sample_submission
     sample = _read_csv(sample_path)
@@ -157,7 +183,15 @@ def load_competition(data: DataSpec) -> Competition:
         test_ids=tuple(test_ids),
         test_paths=tuple(test_paths),
         sample_submission=sample_path,
+        extra=tuple(extra),
     )
+
+
+def _encode(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Sorted vocab and each name's index in it."""
+    vocab = tuple(sorted(set(names)))
+    index = {name: i for i, name in enumerate(vocab)}
+    return vocab, np.array([index[n] for n in names], dtype=np.int64)
 
 
 # ---------------------------------------------------------------- splits

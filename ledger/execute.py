@@ -109,13 +109,16 @@ def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Pa
     generator = torch.Generator().manual_seed(plan.train_seed)
     meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
 
-    net, transform = model_on_device(model, len(competition.vocab), device)
+    sizes = competition.head_sizes  # the submission's classes, then each extra target's
+    net, transform = model_on_device(model, sum(sizes), device)
     micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
-    batches = Batches(images.train, competition.train_labels, train_idx, model.batch_size, shuffle=True,
-                      drop_last=True, seed=plan.train_seed)
-    valid = Batches(images.train, competition.train_labels, valid_idx, micro_batch) if len(valid_idx) else None
+    labels = competition.target_labels()
+    batches = Batches(images.train, labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
+                      seed=plan.train_seed)
+    valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
     runtime = Runtime(device, precision, plan.accum, transform, generator)
-    criterion = Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix)
+    criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
+                          extra_names=tuple(t.name for t in competition.extra))
     resumed = 0
     if checkpoint.exists():
         resumed = len(torch.load(checkpoint.path, map_location="cpu", weights_only=True)["history"])
@@ -124,26 +127,36 @@ def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Pa
     history = fit(net, model, fit_phases(model), batches, runtime, criterion, valid=valid, progress=progress,
                   checkpoint=checkpoint)
 
-    vocab = np.array(competition.vocab)
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
-    test_probs = tta(net, test_batches, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator)
-    artifacts.save_predictions(folder / artifacts.TEST_PREDS,
-                               Predictions(ids=np.array(competition.test_ids), probs=test_probs.numpy(), vocab=vocab))
+    test_probs = tta(net, test_batches, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator,
+                     head_sizes=sizes)
+    targets = [(None, competition.vocab, competition.train_labels),
+               *((t.name, t.vocab, t.labels) for t in competition.extra)]
+    for (name, vocab, _), probs in zip(targets, test_probs.split(sizes, dim=1)):
+        artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.TEST_PREDS, name), Predictions(
+            ids=np.array(competition.test_ids), probs=probs.numpy(), vocab=np.array(vocab)))
     valid_loss = error_rate = tta_accuracy = None
     if valid is not None:
         # TTA on the held-out images too, so the out-of-bag estimate measures what the submission is.
-        valid_probs = tta(net, valid, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator)
-        valid_labels = competition.train_labels[valid_idx]
+        valid_probs = tta(net, valid, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator,
+                          head_sizes=sizes)
         valid_loss, error_rate = history[-1].valid_loss, history[-1].error_rate
-        tta_accuracy = float((valid_probs.argmax(1).numpy() == valid_labels).mean())
-        artifacts.save_predictions(folder / artifacts.VALID_PREDS, Predictions(
-            ids=np.array(competition.train_ids)[valid_idx], probs=valid_probs.numpy(), vocab=vocab,
-            labels=vocab[valid_labels]))
+        for (name, vocab, target), probs in zip(targets, valid_probs.split(sizes, dim=1)):
+            vocab = np.array(vocab)
+            artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.VALID_PREDS, name), Predictions(
+                ids=np.array(competition.train_ids)[valid_idx], probs=probs.numpy(), vocab=vocab,
+                labels=vocab[target[valid_idx]]))
+        main = valid_probs[:, : sizes[0]]
+        tta_accuracy = float((main.argmax(1).numpy() == competition.train_labels[valid_idx]).mean())
     if model.save_weights:
         save_weights(net, folder / artifacts.WEIGHTS)
     peak_bytes = meter.read()
 
-    rows = [dataclasses.asdict(m) | {"accuracy": m.accuracy, "images_per_s": m.images_per_s} for m in history]
+    rows = []
+    for m in history:
+        row = dataclasses.asdict(m) | {"accuracy": m.accuracy, "images_per_s": m.images_per_s}
+        row |= {f"error_rate_{name}": rate for name, rate in row.pop("extra_error_rates").items()}
+        rows.append(row)
     pd.DataFrame(rows).to_csv(folder / artifacts.METRICS, index=False)
     seconds = sum(m.train_seconds for m in history)
     summary = dict(

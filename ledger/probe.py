@@ -312,7 +312,7 @@ def probe_models(spec, models, store, budget_bytes: int | None = None, device=No
         load_images(paths, model.item_size, model.resize, cache_dir)
 
         def trial(k: int, model=model) -> Trial:
-            result = run_in_child(training_trial, model, paths, len(competition.vocab), spec.probe.steps,
+            result = run_in_child(training_trial, model, paths, sum(competition.head_sizes), spec.probe.steps,
                                   device.type, str(cache_dir), k=k, micro_batch=micro_batch_size(model.batch_size, k))
             if console is not None:
                 peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)

@@ -33,6 +33,9 @@ class DataSpec:
     train_dir: str = "train_images"
     test_dir: str = "test_images"
     sample_submission: str = "sample_submission.csv"
+    # More label columns of the label CSV, trained alongside label_col by one model (one head
+    # with every target's classes, summed cross-entropies: Road to the Top part 4).
+    extra_targets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,11 +248,21 @@ def _parse_data(file: Path, raw: Any, check_root: bool) -> DataSpec:
     if check_root and not root.is_dir():
         relative = "" if Path(given).expanduser().is_absolute() else f" ({given} from the spec's folder)"
         c.fail(f"no such folder: {root}{relative}", "root")
+    labels = c.get("labels", "str", "folders")
+    extra = c.get("extra_targets", "list", [])
+    if not all(isinstance(name, str) and name for name in extra):
+        c.fail(f"expected a list of column names, got {extra!r}", "extra_targets")
+    if extra and labels == "folders":
+        c.fail("needs a label CSV (data.labels: train.csv): class folders hold one target only", "extra_targets")
+    label_col = c.get("label_col", "str", "label")
+    if label_col in extra or len(set(extra)) != len(extra):
+        c.fail(f"each column once, and not label_col ({label_col!r}); got {extra!r}", "extra_targets")
     return DataSpec(
         root=root,
-        labels=c.get("labels", "str", "folders"),
+        labels=labels,
+        extra_targets=tuple(extra),
         id_col=c.get("id_col", "str", "image_id"),
-        label_col=c.get("label_col", "str", "label"),
+        label_col=label_col,
         train_dir=c.get("train_dir", "str", "train_images"),
         test_dir=c.get("test_dir", "str", "test_images"),
         sample_submission=c.get("sample_submission", "str", "sample_submission.csv"),
@@ -354,6 +367,10 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         if model.name in seen:
             raise spec_error(file, f"models[{i}].name", f"duplicate model name {model.name!r} (also models[{seen[model.name]}])")
         seen[model.name] = i
+    for i, model in enumerate(models):
+        if data.extra_targets and (model.mixup or model.cutmix):
+            key = "mixup" if model.mixup else "cutmix"
+            raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
     if check_data:
         _parse_data(file, top.get("data", "dict"), check_root=True)
     if check_models:

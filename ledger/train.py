@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
@@ -160,6 +160,7 @@ class EpochMetrics:
     train_images: int
     train_seconds: float
     lr: float = 0.0  # the head's learning rate at the epoch's last step
+    extra_error_rates: dict = field(default_factory=dict)  # extra target name -> its error rate
 
     @property
     def images_per_s(self) -> float:
@@ -195,16 +196,25 @@ class Criterion:
 
     Mixing happens within a micro-batch, so accumulated gradients still equal the full batch's
     for the same mixing. timm's Mixup pairs image i with image n-1-i and needs an even count; an
-    odd micro-batch's last image stays unmixed, with the same smoothed one-hot target."""
+    odd micro-batch's last image stays unmixed, with the same smoothed one-hot target.
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, mixup: float = 0.0, cutmix: float = 0.0):
-        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+    With extra targets (`classes` a tuple of class counts, the submission's target first), one
+    head holds every target's logits side by side and the loss is the sum of the targets'
+    cross-entropies, as Road to the Top part 4 trains disease and variety together."""
+
+    def __init__(self, classes: int | tuple[int, ...], label_smoothing: float = 0.0, mixup: float = 0.0,
+                 cutmix: float = 0.0, extra_names: tuple[str, ...] = ()):
+        self.sizes = (classes,) if isinstance(classes, int) else tuple(classes)
+        self.extra_names = tuple(extra_names)
+        self.num_classes, self.label_smoothing = sum(self.sizes), label_smoothing
         self.mixer = None
         if mixup > 0 or cutmix > 0:
+            if len(self.sizes) > 1:
+                raise ValueError("mixup and cutmix need a single target")
             from timm.data import Mixup
 
             self.mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                               num_classes=num_classes)
+                               num_classes=self.num_classes)
 
     def mix(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mixer is None or len(images) < 2:
@@ -218,9 +228,12 @@ class Criterion:
         return torch.cat([mixed, images[even:]]), torch.cat([soft, rest.to(soft.device)])
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.ndim == 2:  # soft targets from mixup
+        if targets.is_floating_point():  # soft targets from mixup
             return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if targets.ndim == 1:
+            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        return sum(F.cross_entropy(part, targets[:, i], label_smoothing=self.label_smoothing)
+                   for i, part in enumerate(logits.split(self.sizes, dim=1)))
 
 
 # ---------------------------------------------------------------- the loop
@@ -329,11 +342,13 @@ def fit(net: nn.Module, model, phases: list[Phase], batches: Batches, runtime: R
             seconds = time.perf_counter() - started
             train_loss = torch.stack(losses).mean().item() if losses else float("nan")
             valid_loss = error_rate = None
+            extra_errors: list[float] = []
             if valid is not None:
-                probs, labels = predict(net, valid, runtime.transform, device, precision)
-                valid_loss, error_rate = classification_metrics(probs, labels)
+                probs, labels = predict(net, valid, runtime.transform, device, precision, head_sizes=criterion.sizes)
+                valid_loss, error_rate, extra_errors = classification_metrics(probs, labels, criterion.sizes)
             metrics = EpochMetrics(phase.name, epoch_number, train_loss, valid_loss, error_rate, seen, seconds,
-                                   lr=optimizer.param_groups[-1]["lr"])
+                                   lr=optimizer.param_groups[-1]["lr"],
+                                   extra_error_rates=dict(zip(criterion.extra_names, extra_errors)))
             progress.end(metrics)
             history.append(metrics)
             if checkpoint is not None:
@@ -344,11 +359,19 @@ def fit(net: nn.Module, model, phases: list[Phase], batches: Batches, runtime: R
 # ---------------------------------------------------------------- prediction and TTA
 
 
+def head_softmax(logits: torch.Tensor, sizes: tuple[int, ...] | None) -> torch.Tensor:
+    """Softmax over each target's slice of the head (the whole head with one target)."""
+    if not sizes or len(sizes) == 1:
+        return logits.softmax(dim=1)
+    return torch.cat([part.softmax(dim=1) for part in logits.split(sizes, dim=1)], dim=1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, batches: Batches, transform: BatchTransform, device: torch.device,
-            precision: Precision, augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Softmax probabilities (float32, CPU) in batch order; `augment` replaces the plain transform."""
+            precision: Precision, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            head_sizes: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Softmax probabilities (float32, CPU) in batch order, per target with `head_sizes`;
+    `augment` replaces the plain transform."""
     model.eval()
     prepare = augment or transform.plain
     probs, labels = [], []
@@ -358,7 +381,7 @@ def predict(model: nn.Module, batches: Batches, transform: BatchTransform, devic
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             logits = model(x)
-        probs.append(logits.float().softmax(dim=1).cpu())
+        probs.append(head_softmax(logits.float(), head_sizes).cpu())
         if targets is not None:
             labels.append(targets)
     return torch.cat(probs), (torch.cat(labels) if labels else None)
@@ -366,19 +389,24 @@ def predict(model: nn.Module, batches: Batches, transform: BatchTransform, devic
 
 def tta(model: nn.Module, batches: Batches, transform: BatchTransform, device: torch.device, precision: Precision,
         n: int, beta: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, head_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
     """fastai's TTA: the mean of `n` passes with the training augmentation, blended with one plain
     pass as lerp(mean_augmented, plain, beta). With n = 0 it is the plain pass."""
-    plain, _ = predict(model, batches, transform, device, precision)
+    plain, _ = predict(model, batches, transform, device, precision, head_sizes=head_sizes)
     if n == 0:
         return plain
     augment = augment or (lambda x: transform.random(x, generator))
-    augmented = torch.stack([predict(model, batches, transform, device, precision, augment)[0] for _ in range(n)])
+    augmented = torch.stack([predict(model, batches, transform, device, precision, augment, head_sizes)[0]
+                             for _ in range(n)])
     return torch.lerp(augmented.mean(0), plain, beta)
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Cross-entropy of the probabilities and error rate."""
-    loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    error = (probs.argmax(1) != labels).float().mean().item()
-    return loss, error
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, head_sizes: tuple[int, ...] | None = None
+                           ) -> tuple[float, float, list[float]]:
+    """Cross-entropy (summed over targets), the submission target's error rate, and each extra
+    target's error rate."""
+    sizes = head_sizes or (probs.shape[1],)
+    parts, columns = probs.split(sizes, dim=1), (labels.unsqueeze(1) if labels.ndim == 1 else labels)
+    losses = [F.nll_loss(p.clamp_min(1e-12).log(), columns[:, i]).item() for i, p in enumerate(parts)]
+    errors = [(p.argmax(1) != columns[:, i]).float().mean().item() for i, p in enumerate(parts)]
+    return sum(losses), errors[0], errors[1:]
