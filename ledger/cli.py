@@ -390,7 +390,7 @@ def ensemble(
     run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
     tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
     use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the tuned weights instead of the spec's (implies --tune-weights).")] = False,
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,

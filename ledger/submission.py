@@ -41,7 +41,7 @@ class Selection:
 @dataclass(frozen=True, eq=False)
 class Submission:
     selection: Selection
-    result: BagResult | None  # None when no run has weight above 0 (refused before this)
+    result: BagResult  # the runs weighted above 0, bagged
     entry_weights: dict[str, float]  # normalised weight of each entry bagged
     weights: dict[str, float]  # normalised weight of each run bagged (what the row records)
     estimate: Estimate  # out-of-bag figure of these weights, with its coverage
