@@ -307,10 +307,13 @@ def runs_command(
                           p["created_at"])
         console.print(table)
     if submissions:
-        table = Table("id", "experiment", "path", "runs", "out-of-bag acc", "created", title="submissions")
+        # Which runs made which file: the count here, the ids in --json; the sha256 prefix tells
+        # whether the file on disk is still the one recorded.
+        table = Table("id", "experiment", "path", "runs", "out-of-bag acc", "images scored", "sha256", "created",
+                      title="submissions")
         for s in submissions:
-            oob = "" if s["oob_accuracy"] is None else f"{s['oob_accuracy']:.4f}"
-            table.add_row(s["id"], s["experiment"], s["path"], str(len(s["runs"])), oob, s["created_at"])
+            table.add_row(s["id"], s["experiment"], s["path"], str(len(s["runs"])), _accuracy(s["oob_accuracy"]),
+                          _coverage(s["oob_images"], s["train_images"]), (s["sha256"] or "")[:12], s["created_at"])
         console.print(table)
 
 
@@ -398,36 +401,104 @@ def _weights(pairs: list[str] | None) -> dict[str, float]:
     return weights
 
 
+def _accuracy(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"  # value != value: nan
+
+
+def _coverage(images: int | None, train_images: int | None) -> str:
+    return "" if images is None else f"{images}/{train_images if train_images is not None else '?'}"
+
+
+def _submission_json(submission) -> dict:
+    estimate = submission.estimate
+    data = {
+        "oob_accuracy": None if estimate.accuracy != estimate.accuracy else estimate.accuracy,
+        "oob_images": estimate.images,
+        "train_images": estimate.train_images,
+        "runs": list(submission.weights),
+        "weights": submission.weights,
+        "entry_weights": submission.entry_weights,
+        "entries": {run_id: submission.selection.entry[run_id] for run_id in submission.weights},
+        "excluded": [{"run_id": e.run_id, "reason": e.reason} for e in submission.excluded],
+        "missing_entries": submission.selection.missing,
+        "out": None if submission.path is None else str(submission.path),
+        "sha256": submission.sha256,
+        "submission_id": submission.submission_id,
+    }
+    if submission.tuned is not None:
+        table = submission.comparison
+        data["tuned"] = {"weights": submission.tuned.counts, "steps": submission.tuned.steps,
+                         "comparison": [dict(row, accuracy=None if row["accuracy"] != row["accuracy"] else row["accuracy"])
+                                        for row in table.to_dict("records")]}
+    return data
+
+
+def _print_submission(submission) -> None:
+    rows_by_entry: dict[str, list[str]] = {}
+    for run_id, entry in submission.selection.entry.items():
+        rows_by_entry.setdefault(entry, []).append(run_id)
+    table = Table("entry", "runs", "weight", "run ids", title="entries bagged")
+    for entry, weight in submission.entry_weights.items():
+        table.add_row(entry, str(len(rows_by_entry.get(entry, []))), f"{weight:.3f}", " ".join(rows_by_entry.get(entry, [])))
+    console.print(table)
+    if submission.excluded:
+        table = Table("run", "reason", title="runs not bagged")
+        for e in submission.excluded:
+            table.add_row(e.run_id, e.reason)
+        console.print(table)
+    for entry in submission.selection.missing:
+        console.print(f"note: entry {entry!r} has no done run of its current recipe; it is not in the bag")
+    if submission.comparison is not None:
+        table = Table("weights", "out-of-bag acc", "images", title="out-of-bag accuracy, all on the images every entry covers")
+        for row in submission.comparison.itertuples():
+            label = row.name if row.kind == "weights" else f"{row.name} alone"
+            table.add_row(label, _accuracy(row.accuracy), _coverage(row.images, row.train_images))
+        console.print(table)
+        console.print("tuned weights (greedy selection on these same images, so its figure is optimistic); "
+                      "to use them, paste into the spec's models or pass --use-tuned:")
+        for entry, count in submission.tuned.counts.items():
+            console.print(f"  {entry}: {count}")
+    estimate = submission.estimate
+    console.print(f"{len(submission.weights)} run(s); out-of-bag accuracy {_accuracy(estimate.accuracy)} on "
+                  f"{_coverage(estimate.images, estimate.train_images)} training images (held out by every weighted entry)")
+    if submission.path is not None:
+        console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission {submission.submission_id})")
+
+
 @app.command()
 @friendly_errors
 def ensemble(
     spec_path: SpecArg,
-    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: submissions/<experiment>-<time>.csv).")] = None,
-    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model's runs, overriding the spec (repeatable).")] = None,
-    run: Annotated[Optional[list[str]], typer.Option("--run", help="Bag only this run id (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: <ledger home>/submissions/<experiment>-<time>.csv).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")] = None,
+    run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
+    tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
+    use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the tuned weights instead of the spec's (implies --tune-weights).")] = False,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
     home: HomeOpt = None,
 ) -> None:
-    """Bag finished runs into a submission CSV, with an out-of-bag estimate of its accuracy.
+    """Bag the current spec's finished runs into a submission CSV, with an out-of-bag estimate.
 
-    A weighted mean of the runs' TTA probabilities, checked against the sample submission's ids,
-    order and columns, and recorded in the ledger with its runs and weights.
+    Only done runs whose fingerprint matches an entry of the spec are bagged; others are listed with
+    the reason. The bag is a weighted mean of entries, each the mean of its runs' TTA probabilities,
+    checked against the sample submission's ids, order and columns and recorded in the ledger with
+    its runs, weights, out-of-bag figure and the CSV's sha256.
 
-    Example: ledger ensemble experiments/fashion.yaml --weight vit=2 --out submissions/fashion.csv
+    Example: ledger ensemble experiments/fashion.yaml --tune-weights --dry-run
     """
-    from ledger.ensemble import make_submission
     from ledger.store import Store
+    from ledger.submission import make_submission
 
     spec = _load(spec_path, check_models=False)
-    submission = make_submission(spec, Store(home), run, _weights(weight), out, dry_run)
-    oob = submission.out_of_bag
-    table = Table("kind", "name", "weight", "out-of-bag acc", "images", title="runs bagged, with out-of-bag accuracy")
-    for row in oob.table.itertuples():
-        table.add_row(row.kind, row.name, f"{row.weight:.3f}", f"{row.accuracy:.4f}", str(row.covered))
-    console.print(table)
-    console.print(f"{len(submission.runs)} run(s); out-of-bag accuracy {oob.accuracy:.4f} on {oob.covered} training images")
-    if submission.path is not None:
-        console.print(f"wrote {submission.path}")
+    submission = make_submission(spec, Store(home), run, _weights(weight), out, dry_run=dry_run,
+                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message)
+    if as_json:
+        _print_json(_submission_json(submission))
+    else:
+        _print_submission(submission)
 
 
 # ---------------------------------------------------------------- lr-find and report

@@ -11,8 +11,10 @@ gave. Two different extensions ("1.jpg", "1.png") never match.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,6 @@ from ledger.artifacts import Predictions
 from ledger.errors import LedgerError
 
 _EXAMPLES = 3  # offending ids or classes named in an error message
-_TABLE_COLUMNS = ["kind", "name", "weight", "accuracy", "covered"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class RunInput:
     """One finished run, as the store hands it over."""
 
     run_id: str
-    model: str  # model name from the spec: --weight applies per model name
+    model: str  # the spec's model entry it is a run of: weights apply per entry
     test: Predictions
     valid: Predictions | None = None
 
@@ -45,20 +46,15 @@ class BagResult:
     weights: dict[str, float]  # normalised weight per run_id
 
 
-@dataclass(frozen=True, eq=False)
-class OutOfBag:
-    accuracy: float  # ensemble accuracy on the covered training images (nan when none)
-    covered: int  # training images held out by at least one weighted run
-    table: pd.DataFrame  # columns kind, name, weight, accuracy, covered; rows ensemble, models, runs
-
-
 # ---------------------------------------------------------------- weights
 
 
 def normalise_weights(runs: Sequence[RunInput], weights: Mapping[str, float]) -> dict[str, float]:
-    """Weight per run_id, summing to 1. A run weighs what its model name weighs (default 1), so a
-    model with three runs counts three times as much as a model with one: that is what bagging
-    more runs of a strong model is for."""
+    """Weight per run_id, summing to 1. The bag is a weighted mean of ENTRIES, each entry the plain
+    mean of its runs: an entry weighs what the spec (or --weight) says (default 1) whatever its run
+    count, and each of its runs a 1/runs share of that. More runs of an entry lower its variance
+    without tilting the bag towards it, and the out-of-bag estimate (ledger.oob) is built the same
+    way, entry by entry, so it estimates exactly this bag."""
     model_names = {run.model for run in runs}
     unknown = sorted(set(weights) - model_names)
     if unknown:
@@ -69,11 +65,12 @@ def normalise_weights(runs: Sequence[RunInput], weights: Mapping[str, float]) ->
     for name, weight in weights.items():
         if not np.isfinite(weight) or weight < 0:
             raise LedgerError(f"--weight {name}={weight}: weights must be finite and >= 0")
-    raw = {run.run_id: float(weights.get(run.model, 1.0)) for run in runs}
-    total = sum(raw.values())
+    entry_weight = {name: float(weights.get(name, 1.0)) for name in model_names}
+    total = sum(entry_weight.values())
     if total <= 0:
         raise LedgerError("all ensemble weights are zero: nothing to bag")
-    return {run_id: weight / total for run_id, weight in raw.items()}
+    run_count = {name: sum(run.model == name for run in runs) for name in model_names}
+    return {run.run_id: entry_weight[run.model] / total / run_count[run.model] for run in runs}
 
 
 def _weight_vector(runs: Sequence[RunInput], weights: Mapping[str, float]) -> np.ndarray:
@@ -240,77 +237,6 @@ def bag(runs: Sequence[RunInput], weights: Mapping[str, float], ids: Sequence[st
     )
 
 
-# ---------------------------------------------------------------- out-of-bag estimate
-
-
-def _oob_accuracy(
-    valids: Sequence[tuple[str, Predictions]], weight_vector: np.ndarray, vocab: np.ndarray
-) -> tuple[float, int]:
-    """Accuracy of the weighted mean over the runs that held each image out, and how many
-    images that covers. An image held out only by zero-weight runs is not covered."""
-    all_ids = np.unique(np.concatenate([_as_str(preds.ids) for _, preds in valids]))
-    sums = np.zeros((len(all_ids), len(vocab)), dtype=np.float64)
-    weight_sums = np.zeros(len(all_ids), dtype=np.float64)
-    true_class = np.full(len(all_ids), -1, dtype=np.int64)
-    for (run_id, preds), weight in zip(valids, weight_vector):
-        rows = np.searchsorted(all_ids, _as_str(preds.ids))  # all_ids is sorted and holds them all
-        columns = _column_positions(run_id, _as_str(preds.vocab), vocab, "validation")
-        # Fancy-index += adds a repeated row only once, so repeats must be refused, not summed.
-        _check_unique(_as_str(preds.ids), f"run {run_id}: validation predictions")
-        sums[rows] += weight * preds.probs[:, columns]
-        weight_sums[rows] += weight
-        labels = pd.Index(vocab).get_indexer(_as_str(preds.labels))
-        if (labels < 0).any():
-            raise LedgerError(f"run {run_id}: validation labels not in the class vocab: "
-                              f"{_few(np.unique(_as_str(preds.labels)[labels < 0]))}")
-        known = true_class[rows]
-        disagree = (known >= 0) & (known != labels)
-        if disagree.any():
-            raise LedgerError(f"run {run_id}: validation labels disagree with another run's for "
-                              f"{_few(all_ids[rows[disagree]])}")
-        true_class[rows] = labels
-    covered = weight_sums > 0
-    if not covered.any():
-        return float("nan"), 0
-    predicted = sums[covered].argmax(axis=1)  # dividing by weight_sums would not move the argmax
-    return float((predicted == true_class[covered]).mean()), int(covered.sum())
-
-
-def out_of_bag(runs: Sequence[RunInput], weights: Mapping[str, float]) -> OutOfBag:
-    """Estimate the ensemble's accuracy from the runs' held-out training images.
-
-    Each run held out its own random split, so most training images were unseen by some runs;
-    averaging only those runs' predictions gives an honest estimate without a test set.
-    Rows: the ensemble (given weights), each model (its runs, equal weights), each run alone;
-    `weight` is the share of the normalised weights behind the row. Runs without validation
-    predictions (or labels) are skipped.
-    """
-    scored = [run for run in runs if run.valid is not None and run.valid.labels is not None]
-    weight_vector = _weight_vector(runs, weights) if runs else np.zeros(0)
-    weight_of = {run.run_id: float(w) for run, w in zip(runs, weight_vector)}
-    if not scored:
-        return OutOfBag(accuracy=float("nan"), covered=0, table=pd.DataFrame(columns=_TABLE_COLUMNS))
-    for run in scored:
-        _check_shape(run.run_id, run.valid, "validation")
-    vocab = np.sort(_as_str(runs[0].test.vocab))
-    valids = [(run.run_id, run.valid) for run in scored]
-
-    accuracy, covered = _oob_accuracy(
-        valids, np.array([weight_of[run.run_id] for run in scored]), vocab
-    )
-    rows = [("ensemble", "ensemble", sum(weight_of[r.run_id] for r in scored), accuracy, covered)]
-    for model in sorted({run.model for run in scored}):
-        members = [(run.run_id, run.valid) for run in scored if run.model == model]
-        model_accuracy, model_covered = _oob_accuracy(members, np.ones(len(members)), vocab)
-        model_weight = sum(weight_of[run_id] for run_id, _ in members)
-        rows.append(("model", model, model_weight, model_accuracy, model_covered))
-    for run in scored:
-        run_accuracy, run_covered = _oob_accuracy([(run.run_id, run.valid)], np.ones(1), vocab)
-        rows.append(("run", run.run_id, weight_of[run.run_id], run_accuracy, run_covered))
-    table = pd.DataFrame(rows, columns=_TABLE_COLUMNS)
-    return OutOfBag(accuracy=accuracy, covered=covered, table=table)
-
-
 # ---------------------------------------------------------------- submission CSV
 
 
@@ -346,10 +272,15 @@ def write_submission(
     out: Path,
     id_col: str | None = None,
     label_col: str | None = None,
+    commit: Callable[[str], object] | None = None,
 ) -> pd.DataFrame:
     """Write `out`: the sample submission's columns, header, ids and order, with the label column
-    holding the predicted class names. Written to a temporary file and renamed, so `out` is
-    either the old file or the whole new one, never half written."""
+    holding the predicted class names.
+
+    Written to `.<name>.tmp-<pid>` and renamed, so `out` is the old file or the whole new one, never
+    half written. `commit(sha256)` (the ledger row) runs right after the rename: if it fails, the
+    new file is removed and the old one put back, so a CSV only stands once its row exists. Stale
+    temporary files of dead processes next to `out` are removed first."""
     frame, id_col, label_col = read_sample_submission(sample_submission, id_col, label_col)
     sample_ids = frame[id_col].to_numpy(str)
     _check_unique(sample_ids, f"{sample_submission}")
@@ -363,73 +294,65 @@ def write_submission(
 
     out = Path(out)
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    previous = out.with_name(f".{out.name}.tmp-{os.getpid()}.old")  # the old file, until the commit holds
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
         frame.to_csv(temporary, index=False)
+        sha256 = hashlib.sha256(temporary.read_bytes()).hexdigest()
+        _unlink(previous)  # left by a dead process whose pid was ours
+        if out.exists():
+            os.link(out, previous)  # a second name for the old file: the rename below replaces only `out`
         os.replace(temporary, out)
     except OSError as e:
+        _unlink(previous)
         raise LedgerError(f"{out}: cannot write submission ({e})") from None
     finally:
-        try:
-            temporary.unlink(missing_ok=True)  # after a successful replace it is already gone
-        except OSError:
-            pass  # e.g. the parent could not be created: there is no temporary file either
+        _unlink(temporary)  # after a successful replace it is already gone; also on Ctrl-C
+    try:
+        if commit is not None:
+            commit(sha256)
+    except BaseException:
+        # No row, no file: put the old file back (or remove the new one) before the error goes on.
+        if previous.exists():
+            os.replace(previous, out)
+        else:
+            _unlink(out)
+        raise
+    _unlink(previous)
     return frame
 
 
-# ---------------------------------------------------------------- from the ledger to a submission
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass  # e.g. the parent could not be created: there is no file either
 
 
-@dataclass(frozen=True, eq=False)
-class Submission:
-    runs: list[dict]  # the ledger rows of the runs bagged
-    result: BagResult
-    out_of_bag: OutOfBag
-    path: Path | None  # None on a dry run
+_TEMPORARY = re.compile(r"^\.?(?P<name>.+)\.tmp-(?P<pid>\d+)(\.old)?$")
 
 
-def make_submission(spec, store, run_ids: Sequence[str] | None = None,
-                    weight_overrides: Mapping[str, float] | None = None, out: Path | None = None,
-                    dry_run: bool = False) -> Submission:
-    """Bag the experiment's `done` runs (or the given ids) into a checked submission CSV and record
-    which runs, with which weights, made it. `failed` and `running` runs are never used."""
-    from datetime import datetime
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove temporary files that a killed `ledger ensemble` (SIGKILL, power loss: no `finally`
+    runs) left next to `out`: `.<name>.csv.tmp-<pid>[.old]` whose process is gone. Files of live
+    processes are another command writing right now and are left alone."""
+    removed = []
+    for path in Path(out).parent.glob("*.csv.tmp-*"):
+        match = _TEMPORARY.match(path.name)
+        if match and not _process_alive(int(match["pid"])):
+            _unlink(path)
+            removed.append(path)
+    return removed
 
-    from ledger.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
 
-    if run_ids:
-        rows = store.runs(ids=list(run_ids))
-        found = {row["id"]: row for row in rows}
-        for run_id in run_ids:
-            if run_id not in found:
-                raise LedgerError(f"run {run_id}: not in the ledger at {store.home}")
-            if found[run_id]["status"] != "done":
-                raise LedgerError(f"run {run_id}: status is {found[run_id]['status']}; only done runs are bagged")
-            if found[run_id]["experiment"] != spec.name:
-                raise LedgerError(f"run {run_id}: belongs to experiment {found[run_id]['experiment']!r}, not {spec.name!r}")
-    else:
-        rows = store.runs(spec.name, status="done")
-        if not rows:
-            raise LedgerError(f"experiment {spec.name!r}: no done runs in {store.home} (run `ledger train` first)")
-    runs = []
-    for row in rows:
-        folder = store.artifact_path(row)
-        valid_path = folder / VALID_PREDS
-        runs.append(RunInput(row["id"], row["model"], load_predictions(folder / TEST_PREDS),
-                             load_predictions(valid_path) if valid_path.exists() else None))
-    present = {run.model for run in runs}
-    # Spec weights for the models that have runs here; --weight may name only those too.
-    model_weights = {m.name: m.weight for m in spec.models if m.name in present} | dict(weight_overrides or {})
-    weights = normalise_weights(runs, model_weights)
-    sample_path = spec.data.root / spec.data.sample_submission
-    frame, id_col, _ = read_sample_submission(sample_path)
-    result = bag(runs, weights, frame[id_col].to_numpy(str))
-    oob = out_of_bag(runs, weights)
-    path = None
-    if not dry_run:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path(out) if out else Path("submissions") / f"{spec.name}-{stamp}.csv"
-        write_submission(sample_path, result, path)
-        store.record_submission(spec.name, path, [r["id"] for r in rows], result.weights,
-                                None if np.isnan(oob.accuracy) else oob.accuracy)
-    return Submission(rows, result, oob, path)
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid we cannot ask about): leave its file
+    return True

@@ -1,5 +1,6 @@
 """Bagging invariants on hand-made numbers: no files but the CSVs, no torch."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from ledger import ensemble
 from ledger.artifacts import Predictions
-from ledger.ensemble import RunInput, align, bag, normalise_weights, out_of_bag, write_submission
+from ledger.ensemble import RunInput, align, bag, normalise_weights, remove_stale_temporaries, write_submission
 from ledger.errors import LedgerError
 
 VOCAB = ["cat", "dog"]
@@ -28,11 +29,13 @@ def valid(ids, probs, labels, vocab=VOCAB):
 # ---------------------------------------------------------------- weights
 
 
-def test_weights_default_to_one_per_run_and_sum_to_one():
+def test_weights_are_per_entry_and_its_runs_share_them():
     runs = [run("a", "convnext", ["x"], [[1, 0]]), run("b", "convnext", ["x"], [[1, 0]]), run("c", "vit", ["x"], [[1, 0]])]
-    assert normalise_weights(runs, {}) == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
-    # A model weight applies to each of its runs: 1 + 1 + 2 = 4.
-    assert normalise_weights(runs, {"vit": 2}) == pytest.approx({"a": 0.25, "b": 0.25, "c": 0.5})
+    # Entries weigh 1 each by default, whatever their run count: convnext 1/2 split over a and b.
+    assert normalise_weights(runs, {}) == pytest.approx({"a": 1 / 4, "b": 1 / 4, "c": 1 / 2})
+    assert sum(normalise_weights(runs, {}).values()) == pytest.approx(1)
+    # vit 2 : convnext 1 -> 2/3 and 1/3, convnext's third shared by its two runs.
+    assert normalise_weights(runs, {"vit": 2}) == pytest.approx({"a": 1 / 6, "b": 1 / 6, "c": 2 / 3})
 
 
 def test_weight_override_is_a_merged_dict():
@@ -132,47 +135,6 @@ def test_index_is_computed_once_per_distinct_id_order(monkeypatch):
     assert list(result.labels) == ["cat", "dog"]
 
 
-# ---------------------------------------------------------------- out-of-bag
-
-
-def test_out_of_bag_by_hand():
-    # True labels: x1 cat, x2 dog, x3 cat, x4 dog.
-    A = valid(["x1", "x2", "x3"], [[0.6, 0.4], [0.7, 0.3], [0.2, 0.8]], ["cat", "dog", "cat"])  # right, wrong, wrong
-    B = valid(["x2", "x3", "x4"], [[0.1, 0.9], [0.9, 0.1], [0.4, 0.6]], ["dog", "cat", "dog"])  # all right
-    D = valid(["x4", "x1"], [[0.2, 0.8], [0.3, 0.7]], ["dog", "cat"], vocab=VOCAB)  # x4 right, x1 wrong
-    runs = [
-        run("A", "convnext", ["t"], [[1, 0]], valid=A),
-        run("C", "convnext", ["t"], [[1, 0]]),  # no validation predictions: skipped
-        run("B", "vit", ["t"], [[1, 0]], valid=B),
-        run("D", "vit", ["t"], [[1, 0]], valid=D),
-    ]
-    weights = normalise_weights(runs, {"convnext": 3})  # A 3/8, C 3/8, B 1/8, D 1/8
-    result = out_of_bag(runs, weights)
-    # Ensemble, each image over the runs that held it out (A:B:D = 3:1:1 before renormalising):
-    #   x1  A, D: (3*0.6 + 1*0.3)/4 = 0.525 cat   right
-    #   x2  A, B: (3*0.7 + 1*0.1)/4 = 0.55  cat   wrong
-    #   x3  A, B: (3*0.2 + 1*0.9)/4 = 0.375 cat   wrong (dog)
-    #   x4  B, D: (0.4 + 0.2)/2     = 0.3   cat   right (dog)
-    # -> 2 / 4 = 0.5 over 4 covered images.
-    assert result.accuracy == 0.5 and result.covered == 4
-    table = result.table.set_index("name")
-    assert list(result.table.columns) == ["kind", "name", "weight", "accuracy", "covered"]
-    assert list(result.table["kind"]) == ["ensemble", "model", "model", "run", "run", "run"]
-    # convnext: A alone, 1/3. vit, B and D equal weights: x1 D wrong, x2 B right, x3 B right,
-    # x4 (0.4 + 0.2)/2 cat -> dog right: 3/4.
-    assert table.loc["convnext", "accuracy"] == pytest.approx(1 / 3) and table.loc["convnext", "covered"] == 3
-    assert table.loc["vit", "accuracy"] == 0.75 and table.loc["vit", "covered"] == 4
-    assert table.loc["A", "accuracy"] == pytest.approx(1 / 3)
-    assert table.loc["B", "accuracy"] == 1.0 and table.loc["D", "accuracy"] == 0.5
-    assert table.loc["ensemble", "weight"] == pytest.approx(5 / 8) and table.loc["B", "weight"] == 1 / 8
-    assert "C" not in table.index
-
-
-def test_out_of_bag_without_validation_predictions_is_empty():
-    result = out_of_bag([run("a", "m", ["t"], [[1, 0]])], {"a": 1.0})
-    assert result.covered == 0 and np.isnan(result.accuracy) and result.table.empty
-
-
 # ---------------------------------------------------------------- submission CSV
 
 
@@ -239,3 +201,79 @@ def test_bad_sample_submission_is_refused(tmp_path, text, kwargs, message):
     result = bag([run("a", "m", ["x1"], [[1, 0]])], {"a": 1.0}, ["x1"])
     with pytest.raises(LedgerError, match=message):
         write_submission(sample, result, tmp_path / "out.csv", **kwargs)
+
+
+# ---------------------------------------------------------------- atomic write and its ledger row
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_commit_gets_the_sha256_of_the_file_written(tmp_path):
+    import hashlib
+
+    sample = write_sample(tmp_path / "s.csv", "id,label\nx1,\n")
+    result = bag([run("a", "m", ["x1"], [[0, 1]])], {"a": 1.0}, ["x1"])
+    seen = []
+    write_submission(sample, result, tmp_path / "out.csv", commit=seen.append)
+    assert seen == [hashlib.sha256(b"id,label\nx1,dog\n").hexdigest()]
+
+
+def test_failed_commit_removes_the_new_file_and_restores_the_old(tmp_path):
+    sample = write_sample(tmp_path / "s.csv", "id,label\nx1,\n")
+    result = bag([run("a", "m", ["x1"], [[0, 1]])], {"a": 1.0}, ["x1"])
+
+    def ledger_locked(sha256):
+        assert (tmp_path / "new.csv").read_text() == "id,label\nx1,dog\n"  # renamed before the row
+        raise LedgerError("database is locked")
+
+    with pytest.raises(LedgerError, match="locked"):
+        write_submission(sample, result, tmp_path / "new.csv", commit=ledger_locked)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]  # no CSV without its row
+
+    write_sample(tmp_path / "old.csv", "old\n")
+    def refuse(sha256):
+        raise LedgerError("database is locked")
+
+    with pytest.raises(LedgerError, match="locked"):
+        write_submission(sample, result, tmp_path / "old.csv", commit=refuse)
+    assert (tmp_path / "old.csv").read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv", "s.csv"]
+
+
+def test_interrupt_mid_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    sample = write_sample(tmp_path / "s.csv", "id,label\nx1,\n")
+    result = bag([run("a", "m", ["x1"], [[1, 0]])], {"a": 1.0}, ["x1"])
+
+    def interrupted(self, path, **kwargs):  # Ctrl-C half-way through the file
+        Path(path).write_text("id,lab")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupted)
+    committed = []
+    with pytest.raises(KeyboardInterrupt):
+        write_submission(sample, result, tmp_path / "out.csv", commit=committed.append)
+    assert committed == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.csv"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead, alive = dead_pid(), os.getppid()
+    stale = [tmp_path / f".out.csv.tmp-{dead}", tmp_path / f".other.csv.tmp-{dead}.old", tmp_path / f"x.csv.tmp-{dead}"]
+    kept = [tmp_path / f".out.csv.tmp-{alive}", tmp_path / "notes.txt", tmp_path / f".out.csv.tmp-{os.getpid()}"]
+    for path in stale + kept:
+        path.write_text("half")
+    assert sorted(remove_stale_temporaries(tmp_path / "out.csv")) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+    # write_submission cleans up before it writes.
+    for path in stale:
+        path.write_text("half")
+    sample = write_sample(tmp_path / "s.csv", "id,label\nx1,\n")
+    write_submission(sample, bag([run("a", "m", ["x1"], [[1, 0]])], {"a": 1.0}, ["x1"]), tmp_path / "out.csv")
+    assert not any(path.exists() for path in stale)

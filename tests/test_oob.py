@@ -1,0 +1,147 @@
+"""The out-of-bag estimate and the weight search on hand-computed numbers (no files, no torch)."""
+
+import numpy as np
+import pytest
+
+from ledger.artifacts import Predictions
+from ledger.errors import LedgerError
+from ledger.oob import compare, estimate, held_out, tune_weights
+
+VOCAB = ["cat", "dog"]
+LABELS = {"x1": "cat", "x2": "cat", "x3": "dog", "x4": "dog"}
+
+
+def valid(cat: dict[str, float]) -> Predictions:
+    """Held-out predictions from {image: P(cat)}; true labels from LABELS."""
+    ids = list(cat)
+    return Predictions(ids=np.array(ids), probs=np.array([[cat[i], 1 - cat[i]] for i in ids], dtype=np.float64),
+                       vocab=np.array(VOCAB), labels=np.array([LABELS[i] for i in ids]))
+
+
+# Two entries trained on random splits. "strong" has two runs, both holding out x2;
+# x1 is held out by strong only, x4 by weak only.
+RANDOM_SPLITS = [
+    ("s1", "strong", valid({"x1": 0.9, "x2": 0.9})),
+    ("s2", "strong", valid({"x2": 0.9, "x3": 0.2})),
+    ("w1", "weak", valid({"x2": 0.0, "x3": 0.3, "x4": 0.1})),
+]
+
+
+def old_per_run_estimate(valids, run_weight):
+    """The estimate `ensemble.out_of_bag` gave before: every image scored by whichever runs held it
+    out, each run at its own weight. Kept here to show the figure it got wrong."""
+    votes = {}
+    for run_id, _, preds in valids:
+        for image, probs in zip(preds.ids, preds.probs):
+            votes.setdefault(str(image), []).append(run_weight[run_id] * probs)
+    right = [VOCAB[int(np.argmax(sum(v)))] == LABELS[image] for image, v in votes.items()]
+    return float(np.mean(right)), len(right)
+
+
+def test_old_per_run_figure_was_wrong_and_the_entry_figure_is_right():
+    # The bag: strong and weak weighted 1 : 1, each the mean of its runs.
+    # Old: every run weighs 1, every image scored by what held it out:
+    #   x1  s1 alone            0.9 cat   right      x2  (0.9 + 0.9 + 0.0)/3 = 0.6 cat  right
+    #   x3  (0.2 + 0.3)/2 = 0.25 cat -> dog  right   x4  w1 alone 0.1 cat -> dog        right
+    assert old_per_run_estimate(RANDOM_SPLITS, {"s1": 1, "s2": 1, "w1": 1}) == (1.0, 4)
+    # Right by construction: strong's mean and weak's mean, 1 : 1, only where both entries vote:
+    #   x2  strong (0.9 + 0.9)/2 = 0.9, weak 0.0 -> 0.45 cat -> dog   wrong (the bag predicts dog)
+    #   x3  strong 0.2, weak 0.3 -> 0.25 cat -> dog                    right
+    # x1 and x4 are never predicted by the whole bag: not scored.
+    held = held_out(RANDOM_SPLITS, VOCAB, train_images=5)
+    result = estimate(held, {"strong": 1, "weak": 1})
+    assert (result.accuracy, result.images, result.train_images) == (0.5, 2, 5)
+    # Weights are normalised: 3 : 3 is 1 : 1.
+    assert estimate(held, {"strong": 3, "weak": 3}) == result
+
+
+def test_entry_means_average_the_runs_that_held_the_image_out():
+    held = held_out(RANDOM_SPLITS, VOCAB)
+    strong = held.entries.index("strong")
+    assert list(held.ids) == ["x1", "x2", "x3", "x4"] and held.train_images == 4
+    np.testing.assert_allclose(held.probs[strong, :, 0], [0.9, 0.9, 0.2, 0.0])  # x4: not covered
+    assert held.covered.tolist() == [[True, True, True, False], [False, True, True, True]]
+
+
+def test_weighting_an_entry_zero_scores_the_others_on_their_own_coverage():
+    held = held_out(RANDOM_SPLITS, VOCAB)
+    # strong alone covers x1, x2, x3: 0.9 right, 0.9 right, 0.2 -> dog right.
+    assert estimate(held, {"strong": 1, "weak": 0}).images == 3
+    assert estimate(held, {"strong": 1}).accuracy == 1.0
+
+
+def test_compared_weightings_are_scored_on_the_same_images():
+    held = held_out(RANDOM_SPLITS, VOCAB, train_images=4)
+    table = compare(held, {"strong": 1, "weak": 3}).set_index("name")
+    # All rows on {x2, x3}, the images both entries cover.
+    assert set(table["images"]) == {2} and set(table["train_images"]) == {4}
+    # strong alone: x2 0.9 right, x3 0.2 right.  weak alone: x2 0.0 wrong, x3 0.3 right.
+    assert table.loc["strong", "accuracy"] == 1.0 and table.loc["weak", "accuracy"] == 0.5
+    # spec 1 : 3: x2 (0.9 + 0)/4 = 0.225 wrong; x3 (0.2 + 0.9)/4 = 0.275 right.  equal: as above, 0.5.
+    assert table.loc["spec", "accuracy"] == 0.5 and table.loc["equal", "accuracy"] == 0.5
+    assert list(table["kind"]) == ["entry", "entry", "weights", "weights"]
+
+
+def test_k_fold_covers_every_image():
+    # Two entries, two folds each: every image held out exactly once per entry.
+    folds = [
+        ("a0", "a", valid({"x1": 0.8, "x2": 0.4})), ("a1", "a", valid({"x3": 0.4, "x4": 0.6})),
+        ("b0", "b", valid({"x1": 0.3, "x2": 0.9})), ("b1", "b", valid({"x3": 0.1, "x4": 0.3})),
+    ]
+    held = held_out(folds, VOCAB, train_images=4)
+    # a 3 : b 1.  x1 (2.4 + 0.3)/4 = 0.675 cat right; x2 (1.2 + 0.9)/4 = 0.525 cat right;
+    # x3 (1.2 + 0.1)/4 = 0.325 dog right; x4 (1.8 + 0.3)/4 = 0.525 cat wrong.
+    result = estimate(held, {"a": 3, "b": 1})
+    assert (result.accuracy, result.images, result.train_images) == (0.75, 4, 4)
+
+
+def test_labels_that_disagree_between_runs_are_refused():
+    wrong = Predictions(ids=np.array(["x1"]), probs=np.array([[0.5, 0.5]]), vocab=np.array(VOCAB),
+                        labels=np.array(["dog"]))
+    with pytest.raises(LedgerError, match=r"run w: validation labels disagree.*'x1'"):
+        held_out([("s", "a", valid({"x1": 0.9})), ("w", "b", wrong)], VOCAB)
+
+
+def test_vocab_order_of_a_run_does_not_matter():
+    shuffled = Predictions(ids=np.array(["x2", "x3"]), probs=np.array([[0.0, 1.0], [0.7, 0.3]]),  # dog, cat
+                           vocab=np.array(["dog", "cat"]), labels=np.array(["cat", "dog"]))
+    held = held_out([("w", "weak", shuffled)], VOCAB)
+    np.testing.assert_allclose(held.probs[0], [[1.0, 0.0], [0.3, 0.7]])
+
+
+# ---------------------------------------------------------------- greedy selection
+
+
+# Labels x1 cat, x2 cat, x3 dog. A: 2/3 alone (x3 wrong); B: 1/3 alone; A twice + B once: all right.
+TUNING = [
+    ("a", "A", valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})),
+    ("b", "B", valid({"x1": 0.2, "x2": 0.45, "x3": 0.1})),
+]
+
+
+def test_greedy_selection_by_hand():
+    held = held_out(TUNING, VOCAB)
+    # Start: A alone (2/3, log loss 0.504).
+    assert tune_weights(held, steps=0).counts == {"A": 1, "B": 0}
+    # Step 1: A+A is A (2/3, log loss 0.504); A+B: x1 0.45 wrong, x2 0.575, x3 0.325 -> 2/3, log loss
+    # 0.582. Equal accuracy, lower log loss: A again, no better than the start, so the start is kept.
+    assert tune_weights(held, steps=1).counts == {"A": 1, "B": 0}
+    # Step 2 from A2: A2 B1: x1 (1.4 + 0.2)/3 = 0.533 cat, x2 0.617 cat, x3 (1.1 + 0.1)/3 = 0.4 dog: 3/3.
+    tuned = tune_weights(held, steps=2)
+    assert tuned.counts == {"A": 2, "B": 1} and tuned.weights == pytest.approx({"A": 2 / 3, "B": 1 / 3})
+    assert estimate(held, tuned.counts).accuracy == 1.0
+    # More steps never keep a worse ensemble than the best on the path.
+    assert estimate(held, tune_weights(held, steps=30).counts).accuracy == 1.0
+
+
+def test_ties_go_to_the_first_entry():
+    same = valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})
+    held = held_out([("r2", "second", same), ("r1", "first", same)], VOCAB)
+    # Identical entries: every candidate ties, so the start is kept: the entry listed first.
+    assert tune_weights(held, steps=10).counts == {"second": 1, "first": 0}
+
+
+def test_tuning_needs_images_every_entry_covers():
+    held = held_out([("a", "A", valid({"x1": 0.9})), ("b", "B", valid({"x2": 0.9}))], VOCAB)
+    with pytest.raises(LedgerError, match="no training image is held out by every entry"):
+        tune_weights(held)
