@@ -85,15 +85,17 @@ def _worker_facts(home: str, token: str, precisions: Sequence[str]) -> dict:
 
 
 def _run(plan: RunPlan, home: str, cpus: float) -> RunResult:
+    from ledger.data import load_competition
+
+    competition = load_competition(plan.data)  # before torch is imported: a missing folder fails fast
+
     import torch
 
-    from ledger.data import load_competition
     from ledger.execute import cached_images, execute
 
     # Ray exports OMP_NUM_THREADS for the task, but torch may already have read it: runs sharing a
     # node must not each use every core.
     torch.set_num_threads(max(1, int(cpus)))
-    competition = load_competition(plan.data)
     images = cached_images(competition, plan.model, Path(home) / "cache")
     return execute(plan, competition, images, Path(home), _device())
 

@@ -5,6 +5,7 @@ the shared-home check, and `accum: auto` looked up for the workers' device."""
 import dataclasses
 import json
 import os
+import time
 
 import pytest
 from conftest import TINY_CONVNEXT, write_spec
@@ -99,7 +100,7 @@ def test_failed_and_crashed_runs_are_recorded_failed_while_the_other_is_done(tmp
     crashing = dataclasses.replace(good, run_id=new_id(), run_number=1,
                                    data=dataclasses.replace(good.data, root=tmp_path / "gone"))
     events = Finished()
-    results = train_on_ray(spec, [good, wrong, crashing], store, events, RayOptions())
+    results = train_on_ray(spec, [good, crashing, wrong], store, events, RayOptions())
 
     rows = {r["id"]: r for r in store.runs("tiny")}
     assert {run_id: rows[run_id]["status"] for run_id in (good.run_id, wrong.run_id, crashing.run_id)} == {
@@ -130,3 +131,34 @@ def test_accum_auto_is_looked_up_for_the_workers_device(tmp_path, tiny_competiti
     assert [p.accum for p in worker_accum(spec, store, [plan], "cuda: Worker GPU")] == [4]
     with pytest.raises(LedgerError, match="no memory probe is on record for the Ray workers' device"):
         worker_accum(spec, store, [plan], "cuda: Another GPU")
+
+
+class InterruptedAtSecond(Finished):
+    """Ctrl-C while the second run is being submitted: the first is in flight."""
+
+    def run_started(self, index, total, plan):
+        if index == 1:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tiny_competition):
+    from ledger.execute import run_folders
+    from ledger.ray_executor import _submit_and_record
+
+    spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 2, accum: 1")))
+    store = Store(tmp_path / "home")
+    first, second = plan_experiment(spec, spec.models, store, lambda model: model.accum)
+    run_folders(store.home, first)[0].mkdir(parents=True)  # as `execute` leaves it, with its checkpoint
+    # A task that would hold its CPU for a minute: cancelled, it frees it at once. (A lambda, so
+    # that Ray ships it by value: workers cannot import this test module.)
+    sleeper = ray.remote(max_calls=1, num_cpus=1)(lambda plan, home, cpus: __import__("time").sleep(60))
+    worker = dict(device="cpu: test", precisions={})
+    with pytest.raises(KeyboardInterrupt):
+        _submit_and_record([first, second], store, InterruptedAtSecond(), store.home, sleeper, 2, worker, 1)
+    rows = store.runs("tiny")
+    assert [(r["id"], r["status"]) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
+    assert "resumes from its last finished epoch" in rows[0]["error"]
+    deadline = time.time() + 20
+    while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2  # the cancelled task's worker is gone
