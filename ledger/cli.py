@@ -232,7 +232,8 @@ def train(
 
     Runs already done with the same recipe (fingerprint) count; a run killed part-way resumes from
     its last finished epoch. A second call trains nothing. With --executor ray the runs are Ray
-    tasks (pip install 'ledger[ray]'); the ledger home must be on a filesystem every node sees.
+    tasks (install the ray extra: uv sync --extra ray); the ledger home must be on a filesystem
+    every node sees.
 
     Example: ledger train experiments/fashion.yaml --model convnext --more 2
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs

@@ -128,6 +128,11 @@ def _resources(options: RayOptions) -> tuple[dict, int]:
     gpus = options.gpus_per_run
     if gpus is None:
         gpus = 1 if total.get("GPU", 0) > 0 else 0
+    # A request no node can meet would wait forever, with no error.
+    if gpus > total.get("GPU", 0):
+        raise LedgerError(f"--gpus-per-run {gpus:g}: the Ray cluster has {total.get('GPU', 0):g} GPU(s)")
+    if options.cpus_per_run > total.get("CPU", 0):
+        raise LedgerError(f"--cpus-per-run {options.cpus_per_run:g}: the Ray cluster has {total.get('CPU', 0):g} CPU(s)")
     if gpus:
         slots = int(total.get("GPU", 0) // gpus)
     else:

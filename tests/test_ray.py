@@ -122,6 +122,14 @@ def test_a_home_the_workers_do_not_see_is_a_one_line_error(tmp_path, tiny_compet
     assert [r["status"] for r in Store(tmp_path / "home").runs()] == []  # nothing started
 
 
+def test_resources_default_to_cpus_without_gpus_and_refuse_what_no_node_has():
+    assert ray_executor._resources(RayOptions()) == (dict(num_gpus=0, num_cpus=1), 2)  # the fixture's 2 CPUs
+    with pytest.raises(LedgerError, match="--gpus-per-run 1: the Ray cluster has 0 GPU"):
+        ray_executor._resources(RayOptions(gpus_per_run=1))
+    with pytest.raises(LedgerError, match="--cpus-per-run 3: the Ray cluster has 2 CPU"):
+        ray_executor._resources(RayOptions(cpus_per_run=3))
+
+
 def test_accum_auto_is_looked_up_for_the_workers_device(tmp_path, tiny_competition):
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 1, accum: auto")))
     store = Store(tmp_path / "home")
