@@ -8,7 +8,7 @@ SPEC ?= experiments/fashion.yaml
 DATA ?= data/fashion
 SUBMISSION ?= submissions/fashion.csv
 
-.PHONY: install test data probe train ensemble submission bench clean
+.PHONY: install install-ray test data probe train ensemble submission bench clean
 
 # uv installs the locked CUDA-enabled torch + torchvision from PyPI (they run on CPU too) and ignores
 # pip's configuration, so a local CPU-only torch wheel can never be picked; bytecode is compiled at
@@ -19,7 +19,14 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	UV_COMPILE_BYTECODE=1 python3 -m uv sync --locked --group dev
 	@touch $@
 
-test: install
+# The tests also cover the Ray executor, so they get the optional `ray` extra; `make submission`
+# keeps the base install. Re-synced whenever the base install is newer (a plain sync removes Ray).
+install-ray: $(VENV)/.installed-ray
+$(VENV)/.installed-ray: $(VENV)/.installed
+	UV_COMPILE_BYTECODE=1 python3 -m uv sync --locked --group dev --extra ray
+	@touch $@
+
+test: install-ray
 	$(VENV)/bin/pytest -q
 
 $(DATA)/solution.csv: | install

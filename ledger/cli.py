@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import contextlib
+import enum
 import functools
 import json
 import signal
@@ -205,6 +206,11 @@ def _results_table(plans, results) -> Table:
     return table
 
 
+class Executor(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -217,13 +223,20 @@ def train(
     device: DeviceOpt = None,
     overrides: SetOpt = None,
     home: HomeOpt = None,
+    executor: Annotated[Executor, typer.Option(help="local: one run after another here; ray: one Ray task per run.")] = Executor.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS, else a new local Ray).")] = None,
+    gpus_per_run: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray run (default: 1 when the cluster has GPUs, else 0).")] = None,
+    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="CPUs per Ray run.")] = 1,
 ) -> None:
     """Train the runs the spec still owes; each run gets its own split, artifacts and ledger row.
 
     Runs already done with the same recipe (fingerprint) count; a run killed part-way resumes from
-    its last finished epoch. A second call trains nothing.
+    its last finished epoch. A second call trains nothing. With --executor ray the runs are Ray
+    tasks (install the ray extra: uv sync --extra ray); the ledger home must be on a filesystem
+    every node sees.
 
     Example: ledger train experiments/fashion.yaml --model convnext --more 2
+    Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
     from ledger.experiment import plan_experiment, train_experiment
     from ledger.probe import accum_resolver
@@ -239,7 +252,9 @@ def train(
         console.print(_plan_table(plans))
         console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
         return
-    plans = plan_experiment(spec, models, store, accum_resolver(spec, store, console, torch_device), more)
+    # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
+    resolver = accum_resolver(spec, store, console, torch_device, may_probe=executor is Executor.local)
+    plans = plan_experiment(spec, models, store, resolver, more)
     if not plans:
         console.print(f"nothing to train: every run the spec asks for is done (ledger in {store.home}); "
                       "--more N adds runs")
@@ -247,7 +262,13 @@ def train(
     results = []
     try:
         with _sigterm_as_interrupt(), ConsoleEvents(console, plans) as events:
-            results = train_experiment(spec, plans, store, events, torch_device)
+            if executor is Executor.ray:
+                from ledger.ray_executor import RayOptions, train_on_ray
+
+                options = RayOptions(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+                results = train_on_ray(spec, plans, store, events, options)
+            else:
+                results = train_experiment(spec, plans, store, events, torch_device)
     except KeyboardInterrupt:
         done = len([r for r in store.runs(spec.name, status="done")])
         console.print(f"interrupted: {done} done run(s) kept; the run in progress resumes from its last finished "

@@ -1,0 +1,276 @@
+"""The Ray executor: the runs of an experiment as Ray tasks, one task per run, on a laptop or a cluster.
+
+Same interface as the local `train_experiment`. Each task runs `execute` in a fresh worker process
+(`max_calls=1`: the process, and with it its GPU memory, ends with the run) and returns the small
+`RunResult`; the driver alone writes the ledger (`record_start` when it submits a run, `record`
+as each one finishes, in whatever order they finish). Workers write their run folders under the
+ledger home, so the home must be on a filesystem every node sees: checked before anything runs.
+
+Ray is an optional extra (`pip install 'ledger[ray]'`): this module imports it only when called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from typing import TYPE_CHECKING
+
+from ledger.errors import LedgerError, first_line
+
+if TYPE_CHECKING:
+    from ledger.experiment import ExperimentEvents
+    from ledger.plan import RunPlan
+    from ledger.record import RunResult
+    from ledger.spec import Spec
+    from ledger.store import Store
+
+INTERRUPTED = "interrupted; resumes from its last finished epoch"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    address: str | None = None  # None: the Ray this process already joined, $RAY_ADDRESS, or a new local one
+    gpus_per_run: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_run: float = 1
+
+
+# ---------------------------------------------------------------- what runs on a worker
+
+
+def _device():
+    import ray
+    import torch
+
+    # Ray sets CUDA_VISIBLE_DEVICES to the task's GPUs, so "cuda" is the one it was given.
+    return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
+
+
+def _worker_facts(home: str, token: str, precisions: Sequence[str]) -> dict:
+    """Where this worker is, whether it sees the driver's ledger home (the driver's token file is
+    there and a file can be written beside it), its device and what `precision: auto` becomes on it."""
+    import ray
+
+    host, node = socket.gethostname(), ray.get_runtime_context().get_node_id()
+    folder = Path(home).resolve()
+    problem = None
+    if not (folder / token).is_file():
+        problem = "no such folder there" if not folder.is_dir() else "a different folder of the same name"
+    else:
+        try:
+            written = folder / f"{token}.{host}.{os.getpid()}"
+            written.write_text(host)
+            written.unlink()
+        except OSError as error:
+            problem = f"cannot write there: {error.strerror}"
+    if problem:
+        return dict(host=host, node=node, problem=problem)  # before torch is imported: the answer comes fast
+
+    from ledger.memory import device_name
+    from ledger.train import resolve_precision
+
+    device = _device()
+    resolved = {}
+    for precision in precisions:
+        try:
+            resolved[precision] = resolve_precision(precision, device).name
+        except LedgerError:
+            resolved[precision] = precision  # fp16 on a CPU worker: the run itself fails with the reason
+    return dict(host=host, node=node, problem=None, device=device_name(device), precisions=resolved)
+
+
+def _run(plan: RunPlan, home: str, cpus: float) -> RunResult:
+    from ledger.data import load_competition
+
+    competition = load_competition(plan.data)  # before torch is imported: a missing folder fails fast
+
+    import torch
+
+    from ledger.execute import cached_images, execute
+
+    # Ray exports OMP_NUM_THREADS for the task, but torch may already have read it: runs sharing a
+    # node must not each use every core.
+    torch.set_num_threads(max(1, int(cpus)))
+    images = cached_images(competition, plan.model, Path(home) / "cache")
+    return execute(plan, competition, images, Path(home), _device())
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def _connect(options: RayOptions) -> bool:
+    """Join (or start) Ray; True when this call started the connection and should end it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if options.address is None:
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=options.address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise LedgerError(f"cannot connect to Ray at {options.address or 'a new local instance'}: "
+                          f"{first_line(error)}") from None
+    return True
+
+
+def _resources(options: RayOptions) -> tuple[dict, int]:
+    """A run's resource request, and how many runs the cluster holds at once."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = options.gpus_per_run
+    if gpus is None:
+        gpus = 1 if total.get("GPU", 0) > 0 else 0
+    # A request no node can meet would wait forever, with no error.
+    if gpus > total.get("GPU", 0):
+        raise LedgerError(f"--gpus-per-run {gpus:g}: the Ray cluster has {total.get('GPU', 0):g} GPU(s)")
+    if options.cpus_per_run > total.get("CPU", 0):
+        raise LedgerError(f"--cpus-per-run {options.cpus_per_run:g}: the Ray cluster has {total.get('CPU', 0):g} CPU(s)")
+    if gpus:
+        slots = int(total.get("GPU", 0) // gpus)
+    else:
+        slots = int(total.get("CPU", 0) // options.cpus_per_run) if options.cpus_per_run else 1
+    return dict(num_gpus=gpus, num_cpus=options.cpus_per_run), max(1, slots)
+
+
+def _leave_token(home: Path, token: str) -> None:
+    """A file only this driver wrote: a worker that finds it sees the same folder, not a namesake."""
+    (home / token).write_text(socket.gethostname())
+
+
+def check_workers(home: Path, resources: dict, precisions: Sequence[str]) -> dict:
+    """The home is seen by a worker on every node (checked on each, with no resources taken), and
+    the facts of a worker with a run's resources: its device, and precisions resolved there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = f".ray-visible-{uuid.uuid4().hex}"
+    _leave_token(home, token)
+    facts = ray.remote(max_calls=1, max_retries=0)(_worker_facts)
+    try:
+        answers = [ray.get(facts.options(**resources).remote(str(home), token, list(precisions)))]
+        # The other nodes too, taking no resources: a run may land on any of them.
+        answers += ray.get([
+            facts.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+            .remote(str(home), token, []) for node in ray.nodes() if node["Alive"] and node["NodeID"] != answers[0]["node"]])
+    finally:
+        (home / token).unlink(missing_ok=True)
+    for answer in answers:
+        if answer["problem"]:
+            raise LedgerError(f"{home} is not visible from worker {answer['host']} ({answer['problem']}): "
+                              "the ledger home must be on a filesystem every node sees")
+    return answers[0]
+
+
+def worker_accum(spec: Spec, store: Store, plans: Sequence[RunPlan], device: str) -> list[RunPlan]:
+    """`accum: auto` is the probe's choice for the device the workers have, which need not be the
+    driver's. Each auto entry is looked up for the workers' device; with no probe on record for it,
+    the driver probes first when it has the same kind of device (a local Ray, a head node that is
+    also a worker), and otherwise stops with an error that says what to do."""
+    from ledger.memory import device_name
+    from ledger.probe import probe_key, probe_models
+    from ledger.train import default_device
+
+    plans, chosen = list(plans), {}
+    budget, margin = spec.probe.budget_bytes, spec.probe.margin
+    for index, plan in enumerate(plans):
+        model = plan.model
+        if model.accum != "auto":
+            continue
+        key = probe_key(model)
+        if key not in chosen:
+            latest = store.latest_probe(key, device, budget, margin)
+            if latest is not None:
+                chosen[key] = latest["chosen_k"]
+            elif device_name(default_device()) == device:
+                chosen[key] = probe_models(spec, [model], store, budget, default_device())[0].result.chosen_k
+            else:
+                raise LedgerError(f"{model.name}: accum is auto and no memory probe is on record for the Ray "
+                                  f"workers' device ({device}); run `ledger probe-memory` on a worker node with "
+                                  f"the same --home, or set accum")
+        if chosen[key] is None:
+            raise LedgerError(f"{model.name}: the memory probe found no accumulation factor that fits on {device} "
+                              f"(see `ledger runs`)")
+        plans[index] = dataclasses.replace(plan, accum=chosen[key])
+    return plans
+
+
+def _failed(plan: RunPlan, error: BaseException) -> RunResult:
+    """A task that raised or whose worker died: a failed run with the reason, in one line."""
+    import ray.exceptions
+
+    from ledger.execute import one_line_error
+    from ledger.record import RunResult
+
+    cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
+    return RunResult(plan.run_id, "failed", error="worker: " + one_line_error(cause or error))
+
+
+def train_on_ray(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,
+                 options: RayOptions) -> list[RunResult]:
+    """Execute `plans` as Ray tasks, recording each as it finishes. Ctrl-C (or SIGTERM) cancels the
+    outstanding tasks, records the runs in flight as interrupted (their partial folders keep their
+    checkpoints for a resume) and re-raises."""
+    try:
+        import ray
+    except ImportError:
+        raise LedgerError("--executor ray needs Ray: pip install 'ledger[ray]' (or uv sync --extra ray)") from None
+
+    home = Path(os.path.abspath(store.home))  # workers have another cwd
+    started_here = _connect(options)
+    try:
+        resources, slots = _resources(options)
+        worker = check_workers(home, resources, sorted({p.model.precision for p in plans}))
+        plans = worker_accum(spec, store, plans, worker["device"])
+        task = ray.remote(max_calls=1, max_retries=0)(_run).options(**resources)
+        return _submit_and_record(plans, store, events, home, task, slots, worker, options.cpus_per_run)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _submit_and_record(plans, store, events, home, task, slots, worker, cpus) -> list[RunResult]:
+    import ray
+
+    from ledger.execute import run_folders
+    from ledger.record import RunResult, record, record_start
+
+    waiting = list(enumerate(plans))
+    in_flight: dict = {}  # ObjectRef -> (index, plan)
+    results = []
+    try:
+        while waiting or in_flight:
+            # No more runs submitted than the cluster holds at once, so a `running` row is a run
+            # that is running (or about to), as with the local executor.
+            while waiting and len(in_flight) < slots:
+                index, plan = waiting.pop(0)
+                events.run_started(index, len(plans), plan)  # epochs are not streamed back from workers
+                record_start(store, plan, worker["device"], worker["precisions"].get(plan.model.precision, ""),
+                             socket.gethostname(), os.getpid())  # the driver's: a dead driver ends its runs
+                in_flight[task.remote(plan, str(home), cpus)] = (index, plan)
+            # A timeout so that Ctrl-C and SIGTERM are seen within a second.
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                index, plan = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - a dead worker fails its run; the others go on
+                    result = _failed(plan, error)
+                record(store, result)
+                events.run_finished(index, len(plans), plan, result)
+                results.append(result)
+    except KeyboardInterrupt:
+        for ref, (index, plan) in in_flight.items():
+            ray.cancel(ref, force=True)  # the worker process goes; its partial folder and checkpoint stay
+            partial, _ = run_folders(home, plan)
+            record(store, RunResult(plan.run_id, "interrupted", error=INTERRUPTED if partial.exists()
+                                    else "interrupted before it started"))
+        raise
+    return results
