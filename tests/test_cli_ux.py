@@ -13,7 +13,8 @@ from rich.console import Console
 from conftest import TINY_CONVNEXT, write_spec
 from test_submission import HALVES, add_run, invoke, setup  # noqa: F401 - setup is a fixture
 
-from ledger.cli import WORKFLOW, _runs_table, _submissions_table, app
+from ledger.cli import WORKFLOW, app
+from ledger.cli.ledger_cmds import _runs_table, _submissions_table
 from ledger.store import Store
 
 
