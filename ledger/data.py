@@ -14,6 +14,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -324,10 +325,12 @@ def load_images(
     cache_dir: Path | None = None,
     threads: int | None = None,
     label: str = "size",
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """All images decoded and resized to (N, 3, H, W) uint8, from the disk cache when the files,
     sizes and times match, else decoded (PIL releases the GIL, so threads help) and cached.
-    `label` names the size in errors, e.g. `models[0].size` (or `.presize`)."""
+    `label` names the size in errors, e.g. `models[0].size` (or `.presize`). `progress(done, total)`
+    is called from this thread as images are decoded (not for a cache hit, which takes no time)."""
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"images-{_cache_key(paths, size, method)}.npy"
@@ -347,7 +350,10 @@ def load_images(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
-            list(pool.map(fill, range(len(paths))))
+            # map yields in order, in this thread: the callback never runs on a worker.
+            for done, _ in enumerate(pool.map(fill, range(len(paths))), 1):
+                if progress is not None:
+                    progress(done, len(paths))
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}.npy")

@@ -34,8 +34,8 @@ from ledger.probe import micro_batch_size
 from ledger.record import RunResult
 from ledger.schedule import fit_phases
 from ledger.spec import dump_yaml, model_to_dict
-from ledger.train import (Batches, Criterion, Progress, Runtime, SilentProgress, fit, model_on_device, predict,
-                          resolve_precision, tta)
+from ledger.train import (Batches, Criterion, Progress, Runtime, SilentProgress, fit, model_on_device,
+                          resolve_precision, stage_callback, tta)
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -48,10 +48,12 @@ class ImageSet:
     test: np.ndarray
 
 
-def cached_images(competition: Competition, model, cache_dir: Path) -> ImageSet:
+def cached_images(competition: Competition, model, cache_dir: Path, progress: Progress | None = None) -> ImageSet:
     return ImageSet(
-        train=load_images(competition.train_paths, model.item_size, model.resize, cache_dir),
-        test=load_images(competition.test_paths, model.item_size, model.resize, cache_dir),
+        train=load_images(competition.train_paths, model.item_size, model.resize, cache_dir,
+                          progress=stage_callback(progress, "decoding train images")),
+        test=load_images(competition.test_paths, model.item_size, model.resize, cache_dir,
+                         progress=stage_callback(progress, "decoding test images")),
     )
 
 
@@ -129,7 +131,7 @@ def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Pa
 
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
     test_probs = tta(net, test_batches, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator,
-                     head_sizes=sizes)
+                     head_sizes=sizes, progress=stage_callback(progress, "tta test"))
     targets = [(None, competition.vocab, competition.train_labels),
                *((t.name, t.vocab, t.labels) for t in competition.extra)]
     for (name, vocab, _), probs in zip(targets, test_probs.split(sizes, dim=1)):
@@ -139,7 +141,7 @@ def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Pa
     if valid is not None:
         # TTA on the held-out images too, so the out-of-bag estimate measures what the submission is.
         valid_probs = tta(net, valid, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator,
-                          head_sizes=sizes)
+                          head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
         valid_loss, error_rate = history[-1].valid_loss, history[-1].error_rate
         for (name, vocab, target), probs in zip(targets, valid_probs.split(sizes, dim=1)):
             vocab = np.array(vocab)

@@ -72,9 +72,9 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
     competition = load_competition(spec.data)
     images, results = {}, []
     for index, run in enumerate(plans):
-        if run.model.name not in images:
-            images = {run.model.name: cached_images(competition, run.model, store.home / "cache")}  # one entry's at a time
         progress = events.run_started(index, len(plans), run)
+        if run.model.name not in images:  # one entry's images at a time; decoding shows on the run's display
+            images = {run.model.name: cached_images(competition, run.model, store.home / "cache", progress)}
         record_start(store, run, device_name(device), resolve_precision(run.model.precision, device).name,
                      socket.gethostname(), os.getpid())
         try:

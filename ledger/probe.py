@@ -293,8 +293,10 @@ class ModelProbe:
         return f"{self.model.arch} at {self.model.size_label}"
 
 
-def probe_models(spec, models, store, budget_bytes: int | None = None, device=None, console=None) -> list[ModelProbe]:
-    """Probe each model on the smallest class and record every trial and the choice in the ledger."""
+def probe_models(spec, models, store, budget_bytes: int | None = None, device=None, display=None) -> list[ModelProbe]:
+    """Probe each model on the smallest class and record every trial and the choice in the ledger.
+    `display` (optional; the command line's progress.ProbeDisplay) is told of decoding and of each
+    trial as it starts and ends: nothing here prints."""
     from ledger.data import load_competition, load_images, smallest_class_indices
     from ledger.memory import device_name
     from ledger.train import default_device
@@ -309,17 +311,22 @@ def probe_models(spec, models, store, budget_bytes: int | None = None, device=No
     probes = []
     for model in models:
         # Decoded once here (no torch device touched), then read from the cache by every child.
-        load_images(paths, model.item_size, model.resize, cache_dir)
+        load_images(paths, model.item_size, model.resize, cache_dir,
+                    progress=None if display is None else (lambda done, total, name=model.name:
+                                                           display.decoding(name, done, total)))
 
         def trial(k: int, model=model) -> Trial:
+            micro_batch = micro_batch_size(model.batch_size, k)
+            if display is not None:
+                display.trial_started(model.name, k, micro_batch)
             result = run_in_child(training_trial, model, paths, sum(competition.head_sizes), spec.probe.steps,
-                                  device.type, str(cache_dir), k=k, micro_batch=micro_batch_size(model.batch_size, k))
-            if console is not None:
+                                  device.type, str(cache_dir), k=k, micro_batch=micro_batch)
+            if display is not None:
                 peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)
                 verdict = "fits" if result.fits(limit) else ("out of memory" if result.out_of_memory else
                                                              (result.error or "too big"))
-                console.print(f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak {peak}: {verdict}"
-                              f"  {result.seconds + result.startup_seconds:.1f}s", highlight=False)
+                display.trial_finished(model.name, f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak "
+                                                   f"{peak}: {verdict}  {result.seconds + result.startup_seconds:.1f}s")
             return result
 
         result = search_accum(model.batch_size, trial, limit)
@@ -330,9 +337,10 @@ def probe_models(spec, models, store, budget_bytes: int | None = None, device=No
     return probes
 
 
-def accum_resolver(spec, store, console, device=None, may_probe: bool = True):
+def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
     """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
-    with no probe on record, probe first (and say so), or, with `may_probe=False`, answer 0 (unknown)."""
+    with no probe on record, probe first (and say so through `display`, a progress.ProbeDisplay),
+    or, with `may_probe=False`, answer 0 (unknown)."""
     from ledger.errors import LedgerError
     from ledger.memory import device_name
     from ledger.train import default_device
@@ -347,9 +355,9 @@ def accum_resolver(spec, store, console, device=None, may_probe: bool = True):
         if latest is None and not may_probe:
             return 0
         if latest is None:
-            console.print(f"{model.name}: accum is auto and no probe is on record for {format_size(budget)} on "
-                          f"{device_name(device)}; probing first", highlight=False)
-            probe = probe_models(spec, [model], store, budget, device, console)[0]
+            display.say(f"{model.name}: accum is auto and no probe is on record for {format_size(budget)} on "
+                        f"{device_name(device)}; probing first")
+            probe = probe_models(spec, [model], store, budget, device, display)[0]
             chosen, trials = probe.result.chosen_k, probe.result.trials
         else:
             chosen, trials = latest["chosen_k"], None
@@ -360,8 +368,7 @@ def accum_resolver(spec, store, console, device=None, may_probe: bool = True):
                                 r["error"]) for r in rows]
             raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label})", trials,
                                                    budget, usable_bytes(budget, spec.probe.margin)))
-        console.print(f"{model.name}: accum {chosen} (from the memory probe, budget {format_size(budget)})",
-                      highlight=False)
+        display.say(f"{model.name}: accum {chosen} (from the memory probe, budget {format_size(budget)})")
         return chosen
 
     return resolve

@@ -154,12 +154,20 @@ def _migrate_v3_lr_finds(db: sqlite3.Connection, home: Path) -> None:
     )
 
 
+def _migrate_v4_submit(db: sqlite3.Connection, home: Path) -> None:
+    # `ledger submit`: when a file was handed to kaggle, for which competition, and kaggle's exit
+    # status (0: accepted for scoring), beside the message the submissions table already holds.
+    for column, kind in (("submitted_at", "TEXT"), ("competition", "TEXT"), ("kaggle_exit", "INTEGER")):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
     lambda db, home: [db.execute(statement) for statement in _SCHEMA_V1.split(";") if statement.strip()],
     _migrate_v2,
     _migrate_v3_lr_finds,
+    _migrate_v4_submit,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -204,8 +212,14 @@ def resolve_home(home: str | Path | None) -> Path:
 
 
 class Store:
-    def __init__(self, home: str | Path | None = None):
+    def __init__(self, home: str | Path | None = None, existing: bool = False):
+        """`existing=True` for commands that only read: a mistyped --home is an error there, not a
+        new empty ledger that would show nothing and leave a stray folder behind."""
         self.home = resolve_home(home)
+        if existing and not (self.home / "ledger.db").is_file():
+            where = "folder not found" if not self.home.exists() else "no ledger.db in it"
+            raise LedgerError(f"{self.home}: no ledger here ({where}); pass --home the folder `ledger train` "
+                              f"wrote to, or set LEDGER_HOME")
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.home / "ledger.db", timeout=30, isolation_level=None)
@@ -257,6 +271,19 @@ class Store:
             self.update_run(run_id, {"status": "interrupted", "finished_at": now(),
                                      "error": "interrupted (its process is gone)"})
         return stale
+
+    def experiments(self) -> list[str]:
+        """Every experiment named by a row of any table, sorted."""
+        tables = ("runs", "probe_choices", "submissions", "lr_finds")
+        sql = " UNION ".join(f"SELECT experiment FROM {t}" for t in tables)
+        return sorted(row[0] for row in self.db.execute(sql))
+
+    def check_experiment(self, experiment: str) -> None:
+        """An unknown --experiment names the ones there are, instead of showing empty tables."""
+        known = self.experiments()
+        if experiment not in known:
+            there = f"experiments here: {', '.join(known)}" if known else "the ledger is empty"
+            raise LedgerError(f"experiment {experiment!r}: not in {self.home} ({there})")
 
     def runs(self, experiment: str | None = None, status: str | None = None, ids: list[str] | None = None) -> list[dict]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
@@ -332,6 +359,12 @@ class Store:
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
         return rows
+
+    def update_submission(self, submission_id: str, changes: dict) -> None:
+        """Leaderboard scores (public_score, private_score) or a hand-off to kaggle (message,
+        submitted_at, competition, kaggle_exit), added after the file was written."""
+        assignments = ", ".join(f"{column}=?" for column in changes)
+        self.db.execute(f"UPDATE submissions SET {assignments} WHERE id=?", (*changes.values(), submission_id))
 
     # ------------------------------------------------------------ learning-rate range tests
 

@@ -56,21 +56,33 @@ class Submission:
 # ---------------------------------------------------------------- which runs
 
 
+def _by_prefix(rows: list[dict], prefix: str, what: str, home) -> dict:
+    """The one row whose id is `prefix` or starts with it, as git takes commit ids."""
+    exact = [r for r in rows if r["id"] == prefix]
+    matches = exact or [r for r in rows if r["id"].startswith(prefix)]
+    if not matches:
+        latest = [r["id"] for r in rows[::-1]]
+        raise LedgerError(f"{what} {prefix!r}: no {what} id starts with it in {home}"
+                          + (f" (latest: {_few(latest)})" if latest else f" (the ledger has no {what}s)"))
+    if len(matches) > 1:
+        raise LedgerError(f"{what} {prefix!r} is ambiguous: {len(matches)} {what}s match: "
+                          f"{_few(r['id'] for r in matches)}")
+    return matches[0]
+
+
 def resolve_run_ids(store, prefixes: Sequence[str]) -> list[dict]:
     """Ledger rows for run ids given in full or as any unique prefix, in the order given."""
     rows = store.runs()
     found: dict[str, dict] = {}
     for prefix in prefixes:
-        exact = [r for r in rows if r["id"] == prefix]
-        matches = exact or [r for r in rows if r["id"].startswith(prefix)]
-        if not matches:
-            latest = [r["id"] for r in rows[::-1]]
-            raise LedgerError(f"run {prefix!r}: no run id starts with it in {store.home}"
-                              + (f" (latest: {_few(latest)})" if latest else " (the ledger has no runs)"))
-        if len(matches) > 1:
-            raise LedgerError(f"run {prefix!r} is ambiguous: {len(matches)} runs match: {_few(r['id'] for r in matches)}")
-        found.setdefault(matches[0]["id"], matches[0])
+        row = _by_prefix(rows, prefix, "run", store.home)
+        found.setdefault(row["id"], row)
     return list(found.values())
+
+
+def resolve_submission_id(store, prefix: str) -> dict:
+    """The submissions row whose id is `prefix` or the one id starting with it."""
+    return _by_prefix(store.submissions(), prefix, "submission", store.home)
 
 
 def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:

@@ -142,12 +142,23 @@ class Progress(Protocol):
     def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None: ...
     def step(self, step: int, loss: float, images_per_s: float) -> None: ...
     def end(self, metrics: "EpochMetrics") -> None: ...
+    # Optional (see stage_callback): any other long step of a run, e.g. "decoding", "validation",
+    # "tta test", as `done` of `total` units (images or batches).
+    def stage(self, name: str, done: int, total: int) -> None: ...
 
 
 class SilentProgress:
     def start(self, phase, epoch, epochs, steps): pass
     def step(self, step, loss, images_per_s): pass
     def end(self, metrics): pass
+    def stage(self, name, done, total): pass
+
+
+def stage_callback(progress, name: str) -> Callable[[int, int], None] | None:
+    """`progress.stage` bound to one stage name, as the (done, total) callback that load_images,
+    predict and tta take; None when the progress object predates stages (the method is optional)."""
+    stage = getattr(progress, "stage", None)
+    return None if stage is None else (lambda done, total: stage(name, done, total))
 
 
 @dataclass(frozen=True)
@@ -344,7 +355,8 @@ def fit(net: nn.Module, model, phases: list[Phase], batches: Batches, runtime: R
             valid_loss = error_rate = None
             extra_errors: list[float] = []
             if valid is not None:
-                probs, labels = predict(net, valid, runtime.transform, device, precision, head_sizes=criterion.sizes)
+                probs, labels = predict(net, valid, runtime.transform, device, precision, head_sizes=criterion.sizes,
+                                        progress=stage_callback(progress, "validation"))
                 valid_loss, error_rate, extra_errors = classification_metrics(probs, labels, criterion.sizes)
             metrics = EpochMetrics(phase.name, epoch_number, train_loss, valid_loss, error_rate, seen, seconds,
                                    lr=optimizer.param_groups[-1]["lr"],
@@ -369,13 +381,15 @@ def head_softmax(logits: torch.Tensor, sizes: tuple[int, ...] | None) -> torch.T
 @torch.no_grad()
 def predict(model: nn.Module, batches: Batches, transform: BatchTransform, device: torch.device,
             precision: Precision, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            head_sizes: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            head_sizes: tuple[int, ...] | None = None, progress: Callable[[int, int], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax probabilities (float32, CPU) in batch order, per target with `head_sizes`;
-    `augment` replaces the plain transform."""
+    `augment` replaces the plain transform. `progress(done, total)` after each batch: the copy to
+    the CPU has waited for the device already, so it costs no extra sync."""
     model.eval()
     prepare = augment or transform.plain
     probs, labels = [], []
-    for images, targets in batches:
+    for done, (images, targets) in enumerate(batches, 1):
         x = prepare(images.to(device, non_blocking=True))
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -384,20 +398,30 @@ def predict(model: nn.Module, batches: Batches, transform: BatchTransform, devic
         probs.append(head_softmax(logits.float(), head_sizes).cpu())
         if targets is not None:
             labels.append(targets)
+        if progress is not None:
+            progress(done, len(batches))
     return torch.cat(probs), (torch.cat(labels) if labels else None)
 
 
 def tta(model: nn.Module, batches: Batches, transform: BatchTransform, device: torch.device, precision: Precision,
         n: int, beta: float, augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        generator: torch.Generator | None = None, head_sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, head_sizes: tuple[int, ...] | None = None,
+        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """fastai's TTA: the mean of `n` passes with the training augmentation, blended with one plain
-    pass as lerp(mean_augmented, plain, beta). With n = 0 it is the plain pass."""
-    plain, _ = predict(model, batches, transform, device, precision, head_sizes=head_sizes)
+    pass as lerp(mean_augmented, plain, beta). With n = 0 it is the plain pass. `progress(done,
+    total)` counts batches over all n + 1 passes."""
+
+    def pass_progress(index: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(index * total + done, (n + 1) * total)
+
+    plain, _ = predict(model, batches, transform, device, precision, head_sizes=head_sizes, progress=pass_progress(0))
     if n == 0:
         return plain
     augment = augment or (lambda x: transform.random(x, generator))
-    augmented = torch.stack([predict(model, batches, transform, device, precision, augment, head_sizes)[0]
-                             for _ in range(n)])
+    augmented = torch.stack([predict(model, batches, transform, device, precision, augment, head_sizes,
+                                     progress=pass_progress(i + 1))[0] for i in range(n)])
     return torch.lerp(augmented.mean(0), plain, beta)
 
 

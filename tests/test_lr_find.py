@@ -245,7 +245,7 @@ def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
                " VALUES ('r1', 'tiny', 'm', 'a', '32', 'done', 'now')")
     db.close()
     store = Store(home)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [r["id"] for r in store.runs()] == ["r1"]
     store.record_lr_find(dict(id="l1", experiment="tiny", model="m", suggestions=json.dumps({"valley": 1e-3}),
                               plot=str(home / "tiny" / "lr.png")))

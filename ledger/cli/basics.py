@@ -1,0 +1,76 @@
+"""`ledger data`, `check` and `score`: the competition folder, the spec, and scoring a file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ledger.cli import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
+
+
+
+@data_app.command("fashion-mnist")
+@friendly_errors
+def data_fashion_mnist(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
+    seed: Annotated[int, typer.Option(help="Seed for the sample and the ids.")] = 0,
+    train_per_class: Annotated[int, typer.Option("--train-per-class", help="Training images per class.")] = 500,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
+    full: Annotated[bool, typer.Option("--full", help="Read Debian's dataset-fashion-mnist (70,000 images).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write the embedded Fashion-MNIST competition (Kaggle layout, hidden solution.csv).
+
+    Example: ledger data fashion-mnist data/fashion --train-per-class 500 --test 1000
+    """
+    from ledger.fashion import write_competition
+
+    summary = write_competition(out_dir, seed=seed, train_per_class=train_per_class, test=test, full=full, force=force)
+    console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images in {summary['classes']} "
+                  f"classes, {summary['test_images']} test images (source {summary['source']})")
+
+
+@app.command()
+@friendly_errors
+def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
+    """Validate a spec and print it resolved (every model with its inherited train settings), with
+    --set overrides applied; the data root must exist.
+
+    Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
+    """
+    from ledger.spec import dump_yaml
+
+    spec = _load(spec_path, overrides=overrides, check_data=True)
+    resolved = spec.to_dict()
+    resolved.pop("path")
+    # Plain writes, never wrapped: the output is YAML a script may read back.
+    sys.stdout.write(dump_yaml(resolved))
+    sys.stdout.write(f"# {spec_path}: valid, {len(spec.models)} model(s), {sum(m.runs for m in spec.models)} run(s)\n")
+
+
+@app.command()
+@friendly_errors
+def score(
+    submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
+    solution: Annotated[Path, typer.Argument(help="Solution CSV with the true labels.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of a submission against a solution file, with per-class figures.
+
+    Example: ledger score submissions/fashion.csv data/fashion/solution.csv
+    """
+    from ledger.score import score_submission
+
+    report = score_submission(submission, solution)
+    if as_json:
+        _print_json({"accuracy": report.accuracy, "n": report.n, "per_class": report.per_class.to_dict("records")})
+        return
+    table = Table("class", "images", "correct", "accuracy", title=f"{submission}")
+    for row in report.per_class.itertuples():
+        table.add_row(str(row.label), str(row.n), str(row.correct), f"{row.accuracy:.4f}")
+    console.print(table)
+    console.print(f"accuracy {report.accuracy:.4f} on {report.n} images  ({submission})")

@@ -1,0 +1,183 @@
+"""`ledger ensemble`, `predict` and `report`: what the finished runs make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ledger.cli import (DeviceOpt, HomeOpt, SetOpt, SpecArg, _accuracy, _coverage, _device, _load, _print_json, app,
+                        console, friendly_errors)
+from ledger.errors import SpecError
+
+def _weights(pairs: list[str] | None) -> dict[str, float]:
+    weights = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise SpecError(f"--weight {pair!r}: expected NAME=NUMBER, e.g. --weight vit=2") from None
+    return weights
+
+
+
+def _submission_json(submission) -> dict:
+    estimate = submission.estimate
+    data = {
+        "oob_accuracy": None if estimate.accuracy != estimate.accuracy else estimate.accuracy,
+        "oob_images": estimate.images,
+        "train_images": estimate.train_images,
+        "runs": list(submission.weights),
+        "weights": submission.weights,
+        "entry_weights": submission.entry_weights,
+        "entries": {run_id: submission.selection.entry[run_id] for run_id in submission.weights},
+        "excluded": [{"run_id": e.run_id, "reason": e.reason} for e in submission.excluded],
+        "missing_entries": submission.selection.missing,
+        "out": None if submission.path is None else str(submission.path),
+        "sha256": submission.sha256,
+        "submission_id": submission.submission_id,
+    }
+    if submission.tuned is not None:
+        table = submission.comparison
+        data["tuned"] = {"weights": submission.tuned.counts, "steps": submission.tuned.steps,
+                         "comparison": [dict(row, accuracy=None if row["accuracy"] != row["accuracy"] else row["accuracy"])
+                                        for row in table.to_dict("records")]}
+    return data
+
+
+def _print_submission(submission) -> None:
+    rows_by_entry: dict[str, list[str]] = {}
+    for run_id, entry in submission.selection.entry.items():
+        rows_by_entry.setdefault(entry, []).append(run_id)
+    table = Table("entry", "runs", "weight", "run ids", title="entries bagged")
+    for entry, weight in submission.entry_weights.items():
+        table.add_row(entry, str(len(rows_by_entry.get(entry, []))), f"{weight:.3f}", " ".join(rows_by_entry.get(entry, [])))
+    console.print(table)
+    if submission.excluded:
+        from ledger.tables import Column, fit_table
+
+        console.print(fit_table(console, [Column("run", is_id=True), Column("reason")],
+                                [[e.run_id, e.reason] for e in submission.excluded], title="runs not bagged"))
+    for entry in submission.selection.missing:
+        console.print(f"note: entry {entry!r} has no done run of its current recipe; it is not in the bag")
+    if submission.comparison is not None:
+        table = Table("weights", "out-of-bag acc", "images", title="out-of-bag accuracy, all on the images every entry covers")
+        for row in submission.comparison.itertuples():
+            label = row.name if row.kind == "weights" else f"{row.name} alone"
+            table.add_row(label, _accuracy(row.accuracy), _coverage(row.images, row.train_images))
+        console.print(table)
+        console.print("tuned weights (greedy selection on these same images, so its figure is optimistic); "
+                      "to use them, paste into the spec's models or pass --use-tuned:")
+        for entry, count in submission.tuned.counts.items():
+            console.print(f"  {entry}: {count}")
+    estimate = submission.estimate
+    console.print(f"{len(submission.weights)} run(s); out-of-bag accuracy {_accuracy(estimate.accuracy)} on "
+                  f"{_coverage(estimate.images, estimate.train_images)} training images (held out by every weighted entry)")
+    if submission.path is not None:
+        console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission {submission.submission_id})")
+
+
+@app.command()
+@friendly_errors
+def ensemble(
+    spec_path: SpecArg,
+    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: <ledger home>/submissions/<experiment>-<time>.csv).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")] = None,
+    run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
+    tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
+    use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the tuned weights instead of the spec's (implies --tune-weights).")] = False,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
+    message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Bag the current spec's finished runs into a submission CSV, with an out-of-bag estimate.
+
+    Only done runs whose fingerprint matches an entry of the spec are bagged; others are listed with
+    the reason. The bag is a weighted mean of entries, each the mean of its runs' TTA probabilities,
+    checked against the sample submission's ids, order and columns and recorded in the ledger with
+    its runs, weights, out-of-bag figure and the CSV's sha256.
+
+    Example: ledger ensemble experiments/fashion.yaml --tune-weights --dry-run
+    """
+    from ledger.store import Store
+    from ledger.submission import make_submission
+
+    spec = _load(spec_path, check_models=False, overrides=overrides)
+    submission = make_submission(spec, Store(home, existing=True), run, _weights(weight), out, dry_run=dry_run,
+                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message)
+    if as_json:
+        _print_json(_submission_json(submission))
+    else:
+        _print_submission(submission)
+
+
+@app.command()
+@friendly_errors
+def report(
+    spec_path: SpecArg,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and its pictures and tables.")],
+    run: Annotated[Optional[str], typer.Option("--run", help="Only this run (a unique id prefix is enough).")] = None,
+    top_losses: Annotated[int, typer.Option("--top-losses", min=0, help="Images in each top-losses grid.")] = 9,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """What the finished runs got wrong: confusion matrices, most confused, per-class accuracy,
+    training curves and top losses, for each run and for their bag, in one report.html.
+
+    Example: ledger report experiments/fashion.yaml --out reports/fashion
+    """
+    from ledger.report import write_report
+    from ledger.store import Store
+
+    spec = _load(spec_path, check_models=False, overrides=overrides)
+    result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
+    for section in result.sections:
+        console.print(f"{section.heading}: accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} images")
+    console.print(f"wrote {result.html}")
+
+
+# ---------------------------------------------------------------- predict
+
+
+@app.command()
+@friendly_errors
+def predict(
+    target: Annotated[str, typer.Argument(metavar="RUN_OR_SPEC", show_default=False,
+                                          help="A run id (or unique prefix) trained with save_weights: true, or a "
+                                               "spec: then its bag, chosen and weighted as `ledger ensemble` does.")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES_OR_FOLDER", show_default=False,
+                                           help="An image file, or a folder of images.")],
+    out: Annotated[Path, typer.Option(help="CSV to write: id, label, one probability column per class.")],
+    use_tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation as each run's spec says, "
+                                                                  "or the plain pass only.")] = True,
+    device: DeviceOpt = None,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Class probabilities and labels for new images from runs that kept their weights.
+
+    Example: ledger predict 20260101-1200 new_images/ --out predictions.csv --no-tta
+    """
+    from ledger.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
+    from ledger.progress import StageDisplay
+    from ledger.store import Store
+
+    store = Store(home, existing=True)
+    is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store) if is_spec \
+        else members_of_run(store, target)
+    paths = image_paths(images)
+    with StageDisplay(console) as stage:
+        prediction = predict_images(members, paths, _device(device), use_tta=use_tta, stage=stage)
+    written = write_csv(prediction, out)
+    runs = ", ".join(f"{run_id} ({weight:.3f})" for run_id, weight in prediction.weights.items())
+    console.print(f"wrote {written}: {len(prediction.ids)} image(s), {len(prediction.vocab)} classes, "
+                  f"from {len(prediction.weights)} run(s): {runs}")

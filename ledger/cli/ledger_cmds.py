@@ -1,0 +1,167 @@
+"""`ledger runs`, `submissions` and `submit`: reading the ledger, and the leaderboard in it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger.cli import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
+from ledger.errors import LedgerError
+
+def _runs_table(rows: list[dict], console_: Console) -> Table:
+    """Accuracy (1 - error rate), the one name the console uses for the metric everywhere."""
+    from ledger.memory import format_size
+    from ledger.tables import Column, fit_table
+
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("model"), Column("arch", drop=4),
+               Column("size", drop=2), Column("seed", drop=6), Column("k", drop=5), Column("epochs", drop=5),
+               Column("status"), Column("valid loss", drop=4), Column("accuracy"), Column("img/s", drop=6),
+               Column("peak", drop=5), Column("device", drop=7)]
+    table_rows = []
+    for r in rows:
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error'] or ''}"[:60]
+        accuracy = None if r["error_rate"] is None else 1 - r["error_rate"]
+        table_rows.append([r["id"], r["experiment"], r["model"], r["arch"], r["size"], str(r["split_seed"]),
+                           str(r["accum"]), str(r["epochs"]), status, fmt(r["valid_loss"], ".4f"), fmt(accuracy, ".4f"),
+                           fmt(r["images_per_s"], ".0f"), "" if r["peak_bytes"] is None else format_size(r["peak_bytes"]),
+                           r["device"] or ""])
+    return fit_table(console_, columns, table_rows, title="runs")
+
+
+def _submissions_table(submissions: list[dict], console_: Console) -> Table:
+    """The out-of-bag estimate against the leaderboard; the sha256 prefix tells whether the file on
+    disk is still the one recorded, the run count which runs made it (ids in --json)."""
+    from ledger.tables import Column, fit_table
+
+    score = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("out-of-bag acc"),
+               Column("public"), Column("private", drop=1), Column("runs", drop=4), Column("images scored", drop=5),
+               Column("message", drop=2), Column("path", drop=6), Column("sha256", drop=7), Column("created", drop=6)]
+    rows = [[s["id"], s["experiment"], _accuracy(s["oob_accuracy"]), score(s["public_score"]),
+             score(s["private_score"]), str(len(s["runs"])), _coverage(s["oob_images"], s["train_images"]),
+             s["message"] or "", s["path"], (s["sha256"] or "")[:12], s["created_at"]] for s in submissions]
+    return fit_table(console_, columns, rows, title="submissions")
+
+
+@app.command("runs")
+@friendly_errors
+def runs_command(
+    experiment: Annotated[Optional[str], typer.Option(help="Only this experiment.")] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """What the ledger holds: runs, memory probes, and the submissions made from them.
+
+    Example: ledger runs --experiment fashion --json
+    """
+    from ledger.store import Store
+
+    store = Store(home, existing=True)
+    if experiment:
+        store.check_experiment(experiment)
+    rows, submissions, probes = store.runs(experiment), store.submissions(experiment), store.probes(experiment)
+    if as_json:
+        for row in rows:
+            row["spec"] = json.loads(row["spec"]) if row["spec"] else None
+        _print_json({"runs": rows, "probes": probes, "submissions": submissions})
+        return
+    console.print(_runs_table(rows, console))
+    if probes:
+        from ledger.memory import format_size
+        from ledger.tables import Column, fit_table
+
+        columns = [Column("experiment", drop=2), Column("model"), Column("size"), Column("device", drop=3),
+                   Column("budget"), Column("chosen k"), Column("trials", drop=4), Column("created", drop=5)]
+        console.print(fit_table(console, columns, [
+            [p["experiment"], p["model"], p["size"], p["device"], format_size(p["budget_bytes"]),
+             "nothing fits" if p["chosen_k"] is None else str(p["chosen_k"]), str(len(p["trials"])), p["created_at"]]
+            for p in probes], title="memory probes"))
+    if submissions:
+        console.print(_submissions_table(submissions, console))
+
+
+# ---------------------------------------------------------------- the leaderboard
+
+submissions_app = typer.Typer()  # its help is the callback's docstring, with its example
+app.add_typer(submissions_app, name="submissions")
+SubmissionArg = Annotated[str, typer.Argument(help="Submission id, or any unique prefix of it.", show_default=False)]
+
+
+@submissions_app.callback(invoke_without_command=True)
+@friendly_errors
+def submissions_list(
+    ctx: typer.Context,
+    experiment: Annotated[Optional[str], typer.Option(help="Only this experiment.")] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Every submission: its out-of-bag estimate beside the public and private scores Kaggle gave it.
+
+    Example: ledger submissions --experiment fashion
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from ledger.store import Store
+
+    store = Store(home, existing=True)
+    if experiment:
+        store.check_experiment(experiment)
+    rows = store.submissions(experiment)
+    if as_json:
+        _print_json(rows)
+    else:
+        console.print(_submissions_table(rows, console))
+
+
+@submissions_app.command("score")
+@friendly_errors
+def submissions_score(
+    submission_id: SubmissionArg,
+    public: Annotated[float, typer.Argument(help="Public leaderboard score.", show_default=False)],
+    private: Annotated[Optional[float], typer.Argument(help="Private leaderboard score (after the deadline).")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Record the scores Kaggle gave a submission, next to its out-of-bag estimate.
+
+    Example: ledger submissions score 20260101-1200 0.9712 0.9698
+    """
+    from ledger.leaderboard import record_scores
+    from ledger.store import Store
+
+    row = record_scores(Store(home, existing=True), submission_id, public, private)
+    private_text = "" if row.get("private_score") is None else f", private {row['private_score']:.4f}"
+    console.print(f"submission {row['id']}: out-of-bag {_accuracy(row['oob_accuracy'])}, "
+                  f"public {row['public_score']:.4f}{private_text}")
+
+
+@app.command()
+@friendly_errors
+def submit(
+    submission_id: SubmissionArg,
+    message: Annotated[str, typer.Option("--message", "-m", help="The submission's description on Kaggle.")],
+    competition: Annotated[Optional[str], typer.Option(
+        envvar="LEDGER_COMPETITION", help="Kaggle competition slug, e.g. paddy-disease-classification.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Hand a recorded submission's CSV to `kaggle competitions submit` and keep the message and
+    kaggle's exit status in the ledger (kaggle is not a dependency: `pip install kaggle`).
+
+    Example: ledger submit 20260101-1200 -m "convnext + vit, tuned weights" --competition paddy-disease-classification
+    """
+    from ledger.leaderboard import submit as hand_to_kaggle
+    from ledger.store import Store
+
+    handed = hand_to_kaggle(Store(home, existing=True), submission_id, message, competition)
+    if handed.output:
+        console.print(handed.output, markup=False)
+    row = handed.submission
+    if handed.exit_code != 0:
+        raise LedgerError(f"kaggle exited with status {handed.exit_code} for submission {row['id']} "
+                          f"({row['path']}); the attempt is recorded")
+    console.print(f"submission {row['id']} handed to kaggle ({row['competition']}); when it is scored: "
+                  f"ledger submissions score {row['id']} PUBLIC")

@@ -1,0 +1,292 @@
+"""`ledger probe-memory`, `lr-find` and `train`: everything that trains a model."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import signal
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger.cli import (DeviceOpt, HomeOpt, JsonOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
+                        console, err_console, friendly_errors)
+from ledger.errors import SpecError
+
+# ---------------------------------------------------------------- train
+
+
+def _override(models, runs: int | None, epochs: int | None):
+    changes = {k: v for k, v in (("runs", runs), ("epochs", epochs)) if v is not None}
+    return tuple(dataclasses.replace(m, **changes) for m in models)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a preempted machine, `kill`) is handled exactly as Ctrl-C."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+
+def _plan_table(plans, console_: Console) -> Table:
+    from ledger.tables import Column, fit_table
+
+    columns = [Column("run", is_id=True), Column("model"), Column("arch", drop=3), Column("size", drop=2),
+               Column("split", drop=4), Column("train seed", drop=5), Column("accum"), Column("epochs", drop=1),
+               Column("resume")]
+    rows = [[p.run_id, p.model.name, p.model.arch, p.model.size_label, p.split.describe(), str(p.train_seed),
+             str(p.accum) if p.accum else "auto", str(p.model.epochs), "yes" if p.resume else ""] for p in plans]
+    return fit_table(console_, columns, rows, title="plan")
+
+
+def _results_table(plans, results, console_: Console) -> Table:
+    from ledger.memory import format_size
+    from ledger.tables import Column, fit_table
+
+    columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("accuracy"),
+               Column("time", drop=1), Column("peak", drop=2)]
+    by_id, rows = {r.run_id: r for r in results}, []
+    for p in plans:
+        r = by_id.get(p.run_id)
+        if r is None:
+            continue
+        s = r.summary
+        accuracy = "" if s.get("accuracy") is None else f"{s['accuracy']:.4f}"
+        seconds = s.get("train_seconds")
+        rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
+                     accuracy, "" if seconds is None else f"{seconds:.0f}s",
+                     "" if s.get("peak_bytes") is None else format_size(s["peak_bytes"])])
+    return fit_table(console_, columns, rows, title="runs trained")
+
+
+class Executor(str, enum.Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command()
+@friendly_errors
+def train(
+    spec_path: SpecArg,
+    model: ModelOpt = None,
+    runs: Annotated[Optional[int], typer.Option(min=1, help="Runs per model, overriding the spec.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, overriding the spec.")] = None,
+    more: Annotated[int, typer.Option(min=0, help="Runs to add per model beyond what the spec asks for.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs owed, splits, seeds, accum); train nothing.")] = False,
+    device: DeviceOpt = None,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+    executor: Annotated[Executor, typer.Option(help="local: one run after another here; ray: one Ray task per run.")] = Executor.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS, else a new local Ray).")] = None,
+    gpus_per_run: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray run (default: 1 when the cluster has GPUs, else 0).")] = None,
+    cpus_per_run: Annotated[float, typer.Option(min=0.01, help="CPUs per Ray run.")] = 1,
+) -> None:
+    """Train the runs the spec still owes; each run gets its own split, artifacts and ledger row.
+
+    Runs already done with the same recipe (fingerprint) count; a run killed part-way resumes from
+    its last finished epoch. A second call trains nothing. With --executor ray the runs are Ray
+    tasks (install the ray extra: uv sync --extra ray); the ledger home must be on a filesystem
+    every node sees.
+
+    Example: ledger train experiments/fashion.yaml --model convnext --more 2
+    Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
+    """
+    from ledger.experiment import plan_experiment, train_experiment
+    from ledger.probe import accum_resolver
+    from ledger.progress import ConsoleEvents, ProbeDisplay
+    from ledger.store import Store
+
+    spec = _load(spec_path, overrides=overrides, check_data=True)
+    models = _override(spec.select(model), runs, epochs)
+    store = Store(home)
+    torch_device = _device(device)
+    if dry_run:
+        plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
+                                                                    may_probe=False), more)
+        console.print(_plan_table(plans, console))
+        console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
+        return
+    # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
+    resolver = accum_resolver(spec, store, ProbeDisplay(console), torch_device,
+                              may_probe=executor is Executor.local)
+    plans = plan_experiment(spec, models, store, resolver, more)
+    if not plans:
+        console.print(f"nothing to train: every run the spec asks for is done (ledger in {store.home}); "
+                      "--more N adds runs")
+        return
+    results = []
+    try:
+        with _sigterm_as_interrupt(), ConsoleEvents(console, plans) as events:
+            if executor is Executor.ray:
+                from ledger.ray_executor import RayOptions, train_on_ray
+
+                options = RayOptions(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
+                results = train_on_ray(spec, plans, store, events, options)
+            else:
+                results = train_experiment(spec, plans, store, events, torch_device)
+    except KeyboardInterrupt:
+        done = len([r for r in store.runs(spec.name, status="done")])
+        console.print(f"interrupted: {done} done run(s) kept; the run in progress resumes from its last finished "
+                      f"epoch when you run the same command again")
+        raise typer.Exit(130)
+    console.print(_results_table(plans, results, console))
+    failed = [r for r in results if r.status != "done"]
+    console.print(f"{len(results) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
+    if failed:
+        raise typer.Exit(1)
+
+# ---------------------------------------------------------------- probe-memory
+
+
+def _budget(text: str | None) -> int | None:
+    from ledger.memory import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise SpecError(f"--budget: {e}") from None
+
+
+@app.command("probe-memory")
+@friendly_errors
+def probe_memory(
+    spec_path: SpecArg,
+    model: ModelOpt = None,
+    budget: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 16GiB, 15.9GB, 800MiB (default: the spec's probe.budget).")] = None,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = None,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Measure peak training memory on the smallest class and pick each model's accumulation factor.
+
+    Each trial trains probe.steps real steps in a fresh child process, for k = 1, 2, 4, ... and stops at
+    the first k whose peak fits the budget less probe.margin. `accum: auto` in train uses the choice.
+
+    Example: ledger probe-memory experiments/fashion.yaml --budget 16GiB
+    """
+    from ledger.memory import format_size
+    from ledger.probe import micro_batch_size, nothing_fits_message, probe_models, usable_bytes
+    from ledger.progress import ProbeDisplay
+    from ledger.store import Store
+
+    spec = _load(spec_path, overrides=overrides, check_data=True)
+    budget_bytes = _budget(budget) or spec.probe.budget_bytes
+    store = Store(home)
+    # With --json, stdout carries only the JSON: the trials show on stderr.
+    probes = probe_models(spec, spec.select(model), store, budget_bytes, device=_device(device),
+                          display=ProbeDisplay(err_console if as_json else console))
+    limit = usable_bytes(budget_bytes, spec.probe.margin)
+    if as_json:
+        _print_json([
+            {"model": p.model.name, "arch": p.model.arch, "size": p.model.size_label, "device": p.device,
+             "budget_bytes": p.budget_bytes, "limit_bytes": limit, "chosen_k": p.result.chosen_k,
+             "trials": [dataclasses.asdict(t) | {"fits": t.fits(limit)} for t in p.result.trials]}
+            for p in probes])
+    else:
+        table = Table("model", "size", "k", "micro-batch", "peak", "fits", "seconds", "start-up s",
+                      title=f"memory probe, budget {format_size(budget_bytes)} "
+                            f"({format_size(limit)} usable), {probes[0].device if probes else ''}")
+        for p in probes:
+            for t in p.result.trials:
+                verdict = "yes" if t.fits(limit) else ("OOM" if t.out_of_memory else ("error" if t.error else "no"))
+                table.add_row(p.model.name, p.model.size_label, str(t.k), str(t.micro_batch),
+                              "-" if t.peak_bytes is None else format_size(t.peak_bytes), verdict,
+                              f"{t.seconds:.1f}", f"{t.startup_seconds:.1f}")
+        console.print(table)
+        for p in probes:
+            if p.result.chosen_k is not None:
+                console.print(f"{p.model.name}: accum {p.result.chosen_k} "
+                              f"(micro-batch {micro_batch_size(p.model.batch_size, p.result.chosen_k)})")
+    failed = [p for p in probes if p.result.chosen_k is None]
+    for p in failed:
+        err_console.print(nothing_fits_message(f"{p.model.name} ({p.label})", p.result.trials, budget_bytes, limit),
+                          style="red", markup=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- lr-find
+
+
+def _lr_find_progress(console_: Console, model: str):
+    """A rich bar on a terminal, a plain line every 10 batches otherwise (logs stay readable).
+    Returns (callback, close)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    if not console_.is_terminal:
+        def line(batch, total, lr, loss):
+            if batch == 1 or batch % 10 == 0:
+                console_.print(f"{model} lr-find batch {batch}/{total}: lr {lr:.2e}  smoothed loss {loss:.4f}",
+                               highlight=False)
+        return line, lambda: None
+    bar = Progress(TextColumn(f"{model} lr-find"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("lr {task.fields[lr]:.2e}  loss {task.fields[loss]:.4f}"),
+                   console=console_, transient=True)
+    task = bar.add_task("", total=None, lr=0.0, loss=float("nan"))
+    bar.start()
+    return (lambda batch, total, lr, loss: bar.update(task, completed=batch, total=total, lr=lr, loss=loss)), bar.stop
+
+
+@app.command("lr-find")
+@friendly_errors
+def lr_find_command(
+    spec_path: SpecArg,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model entry to test (may be left out when the spec has one).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: <home>/<experiment>/lr_find/<id>-<model>.png).")] = None,
+    num_it: Annotated[int, typer.Option("--num-it", min=6, help="Mini-batches (effective batches) to try.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help='Print only {"suggestions": {...}, "plot": PATH}.')] = False,
+    device: DeviceOpt = None,
+    overrides: SetOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """fastai's learning-rate range test: suggestions (valley, slide, minimum/10, steep) and a plot.
+
+    Trains a fresh model (head only with finetune: true) for up to --num-it batches at learning
+    rates growing exponentially from 1e-7 to 10, stops when the smoothed loss passes 4x its minimum,
+    then throws the model away. The result is recorded in the ledger.
+
+    Example: ledger lr-find experiments/fashion.yaml --model convnext --json
+    """
+    from ledger.lr_find import lr_find
+    from ledger.probe import accum_resolver
+    from ledger.progress import ProbeDisplay
+    from ledger.store import Store
+
+    spec = _load(spec_path, overrides=overrides)
+    if model is None and len(spec.models) != 1:
+        raise SpecError(f"{spec_path}: --model is needed: the spec has {len(spec.models)} models "
+                        f"({', '.join(m.name for m in spec.models)})")
+    entry = spec.model(model) if model else spec.models[0]
+    store = Store(home)
+    # With --json stdout carries only the JSON: every message goes to stderr.
+    chatter = err_console if as_json else console
+    torch_device = _device(device)
+    accum = accum_resolver(spec, store, ProbeDisplay(chatter), torch_device)(entry)
+    progress, close = _lr_find_progress(chatter, entry.name)
+    try:
+        result = lr_find(spec, entry, store, accum, out=out, device=torch_device, num_it=num_it, progress=progress)
+    finally:
+        close()
+    if as_json:
+        _print_json({"suggestions": result.suggested_lrs(), "plot": str(result.plot)})
+        return
+    table = Table("method", "suggested lr", title=f"lr-find {entry.name}: {len(result.test.lrs)} batches, "
+                                                  f"stopped: {result.test.stopped}")
+    for name, lr in result.suggested_lrs().items():
+        table.add_row("minimum/10" if name == "minimum" else name, "-" if lr is None else f"{lr:.2e}")
+    console.print(table)
+    console.print(f"plot {result.plot}; recorded as {result.id} in {store.home}")

@@ -1,0 +1,181 @@
+"""`ledger predict`: class probabilities for new images from runs that kept their weights.
+
+One run (named by id or unique prefix), or a spec's bag: the current spec's done runs chosen and
+weighted exactly as `ledger ensemble` chooses and weighs them. Each model is rebuilt from its run's
+resolved `spec.yaml` (arch, model_kwargs, size, resize, augmentation, TTA) with its saved weights,
+so the images go through the transform the run was trained and tested with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ledger import artifacts
+from ledger.errors import LedgerError, first_line
+
+Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then each run's prediction
+
+
+@dataclass(frozen=True)
+class Member:
+    """A run of the bag and its normalised weight."""
+
+    row: dict
+    folder: Path
+    weight: float
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    ids: list[str]  # image file names, sorted
+    vocab: list[str]
+    probs: np.ndarray  # (N, C) float32, the weighted mean over the runs
+    weights: dict[str, float]  # run id -> weight
+
+    def frame(self) -> pd.DataFrame:
+        """id, label, then one probability column per class."""
+        labels = np.asarray(self.vocab)[self.probs.argmax(axis=1)]
+        return pd.concat([pd.DataFrame({"id": self.ids, "label": labels}),
+                          pd.DataFrame(self.probs, columns=self.vocab)], axis=1)
+
+
+def image_paths(where: Path) -> list[Path]:
+    """One image file, or every image directly in a folder (hidden files skipped), by name."""
+    from ledger.data import IMAGE_SUFFIXES
+
+    if where.is_file():
+        return [where]
+    if not where.is_dir():
+        raise LedgerError(f"{where}: no such image file or folder")
+    paths = sorted(p for p in where.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise LedgerError(f"{where}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def members_of_run(store, prefix: str) -> list[Member]:
+    from ledger.submission import resolve_run_ids
+
+    row = resolve_run_ids(store, [prefix])[0]
+    if row["status"] != "done":
+        raise LedgerError(f"run {row['id']}: status is {row['status']}; only done runs can predict")
+    return [Member(row, _folder(store, row), 1.0)]
+
+
+def members_of_spec(spec, store) -> list[Member]:
+    """The bag `ledger ensemble SPEC` would make, with its weights."""
+    from ledger.ensemble import RunInput, normalise_weights
+    from ledger.submission import select_runs
+
+    selection = select_runs(spec, store)
+    runs = [RunInput(row["id"], selection.entry[row["id"]], test=None) for row in selection.rows]
+    entries = {run.model for run in runs}
+    weights = normalise_weights(runs, {m.name: m.weight for m in spec.models if m.name in entries})
+    return [Member(row, _folder(store, row), weights[row["id"]]) for row in selection.rows if weights[row["id"]] > 0]
+
+
+def _folder(store, row: dict) -> Path:
+    folder = store.artifact_path(row)
+    if folder is None or not folder.is_dir():
+        raise LedgerError(f"run {row['id']}: its folder {folder} is gone")
+    return folder
+
+
+def check_weights(members: list[Member]) -> None:
+    """Every run kept its weights, checked before any image is decoded."""
+    for member in members:
+        if not (member.folder / artifacts.WEIGHTS).is_file():
+            raise LedgerError(f"run {member.row['id']} kept no weights ({member.folder / artifacts.WEIGHTS} is "
+                              f"missing): train with `save_weights: true` (train: or its model entry) to predict with it")
+
+
+def run_model(folder: Path):
+    """The run's ModelSpec, TTA settings, and head size, from its resolved spec.yaml and predictions."""
+    from ledger.spec import AugmentSpec, ModelSpec
+
+    path = folder / artifacts.SPEC
+    try:
+        resolved = yaml.safe_load(path.read_text())
+        entry = dict(resolved["model"])
+        augment = entry.get("augment")
+        entry |= dict(size=tuple(entry["size"]), presize=tuple(entry["presize"]) if entry.get("presize") else None,
+                      augment=None if augment is None else AugmentSpec(**augment),
+                      pretrained=False)  # the run's own weights replace any starting weights
+        model = ModelSpec(**{f.name: entry[f.name] for f in dataclasses.fields(ModelSpec) if f.name in entry})
+        tta = resolved.get("tta") or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise LedgerError(f"{path}: unreadable resolved spec ({first_line(e)})") from None
+    vocab = [str(v) for v in artifacts.load_predictions(folder / artifacts.TEST_PREDS).vocab]
+    # The head holds the submission's classes first, then any extra target's: its total size is
+    # the sum over every test prediction file, whatever the targets' order.
+    head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
+    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head
+
+
+def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
+                   stage: Stage | None = None) -> Prediction:
+    """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ledger.data import load_images
+    from ledger.memory import release_memory
+    from ledger.probe import micro_batch_size
+    from ledger.train import Batches, model_on_device, resolve_precision, tta
+
+    check_weights(members)
+    decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
+    total, vocab = None, None
+    for member in members:
+        model, n, beta, run_vocab, head = run_model(member.folder)
+        if vocab is not None and run_vocab != vocab:
+            raise LedgerError(f"run {member.row['id']}: its classes differ from run {members[0].row['id']}'s; "
+                              f"runs of one bag must share their classes")
+        vocab = run_vocab
+        key = (model.item_size, model.resize)
+        if key not in decoded:
+            decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None,
+                                       progress=None if stage is None else
+                                       (lambda done, count: stage("decoding", done, count)))
+        images = decoded[key]
+        net, transform = model_on_device(model, head, device)
+        weights_file = member.folder / artifacts.WEIGHTS
+        try:
+            net.load_state_dict(load_file(str(weights_file), device=str(device)))
+        except (OSError, RuntimeError) as e:
+            raise LedgerError(f"{weights_file}: does not fit {model.arch} with {head} outputs ({first_line(e)})") from None
+        precision = resolve_precision(model.precision, device)
+        # Batches no larger than a training micro-batch: what the run's memory probe said fits.
+        accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
+        batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum))
+        label = f"run {member.row['id']}" + (" (tta)" if use_tta and n else "")
+        progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
+        sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else None
+        generator = torch.Generator().manual_seed(0)  # the same images give the same answer
+        probs = tta(net, batches, transform, device, precision, n if use_tta else 0, beta, generator=generator,
+                    head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
+        total = probs * member.weight if total is None else total + probs * member.weight
+        del net
+        release_memory()
+    weight_sum = sum(m.weight for m in members)
+    return Prediction([p.name for p in paths], vocab, (total / weight_sum).astype(np.float32),
+                      {m.row["id"]: m.weight / weight_sum for m in members})
+
+
+def write_csv(prediction: Prediction, out: Path) -> Path:
+    """Written under a temporary name and renamed: a CSV that exists is whole."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    prediction.frame().to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,60 @@
+"""Tables that stay readable in an 80-column terminal.
+
+Each column says how soon it may fold away: when the table would be wider than the console, the
+columns with the highest `drop` go first (the rightmost of equals first), and a caption names what
+was left out. Id columns are never wrapped nor cut (a cut id cannot be pasted back); other cells
+fold onto more lines rather than vanish behind an ellipsis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    drop: int = 0  # 0: always shown; higher: left out sooner when space is short
+    is_id: bool = False  # shown whole, on one line
+    justify: str = "left"
+
+
+def _build(title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[str]], keep: list[int],
+           caption: str | None) -> Table:
+    table = Table(title=title, caption=caption)
+    for i in keep:
+        column = columns[i]
+        if column.is_id:
+            longest = max((len(row[i]) for row in rows), default=0)
+            table.add_column(column.header, no_wrap=True, min_width=max(longest, len(column.header)),
+                             justify=column.justify)
+        else:
+            table.add_column(column.header, overflow="fold", justify=column.justify)
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    return table
+
+
+def fit_table(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]],
+              title: str | None = None) -> Table:
+    """A table of `rows` (strings, one per column) that fits `console.width`, or comes as close as
+    its always-shown columns allow (rich then wraps their cells)."""
+    keep = list(range(len(columns)))
+    droppable = sorted((i for i, c in enumerate(columns) if c.drop), key=lambda i: (-columns[i].drop, -i))
+    wide = console.options.update_width(100_000)
+    table = _build(title, columns, rows, keep, None)
+    for i in droppable:
+        if Measurement.get(console, wide, table).maximum <= console.width:
+            break
+        keep.remove(i)
+        table = _build(title, columns, rows, keep, None)
+    hidden = [c.header for i, c in enumerate(columns) if i not in keep]
+    if hidden:
+        caption = f"not shown at this width: {', '.join(hidden)} (--json has every field)"
+        table = _build(title, columns, rows, keep, caption)
+    return table

@@ -1,0 +1,93 @@
+"""Progress on every long step: the library calls (done, total) callbacks and never prints; the
+command line draws them as transient bars on a terminal and as single lines elsewhere."""
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from test_train import CPU, FP32, random_images, tiny_vit, transform_for
+
+from ledger.data import load_images
+from ledger.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
+from ledger.train import Batches, SilentProgress, stage_callback, tta
+
+
+def test_decoding_reports_every_image_in_order_and_a_cache_hit_reports_nothing(tmp_path):
+    paths = []
+    for i in range(7):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (10, 12), (i * 30, 0, 0)).save(paths[-1])
+    calls = []
+    load_images(tuple(paths), (8, 8), "squish", tmp_path / "cache", threads=3, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(d, 7) for d in range(1, 8)]
+    calls.clear()
+    load_images(tuple(paths), (8, 8), "squish", tmp_path / "cache", progress=lambda d, t: calls.append((d, t)))
+    assert calls == []
+
+
+def test_tta_counts_batches_over_all_its_passes():
+    images, _ = random_images(10)
+    batches = Batches(images, None, np.arange(10), batch_size=4)  # 3 batches
+    calls = []
+    tta(tiny_vit(), batches, transform_for(), CPU, FP32, n=2, beta=0.25, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(d, 9) for d in range(1, 10)]  # 3 passes of 3 batches, counted through
+
+
+def test_stage_callback_is_optional_on_progress_objects():
+    assert stage_callback(object(), "tta test") is None  # an older Progress without stage()
+    seen = []
+    progress = SimpleNamespace(stage=lambda *args: seen.append(args))
+    stage_callback(progress, "tta test")(2, 5)
+    assert seen == [("tta test", 2, 5)]
+    assert stage_callback(SilentProgress(), "x") is not None
+
+
+def _console(terminal: bool):
+    out = io.StringIO()
+    return Console(file=out, force_terminal=terminal, width=80), out
+
+
+def test_stages_without_a_terminal_are_one_line_each_and_validation_none():
+    console, out = _console(False)
+    run = RunProgress(ConsoleEvents(console, []), "[1/1] convnext")
+    for name in ("decoding train images", "validation", "tta test"):
+        for done in range(1, 4):
+            run.stage(name, done, 3)
+    assert out.getvalue().splitlines() == ["[1/1] convnext decoding train images: 3 done", "[1/1] convnext tta test: 3 done"]
+
+
+def test_stages_on_a_terminal_are_transient_bars():
+    console, out = _console(True)
+    plan = SimpleNamespace(model=SimpleNamespace(epochs=1, freeze_epochs=0, finetune=False, name="m"))
+    with ConsoleEvents(console, [plan]) as events:
+        run = RunProgress(events, "[1/1] m")
+        run.stage("tta test", 1, 3)
+        assert [t.description for t in events.bar.tasks][-1] == "[1/1] m tta test"
+        run.stage("tta test", 3, 3)
+        assert all("tta" not in t.description for t in events.bar.tasks)  # gone when done
+    assert "tta test: 3 done" not in out.getvalue()
+
+
+def test_probe_display_keeps_one_line_per_trial():
+    console, out = _console(False)
+    display = ProbeDisplay(console)
+    display.decoding("convnext", 6, 6)
+    display.trial_started("convnext", 1, 8)
+    display.trial_finished("convnext", "convnext: k = 1 (micro-batch 8) peak 1.0 GiB: fits  2.0s")
+    assert out.getvalue().splitlines() == ["convnext: k = 1 (micro-batch 8) peak 1.0 GiB: fits  2.0s"]
+    console, out = _console(True)
+    display = ProbeDisplay(console)
+    display.trial_started("convnext", 2, 4)
+    assert display.bar is not None and display.bar.tasks[0].description == "convnext: trial k = 2 (micro-batch 4)"
+    display.trial_finished("convnext", "done")
+    assert display.bar is None
+
+
+def test_stage_display_draws_nothing_from_the_library_side():
+    console, out = _console(False)
+    with StageDisplay(console) as stage:
+        for done in range(1, 5):
+            stage("decoding", done, 4)
+    assert out.getvalue().splitlines() == ["decoding: 4 done"]
