@@ -49,7 +49,7 @@ submission: data
 	echo "== ledger folder $$home"; \
 	$(LEDGER) probe-memory $(SPEC) --home $$home; \
 	$(LEDGER) train $(SPEC) --home $$home; \
-	$(LEDGER) ensemble $(SPEC) --home $$home --out $(SUBMISSION); \
+	$(LEDGER) ensemble $(SPEC) --home $$home --out $(SUBMISSION) --tune-weights; \
 	$(LEDGER) runs --home $$home; \
 	$(LEDGER) score $(SUBMISSION) $(DATA)/solution.csv; \
 	echo "submission: $(SUBMISSION)"
