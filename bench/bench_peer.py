@@ -155,7 +155,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
                      "runs": args.runs, "valid_pct": 0.2, "tta": {"n": 4, "beta": 0.25}, "threads": args.threads,
                      "train_images": 10 * args.train_per_class, "test_images": args.test},
         "sides": [ledger, fastai],
-        "command": "make bench-peer" if _is_default(args) else " ".join(["bench/bench_peer.py", *sys.argv[1:]]),
+        "command": "make bench-peer" if _is_default(args) else " ".join([".venv/bin/python bench/bench_peer.py", *sys.argv[1:]]),
         "benchmark_seconds": round(time.perf_counter() - started, 1),
         "load_average": common.load_average(),
         "machine": common.machine(),
