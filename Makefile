@@ -8,7 +8,7 @@ SPEC ?= experiments/fashion.yaml
 DATA ?= data/fashion
 SUBMISSION ?= submissions/fashion.csv
 
-.PHONY: install install-ray test data probe train ensemble submission bench clean
+.PHONY: install install-ray test data probe train ensemble submission bench bench-peer clean
 
 # uv installs the locked CUDA-enabled torch + torchvision from PyPI (they run on CPU too) and ignores
 # pip's configuration, so a local CPU-only torch wheel can never be picked; bytecode is compiled at
@@ -56,6 +56,20 @@ submission: data
 
 bench: data
 	$(PYTHON) bench/run.py
+
+# fastai lives only in this benchmark's own environment, never in ledger's: same torch, torchvision and
+# timm as .venv (read from it), so the two sides differ only in their own code; ledger is installed too
+# because the fastai side loads the packaged lite0 weights through ledger.models' key map.
+PEER_VENV := bench/.venv-peer
+$(PEER_VENV)/.installed: pyproject.toml | install
+	rm -rf $(PEER_VENV)
+	python3 -m uv venv -q $(PEER_VENV) --python $(PYTHON)
+	UV_COMPILE_BYTECODE=1 python3 -m uv pip install -q --python $(PEER_VENV)/bin/python "fastai==2.8.*" -e . \
+		$$($(PYTHON) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('torch', 'torchvision', 'timm')))")
+	@touch $@
+
+bench-peer: $(PEER_VENV)/.installed
+	$(PYTHON) bench/bench_peer.py $(PEER_ARGS)
 
 clean:
 	rm -rf $(DATA) runs submissions
