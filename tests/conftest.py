@@ -32,3 +32,13 @@ def write_spec(path: Path, root: Path, models: str, extra: str = "") -> Path:
         f"models:\n{models}"
     )
     return path
+
+
+def unique_prefix(run_id: str, ids, minimum: int = 16) -> str:
+    """The shortest prefix of `run_id` (at least `minimum` long) that no other id shares: ids made in
+    the same second share their first 16 characters and may share more."""
+    others = [i for i in ids if i != run_id]
+    for length in range(minimum, len(run_id) + 1):
+        if not any(i.startswith(run_id[:length]) for i in others):
+            return run_id[:length]
+    return run_id

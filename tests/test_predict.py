@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_CONVNEXT, TINY_VIT, write_spec
+from conftest import TINY_CONVNEXT, TINY_VIT, write_spec, unique_prefix
 from typer.testing import CliRunner
 
 from ledger import artifacts
@@ -52,7 +52,8 @@ def _by_id(frame: pd.DataFrame, ids) -> pd.DataFrame:
 def test_a_run_predicts_what_it_wrote_for_the_test_images(trained):
     row = next(r for r in trained["rows"] if r["model"] == "convnext")
     out = trained["folder"] / "one.csv"
-    result = invoke("predict", row["id"][:17], trained["images"], "--out", out, "--home", trained["home"])
+    prefix = unique_prefix(row["id"], [r["id"] for r in trained["rows"]])
+    result = invoke("predict", prefix, trained["images"], "--out", out, "--home", trained["home"])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(out, dtype={"id": str, "label": str})
     expected = _run_test_preds(trained, row)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_spec
+from conftest import write_spec, unique_prefix
 from ledger import artifacts
 from ledger.artifacts import Predictions
 from ledger.cli import app
@@ -153,7 +153,7 @@ def test_run_prefix_selects_one_run_and_no_bag(tmp_path, tiny_competition):
         write_report(spec, store, tmp_path / "out", run="2026")
     with pytest.raises(LedgerError, match="--run nope: no run of experiment 'tiny'"):
         write_report(spec, store, tmp_path / "out", run="nope")
-    report = write_report(spec, store, tmp_path / "out", run=ids[1][:17], top_losses=0)
+    report = write_report(spec, store, tmp_path / "out", run=unique_prefix(ids[1], ids), top_losses=0)
     assert [s.name for s in report.sections] == [ids[1]]
     assert sorted(report.sections[0].images) == ["confusion matrix (counts)", "confusion matrix (each row sums to 1)",
                                                  "training curves"]
