@@ -8,15 +8,13 @@ A run folder `runs/<experiment>/<run_id>/` holds:
   *_preds_<target>.npz  the same for each of data.extra_targets (valid ones TTA'd too)
   summary.json      the figures the ledger row carries
   model.safetensors optional weights
-The folder is built under a temporary name and renamed when complete, so a folder with the final
-name is always whole.
+`execute` builds the folder as `<run_id>.partial/` and renames it when complete, so a folder with
+the final name is always whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,25 +82,3 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-class RunFolder:
-    """Builds a run folder under `<final>.tmp-<pid>` and renames it into place on `commit()`."""
-
-    def __init__(self, final: Path):
-        self.final = Path(final)
-        self.tmp = self.final.with_name(f"{self.final.name}.tmp-{os.getpid()}")
-        if self.final.exists():
-            raise LedgerError(f"{self.final}: run folder already exists")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-
-    def path(self, name: str) -> Path:
-        return self.tmp / name
-
-    def commit(self) -> Path:
-        os.replace(self.tmp, self.final)
-        return self.final
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)

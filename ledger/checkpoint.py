@@ -36,6 +36,7 @@ def _restore_numpy_global(state: dict) -> None:
 class Checkpoint:
     def __init__(self, folder: Path):
         self.path = Path(folder) / CHECKPOINT
+        self.restored_epochs = 0  # set by restore(): how many epochs the loop did not train again
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -70,6 +71,7 @@ class Checkpoint:
         random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
         if data["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(data["cuda"])
+        self.restored_epochs = len(data["history"])
         return [EpochMetrics(**m) for m in data["history"]]
 
     def delete(self) -> None:

@@ -74,7 +74,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and not _hidden(p.name) and p.suffix.lower() in IMAGE_SUFFIXES
     )
@@ -123,7 +123,7 @@ def load_competition(data: DataSpec) -> Competition:
             raise LedgerError(f"{train_dir}: no class folders (data.labels is 'folders')")
         ids, paths, names = [], [], []
         for class_dir in class_dirs:
-            files = _image_files(class_dir)
+            files = image_files(class_dir)
             if not files:
                 raise LedgerError(f"{class_dir}: class {class_dir.name!r} has no images")
             ids += [p.name for p in files]
@@ -167,7 +167,7 @@ def load_competition(data: DataSpec) -> Competition:
     if sample.shape[1] < 2:
         raise LedgerError(f"{sample_path}: expected an id column and a label column, found {list(sample.columns)}")
     test_ids = list(sample.iloc[:, 0])
-    test_files = {p.name: p for p in _image_files(test_dir)}
+    test_files = {p.name: p for p in image_files(test_dir)}
     stems = {p.stem: p for p in test_files.values()}
     missing = [i for i in test_ids if i not in test_files and i not in stems]
     if missing:

@@ -25,7 +25,7 @@ import torch
 from ledger import artifacts
 from ledger.artifacts import Predictions
 from ledger.checkpoint import Checkpoint
-from ledger.data import Competition, load_images, split_indices
+from ledger.data import Competition, fold_indices, load_images, split_indices
 from ledger.errors import first_line
 from ledger.memory import PeakMemory, device_name, is_out_of_memory
 from ledger.models import save_weights
@@ -57,16 +57,18 @@ def cached_images(competition: Competition, model, cache_dir: Path, progress: Pr
     )
 
 
+def partial_dir(home: Path, experiment: str, run_id: str) -> Path:
+    """Where a run is built, and where its checkpoint waits for a resume."""
+    return Path(home) / experiment / (run_id + PARTIAL_SUFFIX)
+
+
 def run_folders(home: Path, plan: RunPlan) -> tuple[Path, Path]:
     """(partial, final) folders of a run."""
-    final = Path(home) / plan.experiment / plan.run_id
-    return final.with_name(final.name + PARTIAL_SUFFIX), final
+    return partial_dir(home, plan.experiment, plan.run_id), Path(home) / plan.experiment / plan.run_id
 
 
 def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if plan.split.folds:
-        from ledger.data import fold_indices
-
         return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed)
     return split_indices(labels, plan.split.valid_pct, plan.split.seed)
 
@@ -121,14 +123,10 @@ def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Pa
     runtime = Runtime(device, precision, plan.accum, transform, generator)
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
-    resumed = 0
-    if checkpoint.exists():
-        resumed = len(torch.load(checkpoint.path, map_location="cpu", weights_only=True)["history"])
-        if hasattr(progress, "resumed"):
-            progress.resumed(resumed)
     history = fit(net, model, fit_phases(model), batches, runtime, criterion, valid=valid, progress=progress,
                   checkpoint=checkpoint)
 
+    resumed = checkpoint.restored_epochs  # epochs taken from a checkpoint, not trained again
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
     test_probs = tta(net, test_batches, transform, device, precision, plan.tta_n, plan.tta_beta, generator=generator,
                      head_sizes=sizes, progress=stage_callback(progress, "tta test"))

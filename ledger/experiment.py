@@ -18,7 +18,7 @@ import torch
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.data import load_competition
-from ledger.execute import PARTIAL_SUFFIX, cached_images, execute
+from ledger.execute import PARTIAL_SUFFIX, cached_images, execute, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, plan
 from ledger.record import RunResult, record, record_start
@@ -32,12 +32,9 @@ class ExperimentEvents(Protocol):
     def run_finished(self, index: int, total: int, plan: RunPlan, result: RunResult) -> None: ...
 
 
-def partial_folder(store: Store, row: dict) -> Path:
-    return store.run_dir(row["experiment"], row["id"] + PARTIAL_SUFFIX)
-
-
 def resumable(store: Store, row: dict) -> bool:
-    return row["status"] == "interrupted" and (partial_folder(store, row) / CHECKPOINT).is_file()
+    partial = partial_dir(store.home, row["experiment"], row["id"])
+    return row["status"] == "interrupted" and (partial / CHECKPOINT).is_file()
 
 
 def housekeeping(store: Store, experiment: str) -> list[str]:

@@ -49,14 +49,13 @@ class Prediction:
 
 def image_paths(where: Path) -> list[Path]:
     """One image file, or every image directly in a folder (hidden files skipped), by name."""
-    from ledger.data import IMAGE_SUFFIXES
+    from ledger.data import IMAGE_SUFFIXES, image_files
 
     if where.is_file():
         return [where]
     if not where.is_dir():
         raise LedgerError(f"{where}: no such image file or folder")
-    paths = sorted(p for p in where.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(where)
     if not paths:
         raise LedgerError(f"{where}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths

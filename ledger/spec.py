@@ -240,14 +240,17 @@ def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
     return augment
 
 
-def _parse_data(file: Path, raw: Any, check_root: bool) -> DataSpec:
+def _check_data_root(file: Path, data: DataSpec, given: str) -> None:
+    """The data root exists (what `ledger check` promises). `given`: the root as the spec wrote it."""
+    if not data.root.is_dir():
+        relative = "" if Path(given).expanduser().is_absolute() else f" ({given} from the spec's folder)"
+        raise spec_error(file, "data.root", f"no such folder: {data.root}{relative}")
+
+
+def _parse_data(file: Path, raw: Any) -> DataSpec:
     c = Checker(file, "data", raw)
     c.reject_unknown({f.name for f in dataclasses.fields(DataSpec)})
-    given = c.get("root", "str")
-    root = resolve_path(file, given)
-    if check_root and not root.is_dir():
-        relative = "" if Path(given).expanduser().is_absolute() else f" ({given} from the spec's folder)"
-        c.fail(f"no such folder: {root}{relative}", "root")
+    root = resolve_path(file, c.get("root", "str"))
     labels = c.get("labels", "str", "folders")
     extra = c.get("extra_targets", "list", [])
     if not all(isinstance(name, str) and name for name in extra):
@@ -334,7 +337,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models"})
     name = _check_name(top)
     # The data root is checked last: a typo in a key is the more useful error to see first.
-    data = _parse_data(file, top.get("data", "dict"), check_root=False)
+    data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
 
     train_c = Checker(file, "train", top.get("train", "dict", {}))
@@ -372,7 +375,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
             key = "mixup" if model.mixup else "cutmix"
             raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
     if check_data:
-        _parse_data(file, top.get("data", "dict"), check_root=True)
+        _check_data_root(file, data, top.mapping["data"]["root"])
     if check_models:
         for i, model in enumerate(models):
             check_model(file, i, model)

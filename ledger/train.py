@@ -312,6 +312,8 @@ def fit(net: nn.Module, model, phases: list[Phase], batches: Batches, runtime: R
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)  # a disabled scaler is a no-op
     parts = LoopParts(net, optimizer, scaler, batches, runtime.generator)
     history = checkpoint.restore(parts) if checkpoint is not None and checkpoint.exists() else []
+    if history and hasattr(progress, "resumed"):  # an optional Progress method
+        progress.resumed(len(history))
     channels_last = device.type == "cuda"
     prepare = lambda x: runtime.transform.random(x, runtime.generator).contiguous(  # noqa: E731
         memory_format=torch.channels_last if channels_last else torch.contiguous_format
