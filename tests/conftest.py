@@ -42,3 +42,18 @@ def unique_prefix(run_id: str, ids, minimum: int = 16) -> str:
         if not any(i.startswith(run_id[:length]) for i in others):
             return run_id[:length]
     return run_id
+
+
+def ledger_at_version(home: Path, version: int):
+    """A ledger.db in `home` as schema `version` left it (its migrations only); returns an open
+    connection in autocommit mode for the test to add rows, which it closes."""
+    import sqlite3
+
+    from ledger.store import _MIGRATIONS
+
+    home.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(home / "ledger.db", isolation_level=None)
+    for migration in _MIGRATIONS[:version]:
+        migration(db, home)
+    db.execute(f"PRAGMA user_version={version}")
+    return db

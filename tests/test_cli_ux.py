@@ -217,16 +217,12 @@ def test_commands_are_listed_in_workflow_order_and_completion_is_on():
 
 
 def test_a_v3_ledger_gains_the_submit_columns_and_keeps_its_submissions(tmp_path):
-    import sqlite3
+    from ledger.store import SCHEMA_VERSION
 
-    from ledger.store import _MIGRATIONS, SCHEMA_VERSION
+    from conftest import ledger_at_version
 
     home = tmp_path / "home"
-    home.mkdir()
-    db = sqlite3.connect(home / "ledger.db", isolation_level=None)
-    for migration in _MIGRATIONS[:3]:  # a ledger as schema 3 left it
-        migration(db, home)
-    db.execute("PRAGMA user_version=3")
+    db = ledger_at_version(home, 3)  # a ledger as schema 3 left it
     db.execute("INSERT INTO submissions (id, experiment, path, created_at, runs, weights)"
                " VALUES ('s1', 'tiny', '/x.csv', 'now', '[]', '{}')")
     db.close()

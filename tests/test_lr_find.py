@@ -231,16 +231,12 @@ def test_cli_needs_model_when_the_spec_has_several(tmp_path, tiny_competition):
 
 
 def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
-    import sqlite3
+    from ledger.store import SCHEMA_VERSION, Store
 
-    from ledger.store import _MIGRATIONS, SCHEMA_VERSION, Store
+    from conftest import ledger_at_version
 
     home = tmp_path / "home"
-    home.mkdir()
-    db = sqlite3.connect(home / "ledger.db", isolation_level=None)
-    for migration in _MIGRATIONS[:2]:  # a ledger as schema 2 left it
-        migration(db, home)
-    db.execute("PRAGMA user_version=2")
+    db = ledger_at_version(home, 2)  # a ledger as schema 2 left it
     db.execute("INSERT INTO runs (id, experiment, model, arch, size, status, started_at)"
                " VALUES ('r1', 'tiny', 'm', 'a', '32', 'done', 'now')")
     db.close()
