@@ -95,7 +95,9 @@ def bare_loop(arch: str, model_kwargs: dict, num_classes: int, images: torch.Ten
               plan: Plan, seed: int = 0) -> float:
     """Training images/s of the plainest loop that does the same job: no ledger code at all."""
     torch.manual_seed(seed)
+    # channels_last as ledger (train.model_on_device): this measures ledger's overhead, not the layout.
     net = timm.create_model(arch, pretrained=False, num_classes=num_classes, **model_kwargs).to(device)
+    net = net.to(memory_format=torch.channels_last)
     config = timm.data.resolve_model_data_config(net)
     mean = torch.tensor(config["mean"], device=device).view(1, -1, 1, 1) * 255
     std = torch.tensor(config["std"], device=device).view(1, -1, 1, 1) * 255
@@ -112,7 +114,7 @@ def bare_loop(arch: str, model_kwargs: dict, num_classes: int, images: torch.Ten
         rows = order[step * batch_size : (step + 1) * batch_size]
         x = (images[rows].to(device).float() - mean) / std
         flip = torch.rand(len(rows), device=device) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).contiguous(memory_format=torch.channels_last)
         loss = F.cross_entropy(net(x), labels[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -117,6 +117,10 @@ def fastai_side(args: argparse.Namespace) -> dict:
         timer = TrainClock()
         learn = vision_learner(dls, ARCH, metrics=error_rate, pretrained=True, cbs=[timer],
                                pretrained_cfg_overlay=dict(file=str(weights)))
+        if args.channels_last:
+            # Not in the lesson: fastai's own ChannelsLast callback, without its fp16 autocast (CPU),
+            # to show what the layout alone is worth to fastai.
+            learn.to_channelslast(use_amp=False)
         body = learn.model[0].model.state_dict()
         assert all(torch.equal(body[k], mapped[k]) for k in body), "the packaged weights did not load"
         learn.fine_tune(args.epochs, args.lr)
@@ -137,7 +141,7 @@ def fastai_side(args: argparse.Namespace) -> dict:
               f"valid accuracy {1 - valid_error:.4f}", flush=True)
     # The bag: the mean of the runs' TTA probabilities (every run has the same vocab: sorted folder names).
     write_submission(out / "bag.csv", names, [vocab[i] for i in probs_sum.argmax(1).tolist()])
-    return dict(side="fastai", runs=runs, bag_s=0.0, torch_threads=torch.get_num_threads(),
+    return dict(side="fastai-channels-last" if args.channels_last else "fastai", runs=runs, bag_s=0.0, torch_threads=torch.get_num_threads(),
                 versions=_versions("fastai", "torch", "timm", "torchvision"))
 
 
@@ -219,10 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels-last", action="store_true", help="fastai side: add learn.to_channelslast(use_amp=False)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ledger.models, for the fastai side too
-    result = fastai_side(args) if args.side == "fastai" else ledger_side(args)
+    result = ledger_side(args) if args.side == "ledger" else fastai_side(args)
     (args.out / "timing.json").write_text(json.dumps(result, indent=2))
 
 

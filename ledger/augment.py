@@ -37,12 +37,14 @@ class BatchTransform:
 
     `augment=None`: `random` is `plain`. `crop_ratio` is the random crop's aspect-ratio range;
     fastai's `aug_transforms` passes (1, 1) to RandomResizedCropGPU. `p_flip` is fastai's Flip(p=0.5).
+    `memory_format` is the layout the model wants its input in (see train.model_on_device).
     """
 
     def __init__(self, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
                  augment: AugmentSpec | None = AugmentSpec(), crop_ratio: tuple[float, float] = (1.0, 1.0),
-                 p_flip: float = 0.5):
+                 p_flip: float = 0.5, memory_format: torch.memory_format = torch.contiguous_format):
         self.size, self.augment, self.p_flip = tuple(size), augment, p_flip
+        self.memory_format = memory_format
         self.log_ratio = (math.log(crop_ratio[0]), math.log(crop_ratio[1]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -56,7 +58,7 @@ class BatchTransform:
         x = self._normalise(images, 255.0)
         if tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
-        return x
+        return x.contiguous(memory_format=self.memory_format)
 
     def random(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.augment is None:
@@ -83,7 +85,7 @@ class BatchTransform:
         else:
             scale = 255.0
         mean, std = self.mean.to(x.device) * scale, self.std.to(x.device) * scale
-        return x.sub_(mean).div_(std)
+        return x.sub_(mean).div_(std).contiguous(memory_format=self.memory_format)
 
     def sampling_matrix(self, draws: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, 3): output coordinates (x, y, 1) in [-1, 1] -> input coordinates, projectively.

@@ -225,8 +225,7 @@ def lr_find(spec, model, store, accum: int, out: Path | None = None, device: tor
     net, transform = model_on_device(model, len(competition.vocab), device)
     if model.finetune:
         freeze_body(net, True)  # fastai's lr_find on a fresh vision_learner trains the head only
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    prepare = lambda x: transform.random(x, generator).contiguous(memory_format=memory_format)  # noqa: E731
+    prepare = lambda x: transform.random(x, generator)  # noqa: E731  (in the net's memory layout)
     batches = Batches(images, competition.train_labels, train_idx, model.batch_size, shuffle=True,
                       drop_last=True, seed=seed)
     try:
