@@ -68,13 +68,13 @@ def range_test(net: nn.Module, batches, prepare: Callable[[torch.Tensor], torch.
     """Train `net` (in place: pass a model you will throw away) on up to `num_it` effective batches,
     going round `batches` again when it runs out, as fastai fits as many epochs as it needs."""
     from ledger.models import parameter_groups
-    from ledger.train import accumulate_gradients
+    from ledger.train import accumulate_gradients, fastai_adam
 
     if len(batches) == 0:
         raise LedgerError("lr-find: no training batches (the training split is empty)")
     # The run's optimizer: fastai's Adam, no weight decay on norm layers and biases. A frozen body's
     # weights get no gradient, so AdamW leaves them (and their decay) alone.
-    optimizer = torch.optim.AdamW(parameter_groups(net, weight_decay), lr=start_lr, betas=(0.9, 0.99), eps=1e-5)
+    optimizer = fastai_adam(parameter_groups(net, weight_decay), lr=start_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)  # a disabled scaler is a no-op
     smoother, best = SmoothLoss(), math.inf
     lrs, losses, raw = [], [], []

@@ -123,6 +123,7 @@ def test_fit_uses_fastais_adam_and_no_weight_decay_on_norms_and_biases():
         hook.remove()
     decay = {id(p): g["weight_decay"] for g in groups[0] for p in g["params"]}
     assert all(g["eps"] == 1e-5 and g["betas"][1] == 0.99 for g in groups[0])
+    assert all(g["fused"] for g in groups[0])  # one kernel per step, not a dozen ops per tensor
     assert decay[id(model.head.bias)] == 0 and decay[id(model.norm.weight)] == 0 and decay[id(model.head.weight)] == 0.01
 
 
