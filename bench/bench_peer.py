@@ -65,14 +65,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _side(name: str, python: Path, args: argparse.Namespace, competition: Path, out: Path,
-          extra: tuple[str, ...] = ()) -> dict:
+def _side(name: str, python: Path, side_args: tuple[str, ...], args: argparse.Namespace, competition: Path,
+          out: Path) -> dict:
     """One side in its own process; its timing.json plus the load average around it."""
     if not python.exists():
         sys.exit(f"{python}: missing; `make bench-peer` creates the benchmark's environments")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS="ignore::FutureWarning")
-    command = [str(python), str(SIDES), name.split("-")[0], *extra, "--competition", str(competition), "--out", str(out),
+    command = [str(python), str(SIDES), *side_args, "--competition", str(competition), "--out", str(out),
                "--size", str(args.size), "--epochs", str(args.epochs), "--lr", str(args.lr),
                "--runs", str(args.runs), "--threads", str(args.threads)]
     load_before = common.load_average()
@@ -135,12 +135,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     started = time.perf_counter()
     sides = {}
     peer_python = PEER_VENV / "bin" / "python"
-    plan = [("ledger", LEDGER_PYTHON, ()), ("fastai", peer_python, ())]
+    plan = [("ledger", LEDGER_PYTHON, ("ledger",)), ("fastai", peer_python, ("fastai",))]
     if args.fastai_channels_last:
-        plan.append(("fastai-channels-last", peer_python, ("--channels-last",)))
-    for name, python, extra in plan:
+        plan.append(("fastai-channels-last", peer_python, ("fastai", "--channels-last")))
+    for name, python, side_args in plan:
         out = workdir / name
-        sides[name] = _figures(_side(name, python, args, competition, out, extra), out, solution)
+        sides[name] = _figures(_side(name, python, side_args, args, competition, out), out, solution)
         print(json.dumps({k: v for k, v in sides[name].items() if k != "versions"}), flush=True)
     ledger, fastai = sides["ledger"], sides["fastai"]
     wall_ratio = ledger["wall_s"] / fastai["wall_s"]
