@@ -30,7 +30,11 @@ import torch.nn.functional as F
 from common import Context, Result
 from ledger.data import Competition, load_competition, load_images, split_indices
 from ledger.schedule import Phase
-from ledger.train import Batches, Criterion, Runtime, fit, model_on_device, resolve_precision
+from ledger.batches import Batches
+from ledger.device import Runtime, model_on_device, resolve_precision
+from ledger.loss import Criterion
+from ledger.step import StepSettings
+from ledger.train import fit
 
 TARGET_RATIO = 0.95
 
@@ -87,8 +91,8 @@ def ledger_loop(model, images: np.ndarray, competition: Competition, train_idx: 
                       seed=seed)
     timed = TimedBatches(batches, plan.warmup, plan.steps)
     runtime = Runtime(device, precision, accum, transform, generator)
-    fit(net, model, [Phase("train", 1, model.lr, pct_start=0.25, div=25.0)], timed, runtime,
-        Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix))
+    fit(net, [Phase("train", 1, model.lr, pct_start=0.25, div=25.0)], timed, runtime,
+        Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix), StepSettings.of(model))
     return plan.steps * model.batch_size / timed.seconds
 
 

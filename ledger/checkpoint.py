@@ -2,7 +2,7 @@
 
 Saved after every epoch into the run's partial folder (written to a temporary name, then renamed,
 so a kill during the save leaves the previous checkpoint whole) and deleted when the run commits.
-It holds the model, optimizer and grad-scaler states, the epochs' metrics, and every random
+It holds the model, optimizer, grad-scaler and weight-average states, the optimizer steps taken, the epochs' metrics, and every random
 generator the loop draws from: batch order (numpy), augmentation (a torch generator), the global
 torch generator (dropout, drop-path), numpy's and Python's global generators (timm's Mixup), and
 CUDA's. On CPU a resumed run therefore ends with bitwise the same weights as an uninterrupted one.
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ledger.train import EpochMetrics, LoopParts
+from ledger.hooks import EpochMetrics
+from ledger.step import LoopParts
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -45,6 +46,7 @@ class Checkpoint:
         version, state, gauss = random.getstate()
         data = dict(
             model=parts.net.state_dict(), optimizer=parts.optimizer.state_dict(), scaler=parts.scaler.state_dict(),
+            ema=None if parts.ema is None else parts.ema.state_dict(), steps=parts.steps,
             history=[dataclasses.asdict(m) for m in history],
             batch_order=parts.batches.state(), augmentation=parts.generator.get_state(),
             torch_global=torch.get_rng_state(), numpy_global=_numpy_global_state(),
@@ -63,6 +65,9 @@ class Checkpoint:
         parts.net.load_state_dict(data["model"])
         parts.optimizer.load_state_dict(data["optimizer"])
         parts.scaler.load_state_dict(data["scaler"])
+        if parts.ema is not None and data.get("ema") is not None:
+            parts.ema.load_state_dict(data["ema"])
+        parts.steps = data.get("steps", 0)
         parts.batches.restore(data["batch_order"])
         parts.generator.set_state(data["augmentation"])
         torch.set_rng_state(data["torch_global"])

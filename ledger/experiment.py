@@ -24,7 +24,8 @@ from ledger.plan import RunPlan, plan
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
-from ledger.train import Progress, resolve_precision
+from ledger.device import resolve_precision
+from ledger.hooks import Progress
 
 
 class ExperimentEvents(Protocol):
@@ -33,8 +34,8 @@ class ExperimentEvents(Protocol):
 
 
 def resumable(store: Store, row: dict) -> bool:
-    partial = partial_dir(store.home, row["experiment"], row["id"])
-    return row["status"] == "interrupted" and (partial / CHECKPOINT).is_file()
+    partial = partial_dir(store.home, row.experiment, row.id)
+    return row.status == "interrupted" and (partial / CHECKPOINT).is_file()
 
 
 def housekeeping(store: Store, experiment: str) -> list[str]:
@@ -47,7 +48,7 @@ def housekeeping(store: Store, experiment: str) -> list[str]:
     for partial in [*folder.glob("*" + PARTIAL_SUFFIX), *folder.glob("*.tmp-*")]:
         run_id = partial.name.split(".")[0]
         rows = store.runs(ids=[run_id])
-        if rows and rows[0]["status"] == "running":
+        if rows and rows[0].status == "running":
             continue  # another live command's run
         if rows and resumable(store, rows[0]) and partial.name.endswith(PARTIAL_SUFFIX):
             continue

@@ -61,35 +61,29 @@ def exponential_lr(step: int, num_it: int, start_lr: float = START_LR, end_lr: f
     return start_lr * (end_lr / start_lr) ** (step / num_it)
 
 
-def range_test(net: nn.Module, batches, prepare: Callable[[torch.Tensor], torch.Tensor], accum: int,
-               device: torch.device, precision, weight_decay: float = 0.01, start_lr: float = START_LR,
+def range_test(net: nn.Module, batches, runtime, criterion, settings, start_lr: float = START_LR,
                end_lr: float = END_LR, num_it: int = NUM_IT, stop_div: bool = True,
                progress: LrFindProgress | None = None) -> RangeTest:
-    """Train `net` (in place: pass a model you will throw away) on up to `num_it` effective batches,
-    going round `batches` again when it runs out, as fastai fits as many epochs as it needs."""
-    from ledger.models import parameter_groups
-    from ledger.train import accumulate_gradients, fastai_adam
+    """Train `net` (in place: pass a model you will throw away) with the run's own training step
+    (`step.train_step`: its optimizer, loss, accumulation, clipping) on up to `num_it` effective
+    batches, going round `batches` again when it runs out, as fastai fits as many epochs as it needs."""
+    from ledger.step import loop_parts, train_step
 
     if len(batches) == 0:
         raise LedgerError("lr-find: no training batches (the training split is empty)")
-    # The run's optimizer: fastai's Adam, no weight decay on norm layers and biases. A frozen body's
-    # weights get no gradient, so AdamW leaves them (and their decay) alone.
-    optimizer = fastai_adam(parameter_groups(net, weight_decay), lr=start_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)  # a disabled scaler is a no-op
+    # A frozen body's weights get no gradient, so AdamW leaves them (and their decay) alone.
+    parts = loop_parts(net, batches, runtime, settings)
     smoother, best = SmoothLoss(), math.inf
     lrs, losses, raw = [], [], []
     net.train()
     while True:
         for images, targets in batches:
             lr = exponential_lr(len(lrs), num_it, start_lr, end_lr)
-            for group in optimizer.param_groups:
+            for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
+            images, targets = images.to(runtime.device, non_blocking=True), targets.to(runtime.device, non_blocking=True)
             # .item() waits for the device every batch: the stop test needs the value anyway.
-            loss = accumulate_gradients(net, images, targets, accum, prepare, precision, scaler).item()
-            scaler.step(optimizer)
-            scaler.update()
+            loss = train_step(parts, images, targets, runtime, criterion, settings).item()
             smooth = smoother.add(loss)
             lrs.append(lr), losses.append(smooth), raw.append(loss)
             if progress is not None:
@@ -211,7 +205,10 @@ def lr_find(spec, model, store, accum: int, out: Path | None = None, device: tor
     from ledger.models import freeze_body
     from ledger.plots import plot_lr_find
     from ledger.store import new_id
-    from ledger.train import Batches, default_device, model_on_device, resolve_precision
+    from ledger.batches import Batches
+    from ledger.device import Runtime, default_device, model_on_device, resolve_precision
+    from ledger.loss import Criterion
+    from ledger.step import StepSettings
 
     device = device or default_device()
     precision = resolve_precision(model.precision, device)
@@ -221,16 +218,16 @@ def lr_find(spec, model, store, accum: int, out: Path | None = None, device: tor
     split_seed = spec.split.seed if spec.split.seed is not None else seed
     train_idx, _ = split_indices(competition.train_labels, spec.split.valid_pct, split_seed)
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     net, transform = model_on_device(model, len(competition.vocab), device)
     if model.finetune:
         freeze_body(net, True)  # fastai's lr_find on a fresh vision_learner trains the head only
-    prepare = lambda x: transform.random(x, generator)  # noqa: E731  (in the net's memory layout)
+    runtime = Runtime(device, precision, accum, transform, torch.Generator().manual_seed(seed))
     batches = Batches(images, competition.train_labels, train_idx, model.batch_size, shuffle=True,
                       drop_last=True, seed=seed)
+    criterion = Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix)
     try:
-        test = range_test(net, batches, prepare, accum, device, precision, model.weight_decay,
-                          num_it=num_it, progress=progress)
+        test = range_test(net, batches, runtime, criterion, StepSettings.of(model), num_it=num_it,
+                          progress=progress)
     finally:
         del net  # the model and its optimizer are thrown away, as fastai restores its saved state
         release_memory()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from ledger.fingerprint import run_fingerprint
+from ledger.rows import RunRow
 from ledger.spec import DataSpec, ModelSpec, Spec
 
 
@@ -66,8 +67,8 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
     return SplitPlan(seed=seed, valid_pct=split.valid_pct), seed
 
 
-def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping], accum_for: Callable[[ModelSpec], int],
-         new_id: Callable[[], str], more: int = 0, resumable: Callable[[Mapping], bool] = lambda row: False,
+def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow], accum_for: Callable[[ModelSpec], int],
+         new_id: Callable[[], str], more: int = 0, resumable: Callable[[RunRow], bool] = lambda row: False,
          fresh_seed: Callable[[], int] | None = None) -> list[RunPlan]:
     """The runs `models` still owe, in spec order.
 
@@ -79,20 +80,20 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[Mapping]
     plans = []
     for model in models:
         fingerprint = run_fingerprint(spec, model)
-        mine = [r for r in ledger_rows if r.get("fingerprint") == fingerprint and r.get("experiment") == spec.name]
-        done = [r for r in mine if r["status"] == "done"]
-        resumes = [r for r in mine if r["status"] == "interrupted" and resumable(r)]
+        mine = [r for r in ledger_rows if r.fingerprint == fingerprint and r.experiment == spec.name]
+        done = [r for r in mine if r.status == "done"]
+        resumes = [r for r in mine if r.status == "interrupted" and resumable(r)]
         owed = max(0, model.runs + more - len(done))
         if owed == 0:
             continue
         accum = accum_for(model)
-        taken = {r["run_number"] for r in done if r.get("run_number") is not None}
+        taken = {r.run_number for r in done if r.run_number is not None}
         for row in resumes[:owed]:
-            split = SplitPlan(seed=row["split_seed"], valid_pct=spec.split.valid_pct, fold=row["fold"],
-                              folds=row["folds"])
-            plans.append(_run_plan(spec, model, row["id"], row["run_number"], split, row["train_seed"],
+            split = SplitPlan(seed=row.split_seed, valid_pct=spec.split.valid_pct, fold=row.fold,
+                              folds=row.folds)
+            plans.append(_run_plan(spec, model, row.id, row.run_number, split, row.train_seed,
                                    accum, fingerprint, resume=True))
-            taken.add(row["run_number"])
+            taken.add(row.run_number)
         number = 0
         for _ in range(owed - len(resumes[:owed])):
             while number in taken:

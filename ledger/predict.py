@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from ledger import artifacts
+from ledger.rows import RunRow
 from ledger.errors import LedgerError, first_line
 
 Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then each run's prediction
@@ -28,7 +29,7 @@ Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then e
 class Member:
     """A run of the bag and its normalised weight."""
 
-    row: dict
+    row: RunRow
     folder: Path
     weight: float
 
@@ -65,8 +66,8 @@ def members_of_run(store, prefix: str) -> list[Member]:
     from ledger.submission import resolve_run_ids
 
     row = resolve_run_ids(store, [prefix])[0]
-    if row["status"] != "done":
-        raise LedgerError(f"run {row['id']}: status is {row['status']}; only done runs can predict")
+    if row.status != "done":
+        raise LedgerError(f"run {row.id}: status is {row.status}; only done runs can predict")
     return [Member(row, _folder(store, row), 1.0)]
 
 
@@ -76,16 +77,16 @@ def members_of_spec(spec, store) -> list[Member]:
     from ledger.submission import select_runs
 
     selection = select_runs(spec, store)
-    runs = [RunInput(row["id"], selection.entry[row["id"]], test=None) for row in selection.rows]
+    runs = [RunInput(row.id, selection.entry[row.id], test=None) for row in selection.rows]
     entries = {run.model for run in runs}
     weights = normalise_weights(runs, {m.name: m.weight for m in spec.models if m.name in entries})
-    return [Member(row, _folder(store, row), weights[row["id"]]) for row in selection.rows if weights[row["id"]] > 0]
+    return [Member(row, _folder(store, row), weights[row.id]) for row in selection.rows if weights[row.id] > 0]
 
 
-def _folder(store, row: dict) -> Path:
+def _folder(store, row: RunRow) -> Path:
     folder = store.artifact_path(row)
     if folder is None or not folder.is_dir():
-        raise LedgerError(f"run {row['id']}: its folder {folder} is gone")
+        raise LedgerError(f"run {row.id}: its folder {folder} is gone")
     return folder
 
 
@@ -93,23 +94,19 @@ def check_weights(members: list[Member]) -> None:
     """Every run kept its weights, checked before any image is decoded."""
     for member in members:
         if not (member.folder / artifacts.WEIGHTS).is_file():
-            raise LedgerError(f"run {member.row['id']} kept no weights ({member.folder / artifacts.WEIGHTS} is "
+            raise LedgerError(f"run {member.row.id} kept no weights ({member.folder / artifacts.WEIGHTS} is "
                               f"missing): train with `save_weights: true` (train: or its model entry) to predict with it")
 
 
 def run_model(folder: Path):
     """The run's ModelSpec, TTA settings, and head size, from its resolved spec.yaml and predictions."""
-    from ledger.spec import AugmentSpec, ModelSpec
+    from ledger.spec import model_from_dict
 
     path = folder / artifacts.SPEC
     try:
         resolved = yaml.safe_load(path.read_text())
-        entry = dict(resolved["model"])
-        augment = entry.get("augment")
-        entry |= dict(size=tuple(entry["size"]), presize=tuple(entry["presize"]) if entry.get("presize") else None,
-                      augment=None if augment is None else AugmentSpec(**augment),
-                      pretrained=False)  # the run's own weights replace any starting weights
-        model = ModelSpec(**{f.name: entry[f.name] for f in dataclasses.fields(ModelSpec) if f.name in entry})
+        # The run's own weights replace any starting weights.
+        model = model_from_dict(dict(resolved["model"]) | {"pretrained": False})
         tta = resolved.get("tta") or {}
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         raise LedgerError(f"{path}: unreadable resolved spec ({first_line(e)})") from None
@@ -126,10 +123,12 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     import torch
     from safetensors.torch import load_file
 
+    from ledger.batches import Batches
     from ledger.data import load_images
+    from ledger.device import Runtime, model_on_device, resolve_precision
+    from ledger.inference import tta
     from ledger.memory import release_memory
     from ledger.probe import micro_batch_size
-    from ledger.train import Batches, model_on_device, resolve_precision, tta
 
     check_weights(members)
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
@@ -137,7 +136,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     for member in members:
         model, n, beta, run_vocab, head = run_model(member.folder)
         if vocab is not None and run_vocab != vocab:
-            raise LedgerError(f"run {member.row['id']}: its classes differ from run {members[0].row['id']}'s; "
+            raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
                               f"runs of one bag must share their classes")
         vocab = run_vocab
         key = (model.item_size, model.resize)
@@ -152,22 +151,21 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
             net.load_state_dict(load_file(str(weights_file), device=str(device)))
         except (OSError, RuntimeError) as e:
             raise LedgerError(f"{weights_file}: does not fit {model.arch} with {head} outputs ({first_line(e)})") from None
-        precision = resolve_precision(model.precision, device)
         # Batches no larger than a training micro-batch: what the run's memory probe said fits.
         accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
+        generator = torch.Generator().manual_seed(0)  # the same images give the same answer
+        runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform, generator)
         batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum))
-        label = f"run {member.row['id']}" + (" (tta)" if use_tta and n else "")
+        label = f"run {member.row.id}" + (" (tta)" if use_tta and n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
         sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else None
-        generator = torch.Generator().manual_seed(0)  # the same images give the same answer
-        probs = tta(net, batches, transform, device, precision, n if use_tta else 0, beta, generator=generator,
-                    head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
+        probs = tta(net, batches, runtime, n if use_tta else 0, beta, head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
         total = probs * member.weight if total is None else total + probs * member.weight
         del net
         release_memory()
     weight_sum = sum(m.weight for m in members)
     return Prediction([p.name for p in paths], vocab, (total / weight_sum).astype(np.float32),
-                      {m.row["id"]: m.weight / weight_sum for m in members})
+                      {m.row.id: m.weight / weight_sum for m in members})
 
 
 def write_csv(prediction: Prediction, out: Path) -> Path:

@@ -243,11 +243,13 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     import numpy as np
     import torch
 
+    from ledger.batches import Batches
     from ledger.data import load_images
+    from ledger.device import Runtime, model_on_device, resolve_precision
+    from ledger.loss import Criterion
     from ledger.memory import PeakMemory
-    from ledger.schedule import Phase
     from ledger.spec import check_model
-    from ledger.train import Batches, Criterion, Runtime, fit, model_on_device, resolve_precision
+    from ledger.step import StepSettings, loop_parts, train_step
 
     torch_device = torch.device(device)
     # `ledger train` builds and runs every model on the meta device when it checks the spec, which
@@ -265,11 +267,20 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     indices = np.resize(np.arange(len(images)), steps * model.batch_size)
     labels = np.zeros(len(images), dtype=np.int64)
     batches = Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k)
-    # Every layer trainable (the unfrozen phase, the worst case), with the run's loss and mixing.
-    phase = Phase("train", epochs=1, lr=model.lr, pct_start=0.25, div=25.0)
-    torch_precision = resolve_precision(model.precision, torch_device)
-    runtime = Runtime(torch_device, torch_precision, k, transform, torch.Generator().manual_seed(k), max_steps=steps)
-    fit(net, model, [phase], batches, runtime, Criterion(num_classes, model.label_smoothing, model.mixup, model.cutmix))
+    runtime = Runtime(torch_device, resolve_precision(model.precision, torch_device), k, transform,
+                      torch.Generator().manual_seed(k))
+    # The run's own training step (its loss, mixing, clipping and weight average), every layer
+    # trainable: the unfrozen phase is the worst case.
+    settings = StepSettings.of(model)
+    parts = loop_parts(net, batches, runtime, settings)
+    criterion = Criterion(num_classes, model.label_smoothing, model.mixup, model.cutmix)
+    net.train()
+    for step, (batch, targets) in enumerate(batches):
+        if step == steps:
+            break
+        for group in parts.optimizer.param_groups:
+            group["lr"] = model.lr
+        train_step(parts, batch.to(torch_device), targets.to(torch_device), runtime, criterion, settings)
     return Trial(k=k, micro_batch=micro_batch, peak_bytes=meter.read(), out_of_memory=False, seconds=0.0)
 
 
@@ -299,7 +310,7 @@ def probe_models(spec, models, store, budget_bytes: int | None = None, device=No
     trial as it starts and ends: nothing here prints."""
     from ledger.data import load_competition, load_images, smallest_class_indices
     from ledger.memory import device_name
-    from ledger.train import default_device
+    from ledger.device import default_device
 
     device = device or default_device()
     budget_bytes = budget_bytes or spec.probe.budget_bytes
@@ -343,7 +354,7 @@ def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
     or, with `may_probe=False`, answer 0 (unknown)."""
     from ledger.errors import LedgerError
     from ledger.memory import device_name
-    from ledger.train import default_device
+    from ledger.device import default_device
 
     device = device or default_device()
 

@@ -14,7 +14,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeRemainingColumn)
 
 from ledger.memory import format_size
-from ledger.train import EpochMetrics
+from ledger.hooks import EpochMetrics
 
 
 def epoch_line(label: str, m: EpochMetrics) -> str:
@@ -106,9 +106,9 @@ class ConsoleEvents:
         label = f"[{index + 1}/{total}] {plan.model.name}"
         if result.status == "done":
             s = result.summary
-            accuracy = "-" if s.get("accuracy") is None else f"{s['accuracy']:.4f}"
-            self.console.print(f"{label}: done {plan.run_id}  accuracy {accuracy}  {s['images_per_s']:.0f} img/s"
-                               f"  peak {format_size(s['peak_bytes'])}")
+            accuracy = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
+            self.console.print(f"{label}: done {plan.run_id}  accuracy {accuracy}  {s.images_per_s:.0f} img/s"
+                               f"  peak {format_size(s.peak_bytes)}")
         else:
             self.console.print(f"{label}: {result.status} {plan.run_id}  {result.error}", style="red")
 

@@ -72,7 +72,7 @@ def _worker_facts(home: str, token: str, precisions: Sequence[str]) -> dict:
         return dict(host=host, node=node, problem=problem)  # before torch is imported: the answer comes fast
 
     from ledger.memory import device_name
-    from ledger.train import resolve_precision
+    from ledger.device import resolve_precision
 
     device = _device()
     resolved = {}
@@ -176,7 +176,7 @@ def worker_accum(spec: Spec, store: Store, plans: Sequence[RunPlan], device: str
     also a worker), and otherwise stops with an error that says what to do."""
     from ledger.memory import device_name
     from ledger.probe import probe_key, probe_models
-    from ledger.train import default_device
+    from ledger.device import default_device
 
     plans, chosen = list(plans), {}
     budget, margin = spec.probe.budget_bytes, spec.probe.margin

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.plan import RunPlan
+from ledger.rows import RunSummary
 from ledger.spec import model_to_dict
 from ledger.store import Store, now
 
@@ -19,7 +20,7 @@ class RunResult:
     run_id: str
     status: str  # done, failed or interrupted
     folder: Path | None = None  # the committed run folder (done runs only)
-    summary: dict = field(default_factory=dict)  # figures from summary.json
+    summary: RunSummary | None = None  # what summary.json holds (done runs only)
     error: str | None = None
     resumed_epochs: int = 0  # epochs taken from a checkpoint instead of trained again
     host: str | None = None
@@ -54,8 +55,7 @@ def record(store: Store, result: RunResult) -> None:
             folder = folder.resolve().relative_to(store.home.resolve())
         except ValueError:
             folder = folder.resolve()  # outside the home (a shared path seen differently): keep it absolute
-        changes |= dict(artifact_dir=str(folder), valid_loss=summary.get("valid_loss"),
-                        error_rate=summary.get("error_rate"), images_per_s=summary.get("images_per_s"),
-                        peak_bytes=summary.get("peak_bytes"), device=summary.get("device"),
-                        precision=summary.get("precision"))
+        changes |= dict(artifact_dir=str(folder), valid_loss=summary.valid_loss, error_rate=summary.error_rate,
+                        images_per_s=summary.images_per_s, peak_bytes=summary.peak_bytes, device=summary.device,
+                        precision=summary.precision)
     store.update_run(result.run_id, changes)

@@ -20,6 +20,8 @@ from PIL import Image
 
 from ledger import artifacts
 from ledger.errors import LedgerError
+from ledger.ids import match_id
+from ledger.rows import RunRow
 from ledger.interpret import Interpretation, bag, interpretation, most_confused, per_class_accuracy
 from ledger.plots import plot_confusion, plot_top_losses, plot_training_curves
 
@@ -46,17 +48,14 @@ class Report:
     sections: list[Section]
 
 
-def select_runs(store, experiment: str, run: str | None) -> list[dict]:
+def runs_to_report(store, experiment: str, run: str | None) -> list[RunRow]:
     """The experiment's done runs, or the one run whose id starts with `run`."""
     if run:
-        matches = [r for r in store.runs(experiment) if r["id"].startswith(run)]
-        if not matches:
-            raise LedgerError(f"--run {run}: no run of experiment {experiment!r} in {store.home} has an id starting so")
-        if len(matches) > 1:
-            raise LedgerError(f"--run {run}: ambiguous, {len(matches)} runs match ({', '.join(r['id'] for r in matches[:5])})")
-        if matches[0]["status"] != "done":
-            raise LedgerError(f"run {matches[0]['id']}: status {matches[0]['status']}; only done runs have predictions")
-        return matches
+        rows = {r.id: r for r in store.runs(experiment)}
+        row = rows[match_id(list(rows), run, "run", f"{store.home} (experiment {experiment!r})")]
+        if row.status != "done":
+            raise LedgerError(f"run {row.id}: status {row.status}; only done runs have predictions")
+        return [row]
     rows = store.runs(experiment, status="done")
     if not rows:
         raise LedgerError(f"{store.home}: no done runs of experiment {experiment!r} (train first: ledger train SPEC)")
@@ -66,10 +65,10 @@ def select_runs(store, experiment: str, run: str | None) -> list[dict]:
 def _run_predictions(store, row: dict) -> tuple[artifacts.Predictions, Path]:
     folder = store.artifact_path(row)
     if folder is None or not folder.is_dir():
-        raise LedgerError(f"run {row['id']}: artifact folder {folder} not found")
+        raise LedgerError(f"run {row.id}: artifact folder {folder} not found")
     path = folder / artifacts.VALID_PREDS
     if not path.is_file():
-        raise LedgerError(f"{path}: run {row['id']} has no held-out predictions (split.valid_pct 0?)")
+        raise LedgerError(f"{path}: run {row.id} has no held-out predictions (split.valid_pct 0?)")
     return artifacts.load_predictions(path), folder
 
 
@@ -120,7 +119,7 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
     their bag; write the pictures, tables and report.html into `out`."""
     from ledger.data import load_competition
 
-    rows = select_runs(store, spec.name, run)
+    rows = runs_to_report(store, spec.name, run)
     competition = load_competition(spec.data)
     paths = {str(i): p for i, p in zip(competition.train_ids, competition.train_paths)}
     out = Path(out)
@@ -129,9 +128,9 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
     for row in rows:
         preds, run_folder = _run_predictions(store, row)
         source = str(run_folder / artifacts.VALID_PREDS)
-        named.append((row["id"], preds))
-        section = Section(row["id"], f"{row['model']} ({row['arch']} at {row['size']}), run {row['id']}",
-                          interpretation(row["id"], preds, source), out / row["id"])
+        named.append((row.id, preds))
+        section = Section(row.id, f"{row.model} ({row.arch} at {row.size}), run {row.id}",
+                          interpretation(row.id, preds, source), out / row.id)
         _fill(section, paths, top_losses, source)
         metrics_path = run_folder / artifacts.METRICS
         if metrics_path.is_file():
@@ -191,8 +190,8 @@ def _figure(caption: str, path: Path, out: Path) -> str:
 
 def render_html(experiment: str, rows: list[dict], sections: list[Section], out: Path) -> str:
     runs = pd.DataFrame([{
-        "run": r["id"], "model": r["model"], "arch": r["arch"], "size": r["size"], "epochs": r.get("epochs"),
-        "valid loss": r.get("valid_loss"), "error rate": r.get("error_rate"),
+        "run": r.id, "model": r.model, "arch": r.arch, "size": r.size, "epochs": r.epochs,
+        "valid loss": r.valid_loss, "error rate": r.error_rate,
     } for r in rows])
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>ledger report: {html.escape(experiment)}</title><style>{_STYLE}</style></head><body>",

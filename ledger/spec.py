@@ -66,20 +66,32 @@ class AugmentSpec:
     min_scale: float = 0.75
 
 
+def _setting(default: Any, kind: str, **limits: Any) -> Any:
+    """A train setting: its default and its check (a `Checker.get` kind and limits), in one place."""
+    return field(default=default, metadata={"kind": kind, "limits": limits})
+
+
 @dataclass(frozen=True)
 class TrainSpec:
-    batch_size: int = 64  # the effective batch, whatever the accumulation factor
-    epochs: int = 5
-    lr: float = 0.01
-    finetune: bool = False
-    freeze_epochs: int = 1
-    weight_decay: float = 0.01
-    precision: str = "auto"
-    pretrained: bool | Path | str = False  # str: one of PACKAGED_WEIGHTS
-    save_weights: bool = False
-    label_smoothing: float = 0.0
-    mixup: float = 0.0  # alpha of timm's Mixup; 0 is off
-    cutmix: float = 0.0  # alpha of timm's CutMix; 0 is off
+    """The train settings of a `train:` section, which every model entry inherits and may override.
+    A new setting is one line here (and its use): parsing, overrides and saving follow from it."""
+
+    batch_size: int = _setting(64, "int", min=1)  # the effective batch, whatever the accumulation factor
+    epochs: int = _setting(5, "int", min=1)
+    lr: float = _setting(0.01, "float", min=0.0)
+    finetune: bool = _setting(False, "bool")
+    freeze_epochs: int = _setting(1, "int", min=0)
+    weight_decay: float = _setting(0.01, "float", min=0.0)
+    precision: str = _setting("auto", "str", choices=PRECISIONS)
+    pretrained: bool | Path | str = _setting(False, "pretrained")  # str: one of PACKAGED_WEIGHTS
+    save_weights: bool = _setting(False, "bool")
+    # 1 would make every target uniform: nothing left to learn.
+    label_smoothing: float = _setting(0.0, "float", min=0.0, below=1.0)
+    mixup: float = _setting(0.0, "float", min=0.0)  # alpha of timm's Mixup; 0 is off
+    cutmix: float = _setting(0.0, "float", min=0.0)  # alpha of timm's CutMix; 0 is off
+    clip_grad: float | None = _setting(None, "float?", above=0.0)  # the largest gradient norm; null: off
+    # The decay of an average of the weights (timm's ModelEmaV3, with its warm-up); null: off.
+    ema: float | None = _setting(None, "float?", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
@@ -101,9 +113,9 @@ class ProbeSpec:
         return parse_size(self.budget)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model entry with every train setting resolved."""
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec(TrainSpec):
+    """One model entry: every train setting resolved (inherited or its own), and what only an entry has."""
 
     name: str
     arch: str
@@ -114,18 +126,6 @@ class ModelSpec:
     weight: float = 1.0
     accum: int | str = "auto"
     model_kwargs: dict = field(default_factory=dict)
-    batch_size: int = 64
-    epochs: int = 5
-    lr: float = 0.01
-    finetune: bool = False
-    freeze_epochs: int = 1
-    weight_decay: float = 0.01
-    precision: str = "auto"
-    pretrained: bool | Path | str = False
-    save_weights: bool = False
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
     augment: AugmentSpec | None = AugmentSpec()  # None: no augmentation
 
     @property
@@ -180,30 +180,34 @@ def model_to_dict(model: ModelSpec) -> dict:
     return _plain(dataclasses.asdict(model))
 
 
+def model_from_dict(entry: dict) -> ModelSpec:
+    """The inverse of `model_to_dict`: a saved entry (a run's spec.yaml or its ledger row) back to a
+    ModelSpec. Keys the saved entry lacks (it predates a setting) take their defaults; keys that are
+    no setting (`accum` resolved to a number is one) are kept as they are."""
+    known = {f.name for f in dataclasses.fields(ModelSpec)}
+    values = {key: value for key, value in entry.items() if key in known}
+    values["size"] = tuple(values["size"])
+    if values.get("presize"):
+        values["presize"] = tuple(values["presize"])
+    if values.get("augment") is not None:
+        values["augment"] = AugmentSpec(**values["augment"])
+    if isinstance(values.get("pretrained"), str) and values["pretrained"] not in PACKAGED_WEIGHTS:
+        values["pretrained"] = Path(values["pretrained"])
+    return ModelSpec(**values)
+
+
 # ---------------------------------------------------------------- sections
 
 _TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSpec)}
 _AUGMENT_KEYS = {f.name for f in dataclasses.fields(AugmentSpec)}
-_MODEL_KEYS = {"name", "arch", "size", "resize", "presize", "runs", "weight", "accum", "model_kwargs", "augment"}
+_MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)} - _TRAIN_KEYS  # what only an entry has
 
 
 def _train_fields(c: Checker, defaults: TrainSpec) -> dict:
-    """The train settings of a `train:` section or of a model entry that overrides them."""
-    return dict(
-        batch_size=c.get("batch_size", "int", defaults.batch_size, min=1),
-        epochs=c.get("epochs", "int", defaults.epochs, min=1),
-        lr=c.get("lr", "float", defaults.lr, min=0.0),
-        finetune=c.get("finetune", "bool", defaults.finetune),
-        freeze_epochs=c.get("freeze_epochs", "int", defaults.freeze_epochs, min=0),
-        weight_decay=c.get("weight_decay", "float", defaults.weight_decay, min=0.0),
-        precision=c.get("precision", "str", defaults.precision, choices=PRECISIONS),
-        pretrained=c.get("pretrained", "pretrained", defaults.pretrained),
-        save_weights=c.get("save_weights", "bool", defaults.save_weights),
-        # 1 would make every target uniform: nothing left to learn.
-        label_smoothing=c.get("label_smoothing", "float", defaults.label_smoothing, min=0.0, below=1.0),
-        mixup=c.get("mixup", "float", defaults.mixup, min=0.0),
-        cutmix=c.get("cutmix", "float", defaults.cutmix, min=0.0),
-    )
+    """The train settings of a `train:` section or of a model entry that overrides them, each
+    checked as its field's metadata says."""
+    return {f.name: c.get(f.name, f.metadata["kind"], getattr(defaults, f.name), **f.metadata["limits"])
+            for f in dataclasses.fields(TrainSpec)}
 
 
 def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ledger.errors import LedgerError
+from ledger.rows import RunRow
 
 DEFAULT_HOME = "runs"
 
@@ -251,11 +252,11 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         self.db.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
-    def artifact_path(self, row: dict) -> Path | None:
+    def artifact_path(self, row: RunRow) -> Path | None:
         """A run's folder: stored relative to the home (absolute in ledgers written elsewhere)."""
-        if not row.get("artifact_dir"):
+        if not row.artifact_dir:
             return None
-        path = Path(row["artifact_dir"])
+        path = Path(row.artifact_dir)
         return path if path.is_absolute() else self.home / path
 
     def mark_stale_runs(self) -> list[str]:
@@ -285,7 +286,8 @@ class Store:
             there = f"experiments here: {', '.join(known)}" if known else "the ledger is empty"
             raise LedgerError(f"experiment {experiment!r}: not in {self.home} ({there})")
 
-    def runs(self, experiment: str | None = None, status: str | None = None, ids: list[str] | None = None) -> list[dict]:
+    def runs(self, experiment: str | None = None, status: str | None = None, ids: list[str] | None = None
+             ) -> list[RunRow]:
         sql, args = "SELECT * FROM runs WHERE 1=1", []
         if experiment:
             sql += " AND experiment=?"
@@ -296,7 +298,8 @@ class Store:
         if ids:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
             args += ids
-        return [dict(row) for row in self.db.execute(sql + " ORDER BY rowid", args)]  # the order they started
+        rows = self.db.execute(sql + " ORDER BY rowid", args)  # the order they started
+        return [RunRow.from_columns(dict(row)) for row in rows]
 
     # ------------------------------------------------------------ probes
 

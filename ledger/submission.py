@@ -19,6 +19,8 @@ import pandas as pd
 
 from ledger.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
 from ledger.ensemble import BagResult, RunInput, _few, bag, normalise_weights, read_sample_submission, write_submission
+from ledger.ids import match_id
+from ledger.rows import RunRow
 from ledger.errors import LedgerError
 from ledger.fingerprint import run_fingerprint
 from ledger.oob import DEFAULT_STEPS, Estimate, HeldOut, Tuned, compare, estimate, held_out, tune_weights
@@ -56,33 +58,20 @@ class Submission:
 # ---------------------------------------------------------------- which runs
 
 
-def _by_prefix(rows: list[dict], prefix: str, what: str, home) -> dict:
-    """The one row whose id is `prefix` or starts with it, as git takes commit ids."""
-    exact = [r for r in rows if r["id"] == prefix]
-    matches = exact or [r for r in rows if r["id"].startswith(prefix)]
-    if not matches:
-        latest = [r["id"] for r in rows[::-1]]
-        raise LedgerError(f"{what} {prefix!r}: no {what} id starts with it in {home}"
-                          + (f" (latest: {_few(latest)})" if latest else f" (the ledger has no {what}s)"))
-    if len(matches) > 1:
-        raise LedgerError(f"{what} {prefix!r} is ambiguous: {len(matches)} {what}s match: "
-                          f"{_few(r['id'] for r in matches)}")
-    return matches[0]
-
-
-def resolve_run_ids(store, prefixes: Sequence[str]) -> list[dict]:
+def resolve_run_ids(store, prefixes: Sequence[str]) -> list[RunRow]:
     """Ledger rows for run ids given in full or as any unique prefix, in the order given."""
-    rows = store.runs()
-    found: dict[str, dict] = {}
+    rows = {row.id: row for row in store.runs()}
+    found: dict[str, RunRow] = {}
     for prefix in prefixes:
-        row = _by_prefix(rows, prefix, "run", store.home)
-        found.setdefault(row["id"], row)
+        run_id = match_id(list(rows), prefix, "run", store.home)
+        found.setdefault(run_id, rows[run_id])
     return list(found.values())
 
 
 def resolve_submission_id(store, prefix: str) -> dict:
     """The submissions row whose id is `prefix` or the one id starting with it."""
-    return _by_prefix(store.submissions(), prefix, "submission", store.home)
+    rows = {row["id"]: row for row in store.submissions()}
+    return rows[match_id(list(rows), prefix, "submission", store.home)]
 
 
 def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:
@@ -91,12 +80,12 @@ def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:
     if run_ids:
         rows = resolve_run_ids(store, run_ids)
         for row in rows:
-            if row["status"] != "done":
-                raise LedgerError(f"run {row['id']}: status is {row['status']}; only done runs are bagged")
-            if row["experiment"] != spec.name:
-                raise LedgerError(f"run {row['id']}: belongs to experiment {row['experiment']!r}, not {spec.name!r}")
+            if row.status != "done":
+                raise LedgerError(f"run {row.id}: status is {row.status}; only done runs are bagged")
+            if row.experiment != spec.name:
+                raise LedgerError(f"run {row.id}: belongs to experiment {row.experiment!r}, not {spec.name!r}")
         # Named runs bag under the entry they were trained as, whatever their fingerprint.
-        return Selection(rows, {r["id"]: r["model"] for r in rows}, [], [])
+        return Selection(rows, {r.id: r.model for r in rows}, [], [])
 
     now_of = {model.name: run_fingerprint(spec, model) for model in spec.models}
     by_fingerprint: dict[str, list[str]] = {}
@@ -105,20 +94,20 @@ def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:
     chosen: dict[str, list[dict]] = {model.name: [] for model in spec.models}
     excluded, entry = [], {}
     for row in store.runs(spec.name, status="done"):
-        names = by_fingerprint.get(row["fingerprint"] or "")
+        names = by_fingerprint.get(row.fingerprint or "")
         if names:
             # Two entries with one recipe share their runs' fingerprint: prefer the one of the same name.
-            name = row["model"] if row["model"] in names else names[0]
+            name = row.model if row.model in names else names[0]
             chosen[name].append(row)
-            entry[row["id"]] = name
-        elif row["model"] not in now_of:
-            excluded.append(Excluded(row["id"], f"model entry {row['model']!r} removed from the spec"))
-        elif not row["fingerprint"]:
-            excluded.append(Excluded(row["id"], "no fingerprint on record (trained before fingerprints); "
+            entry[row.id] = name
+        elif row.model not in now_of:
+            excluded.append(Excluded(row.id, f"model entry {row.model!r} removed from the spec"))
+        elif not row.fingerprint:
+            excluded.append(Excluded(row.id, "no fingerprint on record (trained before fingerprints); "
                                                 "bag it by naming it with --run"))
         else:
-            excluded.append(Excluded(row["id"], f"recipe changed since (fingerprint {row['fingerprint']}, "
-                                                f"entry {row['model']!r} now {now_of[row['model']]})"))
+            excluded.append(Excluded(row.id, f"recipe changed since (fingerprint {row.fingerprint}, "
+                                                f"entry {row.model!r} now {now_of[row.model]})"))
     rows = [row for model in spec.models for row in chosen[model.name]]
     if not rows:
         stale = f"; {len(excluded)} done run(s) of other spec versions, e.g. {excluded[0].run_id}: " \
@@ -165,9 +154,9 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     for row in selection.rows:
         folder = store.artifact_path(row)
         if folder is None:
-            raise LedgerError(f"run {row['id']}: done but no artifact folder on record")
+            raise LedgerError(f"run {row.id}: done but no artifact folder on record")
         valid_path = folder / VALID_PREDS
-        runs.append(RunInput(row["id"], selection.entry[row["id"]], load_predictions(folder / TEST_PREDS),
+        runs.append(RunInput(row.id, selection.entry[row.id], load_predictions(folder / TEST_PREDS),
                              load_predictions(valid_path) if valid_path.exists() else None))
     entries = list(dict.fromkeys(run.model for run in runs))
     spec_weights = {m.name: m.weight for m in spec.models if m.name in entries}

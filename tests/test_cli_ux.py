@@ -13,6 +13,7 @@ from rich.console import Console
 from conftest import TINY_CONVNEXT, write_spec
 from test_submission import HALVES, add_run, invoke, setup  # noqa: F401 - setup is a fixture
 
+from ledger.rows import RunRow
 from ledger.cli import WORKFLOW, app
 from ledger.cli.ledger_cmds import _runs_table, _submissions_table
 from ledger.store import Store
@@ -113,11 +114,11 @@ def _render(table, width=80) -> list[str]:
 
 
 def _run_row(run_id, **changes):
-    row = dict(id=run_id, experiment="fashion-very-long-experiment-name", model="convnext_small_in22k",
+    row = dict(id=run_id, started_at="2026-01-01T12:00:00+00:00", experiment="fashion-very-long-experiment-name", model="convnext_small_in22k",
                arch="convnext_small.fb_in22k_ft_in1k", size="224x224", split_seed=123456, accum=4, epochs=12,
                status="done", valid_loss=0.1234, error_rate=0.0312, images_per_s=1234.0, peak_bytes=12 * 2**30,
                device="cuda:0", error=None)
-    return row | changes
+    return RunRow(**(row | changes))
 
 
 def test_runs_table_fits_80_columns_with_whole_ids_and_accuracy():

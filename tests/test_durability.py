@@ -34,9 +34,9 @@ def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path)
     store = Store(home)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     rows = store.runs()
-    assert [(r["id"], r["status"], r["error_rate"], r["pid"]) for r in rows] == [
+    assert [(r.id, r.status, r.error_rate, r.pid) for r in rows] == [
         ("r1", "done", 0.1, 123), ("r2", "failed", None, 124)]
-    assert rows[0]["artifact_dir"] == "fashion/r1"  # relative to the home from now on
+    assert rows[0].artifact_dir == "fashion/r1"  # relative to the home from now on
     assert store.artifact_path(rows[0]) == home / "fashion" / "r1"
     store.update_run("r2", {"status": "interrupted"})  # the new status passes the CHECK constraint
     assert store.submissions()[0]["runs"] == ["r1"] and store.submissions()[0]["sha256"] is None
@@ -57,7 +57,7 @@ def test_running_rows_whose_process_is_gone_become_interrupted(tmp_path):
     store.insert_run(base | dict(id="alive", host=socket.gethostname(), pid=os.getpid()))
     store.insert_run(base | dict(id="elsewhere", host="another-machine", pid=_dead_pid()))
     assert store.mark_stale_runs() == ["dead"]
-    assert {r["id"]: r["status"] for r in store.runs()} == {"dead": "interrupted", "alive": "running",
+    assert {r.id: r.status for r in store.runs()} == {"dead": "interrupted", "alive": "running",
                                                             "elsewhere": "running"}
 
 
@@ -114,12 +114,12 @@ def test_kill_9_in_the_second_of_three_runs_then_the_same_command_finishes_the_j
 
     store = Store(home)
     rows = store.runs("tiny")
-    assert [r["status"] for r in rows] == ["done"] * 3
-    assert sorted(r["run_number"] for r in rows) == [0, 1, 2]
-    resumed = next(r for r in rows if r["id"] == second_run_checkpointed)
-    assert resumed["resumed_epochs"] >= 1
+    assert [r.status for r in rows] == ["done"] * 3
+    assert sorted(r.run_number for r in rows) == [0, 1, 2]
+    resumed = next(r for r in rows if r.id == second_run_checkpointed)
+    assert resumed.resumed_epochs >= 1
     summary = json.loads((store.artifact_path(resumed) / "summary.json").read_text())
-    assert summary["resumed_epochs"] == resumed["resumed_epochs"]
+    assert summary["resumed_epochs"] == resumed.resumed_epochs
     assert not list((home / "tiny").glob("*.partial")) and not list((home / "tiny").glob("*.tmp*"))
     assert not (store.artifact_path(resumed) / CHECKPOINT).exists()  # deleted when the run commits
 

@@ -13,7 +13,8 @@ from ledger import artifacts
 from ledger.cli import app
 from ledger.errors import SpecError
 from ledger.spec import load_spec
-from ledger.train import Criterion, classification_metrics, head_softmax
+from ledger.inference import classification_metrics, head_softmax
+from ledger.loss import Criterion
 
 
 def test_the_loss_is_the_sum_of_each_targets_cross_entropy():

@@ -4,6 +4,7 @@ and the command end to end on a tiny competition."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,10 @@ from ledger.lr_find import (
     SmoothLoss, exponential_lr, minimum, range_test, slide, steep, suggest, suggestion_window, valley,
 )
 from ledger.models import freeze_body, split_body_head
-from ledger.train import Batches, resolve_precision
+from ledger.batches import Batches
+from ledger.device import Runtime, resolve_precision
+from ledger.loss import Criterion
+from ledger.step import StepSettings
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -119,13 +123,23 @@ def plain(x):
     return x.float() / 255
 
 
+def _runtime(accum=1, prepare=plain):
+    """The range test's runtime with `prepare` as the (augmentation-free) batch transform."""
+    transform = SimpleNamespace(random=lambda x, generator: prepare(x), plain=prepare)
+    return Runtime(CPU, FP32, accum, transform, torch.Generator().manual_seed(0))
+
+
+def _range_test(net, batches, accum=1, prepare=plain, **options):
+    return range_test(net, batches, _runtime(accum, prepare), Criterion(4), StepSettings(), **options)
+
+
 def test_range_test_schedule_and_stop_on_divergence():
     images, labels = _toy()
     batches = Batches(images, labels, np.arange(len(images)), 16, shuffle=True, drop_last=True, seed=0)
     seen = []
     # Raw pixel values (0-255): once Adam's steps near 1, the logits swing by hundreds and the
     # loss blows up before 100 batches, after going round the 4 batches many times.
-    test = range_test(_linear(), batches, lambda x: x.float(), 1, CPU, FP32, num_it=100,
+    test = _range_test(_linear(), batches, prepare=lambda x: x.float(), num_it=100,
                       progress=lambda *args: seen.append(args))
     assert test.stopped in ("diverged", "non-finite")
     assert 4 < len(test.lrs) < 100
@@ -141,7 +155,7 @@ def test_range_test_schedule_and_stop_on_divergence():
 def test_range_test_runs_num_it_batches_without_stop_div():
     images, labels = _toy()
     batches = Batches(images, labels, np.arange(len(images)), 16, shuffle=True, drop_last=True, seed=0)
-    test = range_test(_linear(), batches, plain, 1, CPU, FP32, end_lr=1e-3, num_it=10, stop_div=False)
+    test = _range_test(_linear(), batches, end_lr=1e-3, num_it=10, stop_div=False)
     assert test.stopped == "num_it" and len(test.lrs) == 10 and len(test.raw_losses) == 10
 
 
@@ -151,7 +165,7 @@ def test_accumulation_does_not_change_the_curve():
     curves = []
     for accum in (1, 4):
         batches = Batches(images, labels, np.arange(len(images)), 16, shuffle=True, drop_last=True, seed=0)
-        test = range_test(_linear(), batches, plain, accum, CPU, FP32, end_lr=1e-2, num_it=20, stop_div=False)
+        test = _range_test(_linear(), batches, accum, end_lr=1e-2, num_it=20, stop_div=False)
         curves.append(test.raw_losses)
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
 
@@ -167,7 +181,7 @@ def test_frozen_body_is_not_trained():
     before_body, before_head = [p.detach().clone() for p in body], [p.detach().clone() for p in head]
     images, labels = _toy(n=16, side=32)
     batches = Batches(images, labels, np.arange(16), 8, seed=0)
-    range_test(net, batches, plain, 2, CPU, FP32, end_lr=1e-2, num_it=6, stop_div=False)
+    _range_test(net, batches, 2, end_lr=1e-2, num_it=6, stop_div=False)
     assert all(torch.equal(a, b) for a, b in zip(before_body, body))
     assert any(not torch.equal(a, b) for a, b in zip(before_head, head))
 
@@ -177,7 +191,7 @@ def test_empty_training_split_is_an_error():
 
     images, labels = _toy(n=4)
     with pytest.raises(LedgerError, match="no training batches"):
-        range_test(_linear(), Batches(images, labels, np.arange(0), 8), plain, 1, CPU, FP32)
+        _range_test(_linear(), Batches(images, labels, np.arange(0), 8))
 
 
 # ---------------------------------------------------------------- the command
@@ -242,7 +256,7 @@ def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
     db.close()
     store = Store(home)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert [r["id"] for r in store.runs()] == ["r1"]
+    assert [r.id for r in store.runs()] == ["r1"]
     store.record_lr_find(dict(id="l1", experiment="tiny", model="m", suggestions=json.dumps({"valley": 1e-3}),
                               plot=str(home / "tiny" / "lr.png")))
     row = store.lr_finds("tiny")[0]

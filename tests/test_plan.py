@@ -6,6 +6,7 @@ import pytest
 from conftest import TINY_CONVNEXT, write_spec
 
 from ledger.fingerprint import run_fingerprint
+from ledger.rows import RunRow
 from ledger.plan import plan
 from ledger.spec import load_spec
 
@@ -25,8 +26,10 @@ def ids():
 
 
 def done_row(spec, model, number, status="done", **extra):
-    return dict(id=f"old{number}{model.name}", experiment=spec.name, fingerprint=run_fingerprint(spec, model),
-                status=status, run_number=number, split_seed=10, train_seed=10 + number, fold=None, folds=None) | extra
+    return RunRow(**dict(id=f"old{number}{model.name}", experiment=spec.name, model=model.name, arch=model.arch,
+                         size=model.size_label, started_at="2026-01-01T00:00:00+00:00",
+                         fingerprint=run_fingerprint(spec, model), status=status, run_number=number, split_seed=10,
+                         train_seed=10 + number, fold=None, folds=None) | extra)
 
 
 def test_a_fresh_ledger_owes_every_run_with_fixed_seeds_differing_per_run(spec):
@@ -57,7 +60,7 @@ def test_runs_of_another_recipe_or_status_do_not_count(spec):
 def test_an_interrupted_run_with_a_checkpoint_is_resumed_under_its_own_id(spec):
     a, _ = spec.models
     rows = [done_row(spec, a, 0), done_row(spec, a, 1, status="interrupted", id="half")]
-    plans = plan(spec, spec.models[:1], rows, lambda m: 1, ids(), resumable=lambda row: row["id"] == "half")
+    plans = plan(spec, spec.models[:1], rows, lambda m: 1, ids(), resumable=lambda row: row.id == "half")
     assert [(p.run_id, p.run_number, p.train_seed, p.resume) for p in plans] == [("half", 1, 11, True)]
     # Without a checkpoint it is trained again from the start, with the same numbers.
     fresh = plan(spec, spec.models[:1], rows, lambda m: 1, ids())

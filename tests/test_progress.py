@@ -2,16 +2,21 @@
 command line draws them as transient bars on a terminal and as single lines elsewhere."""
 
 import io
+
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 from PIL import Image
 from rich.console import Console
 from test_train import CPU, FP32, random_images, tiny_vit, transform_for
 
 from ledger.data import load_images
 from ledger.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
-from ledger.train import Batches, SilentProgress, stage_callback, tta
+from ledger.batches import Batches
+from ledger.device import Runtime
+from ledger.hooks import SilentProgress, stage_callback
+from ledger.inference import tta
 
 
 def test_decoding_reports_every_image_in_order_and_a_cache_hit_reports_nothing(tmp_path):
@@ -31,17 +36,28 @@ def test_tta_counts_batches_over_all_its_passes():
     images, _ = random_images(10)
     batches = Batches(images, None, np.arange(10), batch_size=4)  # 3 batches
     calls = []
-    tta(tiny_vit(), batches, transform_for(), CPU, FP32, n=2, beta=0.25, progress=lambda d, t: calls.append((d, t)))
+    runtime = Runtime(CPU, FP32, 1, transform_for(), torch.Generator().manual_seed(0))
+    tta(tiny_vit(), batches, runtime, n=2, beta=0.25, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(d, 9) for d in range(1, 10)]  # 3 passes of 3 batches, counted through
 
 
-def test_stage_callback_is_optional_on_progress_objects():
-    assert stage_callback(object(), "tta test") is None  # an older Progress without stage()
-    seen = []
-    progress = SimpleNamespace(stage=lambda *args: seen.append(args))
+def test_progress_hooks_are_declared_no_ops_and_stage_callback_binds_a_name():
+    assert stage_callback(None, "tta test") is None
+    silent = SilentProgress()
+    for hook, args in (("resumed", (2,)), ("start", ("train", 0, 3, 10)), ("step", (1, 0.5, 100.0)),
+                       ("stage", ("tta test", 1, 2))):
+        assert getattr(silent, hook)(*args) is None  # every hook exists on the base class and does nothing
+
+    class Stages(SilentProgress):
+        def __init__(self):
+            self.seen = []
+
+        def stage(self, name, done, total):
+            self.seen.append((name, done, total))
+
+    progress = Stages()
     stage_callback(progress, "tta test")(2, 5)
-    assert seen == [("tta test", 2, 5)]
-    assert stage_callback(SilentProgress(), "x") is not None
+    assert progress.seen == [("tta test", 2, 5)]
 
 
 def _console(terminal: bool):

@@ -102,12 +102,12 @@ def test_failed_and_crashed_runs_are_recorded_failed_while_the_other_is_done(tmp
     events = Finished()
     results = train_on_ray(spec, [good, crashing, wrong], store, events, RayOptions())
 
-    rows = {r["id"]: r for r in store.runs("tiny")}
-    assert {run_id: rows[run_id]["status"] for run_id in (good.run_id, wrong.run_id, crashing.run_id)} == {
+    rows = {r.id: r for r in store.runs("tiny")}
+    assert {run_id: rows[run_id].status for run_id in (good.run_id, wrong.run_id, crashing.run_id)} == {
         good.run_id: "done", wrong.run_id: "failed", crashing.run_id: "failed"}
-    assert "weights do not fit convnext_atto" in rows[wrong.run_id]["error"]
-    assert rows[crashing.run_id]["error"].startswith("worker: ") and "gone" in rows[crashing.run_id]["error"]
-    assert "\n" not in rows[crashing.run_id]["error"]
+    assert "weights do not fit convnext_atto" in rows[wrong.run_id].error
+    assert rows[crashing.run_id].error.startswith("worker: ") and "gone" in rows[crashing.run_id].error
+    assert "\n" not in rows[crashing.run_id].error
     assert sorted(events.finished) == sorted((r.run_id, r.status) for r in results) and len(results) == 3
 
 
@@ -119,7 +119,7 @@ def test_a_home_the_workers_do_not_see_is_a_one_line_error(tmp_path, tiny_compet
     assert result.exit_code == 1
     assert "is not visible from worker" in result.output and "filesystem every node sees" in result.output
     assert "Traceback" not in result.output
-    assert [r["status"] for r in Store(tmp_path / "home").runs()] == []  # nothing started
+    assert [r.status for r in Store(tmp_path / "home").runs()] == []  # nothing started
 
 
 def test_resources_default_to_cpus_without_gpus_and_refuse_what_no_node_has():
@@ -164,8 +164,8 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
     with pytest.raises(KeyboardInterrupt):
         _submit_and_record([first, second], store, InterruptedAtSecond(), store.home, sleeper, 2, worker, 1)
     rows = store.runs("tiny")
-    assert [(r["id"], r["status"]) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
-    assert "resumes from its last finished epoch" in rows[0]["error"]
+    assert [(r.id, r.status) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
+    assert "resumes from its last finished epoch" in rows[0].error
     deadline = time.time() + 20
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)

@@ -149,9 +149,9 @@ def test_report_writes_every_file_for_runs_and_bag(written):
 
 def test_run_prefix_selects_one_run_and_no_bag(tmp_path, tiny_competition):
     spec, store, ids = _fabricate(tmp_path, tiny_competition)
-    with pytest.raises(LedgerError, match="--run 2026: ambiguous, 2 runs match"):
+    with pytest.raises(LedgerError, match="run '2026' is ambiguous: 2 runs match"):
         write_report(spec, store, tmp_path / "out", run="2026")
-    with pytest.raises(LedgerError, match="--run nope: no run of experiment 'tiny'"):
+    with pytest.raises(LedgerError, match="run 'nope': no run id starts with it in .* \\(experiment 'tiny'\\)"):
         write_report(spec, store, tmp_path / "out", run="nope")
     report = write_report(spec, store, tmp_path / "out", run=unique_prefix(ids[1], ids), top_losses=0)
     assert [s.name for s in report.sections] == [ids[1]]
@@ -178,7 +178,7 @@ def test_cli_report(tmp_path, tiny_competition):
     assert f"run {ids[0]}: accuracy" in result.stdout and "bag" not in result.stdout
     result = CliRunner().invoke(app, ["report", str(spec.path), "--out", str(tmp_path / "out"), "--run", "x",
                                       "--home", str(store.home)])
-    assert result.exit_code == 1 and result.stderr.startswith("error: --run x: no run") and "Traceback" not in result.output
+    assert result.exit_code == 1 and result.stderr.startswith("error: run 'x': no run id starts with it") and "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------- a real browser

@@ -15,8 +15,13 @@ from ledger.models import NORM_TYPES, create_model, freeze_body, parameter_group
 from ledger.spec import ModelSpec
 from ledger.checkpoint import Checkpoint
 from ledger.schedule import Phase
-from ledger.train import (Batches, Criterion, NonFiniteLoss, Runtime, SilentProgress, accumulate_gradients, fit, predict,
-                          resolve_precision, tta)
+from ledger.batches import Batches
+from ledger.device import Runtime, model_on_device, resolve_precision
+from ledger.hooks import SilentProgress
+from ledger.inference import predict, tta
+from ledger.loss import Criterion
+from ledger.step import StepSettings, accumulate_gradients
+from ledger.train import NonFiniteLoss, fit
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -59,8 +64,8 @@ def random_images(n, size=16, seed=0):
     return rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8), rng.integers(0, 3, n).astype(np.int64)
 
 
-def runtime(accum=1, seed=0, max_steps=None):
-    return Runtime(CPU, FP32, accum, transform_for(), torch.Generator().manual_seed(seed), max_steps=max_steps)
+def runtime(accum=1, seed=0, transform=None):
+    return Runtime(CPU, FP32, accum, transform or transform_for(), torch.Generator().manual_seed(seed))
 
 
 def model_spec(**changes):
@@ -76,8 +81,7 @@ def test_optimizer_and_schedule_step_once_per_effective_batch():
     step_hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     forward_hook = model.register_forward_hook(lambda module, args, out: micro_sizes.append(len(args[0])))
     try:
-        history = fit(model, model_spec(), [Phase("train", 2, 1e-3, 0.25, 25.0)], batches, runtime(accum=4),
-                      Criterion(3))
+        history = fit(model, [Phase("train", 2, 1e-3, 0.25, 25.0)], batches, runtime(accum=4), Criterion(3)).history
     finally:
         step_hook.remove()
         forward_hook.remove()
@@ -96,8 +100,8 @@ def test_fit_follows_fastais_one_cycle_for_lr_and_momentum():
     hook = register_optimizer_step_pre_hook(
         lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0])))
     try:
-        fit(model, model_spec(), [Phase("train", 2, 1e-2, 0.25, 25.0)], Batches(images, labels, np.arange(32), 8),
-            runtime(), Criterion(3))
+        fit(model, [Phase("train", 2, 1e-2, 0.25, 25.0)], Batches(images, labels, np.arange(32), 8), runtime(),
+            Criterion(3))
     finally:
         hook.remove()
     rates, moms = [r for r, _ in seen], [m for _, m in seen]
@@ -117,8 +121,8 @@ def test_fit_uses_fastais_adam_and_no_weight_decay_on_norms_and_biases():
     groups = []
     hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: groups.append(opt.param_groups))
     try:
-        fit(model, model_spec(weight_decay=0.01), [Phase("train", 1, 1e-3, 0.25, 25.0)],
-            Batches(images, labels, np.arange(16), 8), runtime(max_steps=1), Criterion(3))
+        fit(model, [Phase("train", 1, 1e-3, 0.25, 25.0)], Batches(images, labels, np.arange(16), 8), runtime(),
+            Criterion(3), StepSettings(weight_decay=0.01))
     finally:
         hook.remove()
     decay = {id(p): g["weight_decay"] for g in groups[0] for p in g["params"]}
@@ -145,8 +149,8 @@ def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
                     raise KeyboardInterrupt  # killed after this epoch's metrics, before its checkpoint
 
         batches = Batches(images, labels, np.arange(48), 8, shuffle=True, drop_last=True, seed=7)
-        history = fit(model, spec, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
-                      progress=Stop(), checkpoint=Checkpoint(folder))
+        history = fit(model, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
+                      StepSettings.of(spec), progress=Stop(), checkpoint=Checkpoint(folder)).history
         return model, history
 
     uninterrupted, full_history = train(tmp_path / "a")
@@ -164,8 +168,8 @@ def test_a_non_finite_loss_fails_the_run_naming_epoch_and_step():
     images, labels = random_images(32)
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 2"):
         # An lr of NaN: the first step's loss is finite, every later one NaN.
-        fit(tiny_vit(), model_spec(), [Phase("train", 1, float("nan"), 0.25, 25.0)],
-            Batches(images, labels, np.arange(32), 8), runtime(), Criterion(3))
+        fit(tiny_vit(), [Phase("train", 1, float("nan"), 0.25, 25.0)], Batches(images, labels, np.arange(32), 8),
+            runtime(), Criterion(3))
 
 
 def test_label_smoothing_loss_matches_the_formula_worked_by_hand():
@@ -203,11 +207,11 @@ def test_identity_augmentation_tta_equals_plain_prediction():
     images, _ = random_images(10)
     model, transform = tiny_vit(), transform_for()
     batches = Batches(images, None, np.arange(10), batch_size=4)
-    plain, _ = predict(model, batches, transform, CPU, FP32)
-    blended = tta(model, batches, transform, CPU, FP32, n=3, beta=0.25, augment=transform.plain)
+    plain, _ = predict(model, batches, runtime(transform=transform))
+    blended = tta(model, batches, runtime(transform=transform), n=3, beta=0.25, augment=transform.plain)
     torch.testing.assert_close(blended, plain)
     # ... and real augmentation changes the result, so the equality above is not vacuous.
-    augmented = tta(model, batches, transform, CPU, FP32, n=3, beta=0.25)
+    augmented = tta(model, batches, runtime(transform=transform), n=3, beta=0.25)
     assert not torch.allclose(augmented, plain)
     torch.testing.assert_close(augmented.sum(1), torch.ones(10))
 
@@ -217,10 +221,10 @@ def test_tta_blends_as_lerp_of_augmented_mean_and_plain():
     model, transform = tiny_vit(), transform_for()
     batches = Batches(images, None, np.arange(6), batch_size=6)
     torch.manual_seed(5)
-    blended = tta(model, batches, transform, CPU, FP32, n=2, beta=0.25, augment=lambda x: transform.random(x))
+    blended = tta(model, batches, runtime(transform=transform), n=2, beta=0.25, augment=lambda x: transform.random(x))
     torch.manual_seed(5)
-    passes = [predict(model, batches, transform, CPU, FP32, lambda x: transform.random(x))[0] for _ in range(2)]
-    plain, _ = predict(model, batches, transform, CPU, FP32)
+    passes = [predict(model, batches, runtime(transform=transform), lambda x: transform.random(x))[0] for _ in range(2)]
+    plain, _ = predict(model, batches, runtime(transform=transform))
     torch.testing.assert_close(blended, 0.75 * (passes[0] + passes[1]) / 2 + 0.25 * plain)
 
 
@@ -231,8 +235,8 @@ def test_frozen_phase_trains_the_head_and_norm_layers_only():
     body, head = split_body_head(model)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     before = {id(p): p.detach().clone() for p in model.parameters()}
-    history = fit(model, model_spec(weight_decay=0.0), [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True)],
-                  Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3))
+    history = fit(model, [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True)],
+                  Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3), StepSettings(weight_decay=0.0)).history
     assert [m.phase for m in history] == ["frozen"]
     body_plain = [p for p in body if id(p) not in norm_ids]
     assert all(torch.equal(p, before[id(p)]) for p in body_plain)
@@ -281,8 +285,6 @@ def test_local_weights_of_another_arch_are_refused(tmp_path):
 def test_models_train_and_predict_channels_last_with_the_same_results():
     # model_on_device puts every net and its batches in NHWC (about 2x faster on a CPU for
     # EfficientNet, bench/bench_layout.py); the layout must not change what the net computes.
-    from ledger.train import model_on_device
-
     spec = ModelSpec(name="m", arch="resnet18", size=(16, 16), model_kwargs={"layers": [1, 1, 1, 1]})
     torch.manual_seed(0)
     net, transform = model_on_device(spec, 3, CPU)
@@ -295,8 +297,8 @@ def test_models_train_and_predict_channels_last_with_the_same_results():
     contiguous_net = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
     assert contiguous_net.conv1.weight.is_contiguous()
     batches = Batches(images, None, np.arange(6), batch_size=3)
-    nhwc, _ = predict(net, batches, transform, CPU, FP32)
+    nhwc, _ = predict(net, batches, runtime(transform=transform))
     nchw_transform = BatchTransform(transform.size, transform.mean.flatten().tolist(), transform.std.flatten().tolist())
     assert nchw_transform.plain(batch).is_contiguous()
-    nchw, _ = predict(contiguous_net, batches, nchw_transform, CPU, FP32)
+    nchw, _ = predict(contiguous_net, batches, runtime(transform=nchw_transform))
     torch.testing.assert_close(nhwc, nchw, rtol=1e-4, atol=1e-5)

@@ -100,7 +100,7 @@ def _print_json(data) -> None:
 
 
 def _device(name: str | None):
-    from ledger.train import default_device, parse_device
+    from ledger.device import default_device, parse_device
 
     return parse_device(name) if name else default_device()
 

@@ -24,12 +24,11 @@ def _runs_table(rows: list[dict], console_: Console) -> Table:
                Column("peak", drop=5), Column("device", drop=7)]
     table_rows = []
     for r in rows:
-        status = r["status"] if r["status"] != "failed" else f"failed: {r['error'] or ''}"[:60]
-        accuracy = None if r["error_rate"] is None else 1 - r["error_rate"]
-        table_rows.append([r["id"], r["experiment"], r["model"], r["arch"], r["size"], str(r["split_seed"]),
-                           str(r["accum"]), str(r["epochs"]), status, fmt(r["valid_loss"], ".4f"), fmt(accuracy, ".4f"),
-                           fmt(r["images_per_s"], ".0f"), "" if r["peak_bytes"] is None else format_size(r["peak_bytes"]),
-                           r["device"] or ""])
+        status = r.status if r.status != "failed" else f"failed: {r.error or ''}"[:60]
+        table_rows.append([r.id, r.experiment, r.model, r.arch, r.size, str(r.split_seed),
+                           str(r.accum), str(r.epochs), status, fmt(r.valid_loss, ".4f"), fmt(r.accuracy, ".4f"),
+                           fmt(r.images_per_s, ".0f"), "" if r.peak_bytes is None else format_size(r.peak_bytes),
+                           r.device or ""])
     return fit_table(console_, columns, table_rows, title="runs")
 
 
@@ -66,9 +65,7 @@ def runs_command(
         store.check_experiment(experiment)
     rows, submissions, probes = store.runs(experiment), store.submissions(experiment), store.probes(experiment)
     if as_json:
-        for row in rows:
-            row["spec"] = json.loads(row["spec"]) if row["spec"] else None
-        _print_json({"runs": rows, "probes": probes, "submissions": submissions})
+        _print_json({"runs": [row.to_dict() | {"spec": row.entry or None} for row in rows], "probes": probes, "submissions": submissions})
         return
     console.print(_runs_table(rows, console))
     if probes:

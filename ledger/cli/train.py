@@ -61,12 +61,11 @@ def _results_table(plans, results, console_: Console) -> Table:
         r = by_id.get(p.run_id)
         if r is None:
             continue
-        s = r.summary
-        accuracy = "" if s.get("accuracy") is None else f"{s['accuracy']:.4f}"
-        seconds = s.get("train_seconds")
+        s = r.summary  # None unless the run is done
+        accuracy = "" if s is None or s.accuracy is None else f"{s.accuracy:.4f}"
         rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
-                     accuracy, "" if seconds is None else f"{seconds:.0f}s",
-                     "" if s.get("peak_bytes") is None else format_size(s["peak_bytes"])])
+                     accuracy, "" if s is None else f"{s.train_seconds:.0f}s",
+                     "" if s is None else format_size(s.peak_bytes)])
     return fit_table(console_, columns, rows, title="runs trained")
 
 

@@ -1,0 +1,97 @@
+"""Where a run computes: the device (checked from the command line's name), the precision it runs
+at, and the network set up on it with the batch transform that feeds it."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ledger.augment import BatchTransform
+from ledger.errors import LedgerError, SpecError
+from ledger.models import create_model
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # what actually runs: fp32, bf16 or fp16
+    dtype: torch.dtype | None  # autocast dtype, None for float32
+    scaled: bool  # fp16 needs a gradient scaler; bf16 does not
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """auto: bf16 on CUDA cards that run it natively (Ampere and later), else fp16 with a scaler;
+    float32 on CPU. T4, P100 and V100 only emulate bf16 (slowly), and they are the 16 GB cards
+    the probe budgets for, so emulation does not count."""
+    if device.type == "cuda":
+        if precision == "auto":
+            precision = "bf16" if native_bf16(device) else "fp16"
+    elif precision == "auto":
+        precision = "fp32"
+    elif precision == "fp16":
+        raise SpecError("train.precision: fp16 needs a CUDA device (use auto, fp32 or bf16 on CPU)")
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return Precision(precision, dtype, scaled=precision == "fp16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def parse_device(name: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:1`: checked here, so a typo or a missing GPU is one clear line."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LedgerError(f"--device {name}: no CUDA device on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise LedgerError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.Module, BatchTransform]:
+    """The spec entry's network on the training device, channels_last, and its batch transform
+    (normalised as the network's pretrained config says, and giving batches in the same layout):
+    one set-up for runs, probe trials, lr_find and predict alike.
+
+    channels_last on every device: CUDA's tensor cores want NHWC, and on a CPU oneDNN's NHWC
+    convolutions train tf_efficientnet_lite0 1.8-1.9x and resnet18 1.1-1.2x faster, while ConvNeXt, ViT and
+    Swin train and predict within 9% either way (bench/bench_layout.py, bench/results/layout.jsonl)."""
+    import timm
+
+    net = create_model(model, num_classes).to(device).to(memory_format=torch.channels_last)
+    config = timm.data.resolve_model_data_config(net)
+    return net, BatchTransform(model.size, config["mean"], config["std"], augment=model.augment,
+                               memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run's networks compute, the same for training, validation and TTA."""
+
+    device: torch.device
+    precision: Precision
+    accum: int  # micro-batches per optimizer step
+    transform: BatchTransform
+    generator: torch.Generator  # augmentation's random numbers (drawn on the CPU)
+
+    def augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch through the training augmentation, in the network's layout."""
+        return self.transform.random(images, self.generator)

@@ -1,0 +1,142 @@
+"""One run's work, in two parts: `train_run` seeds, builds, fits and predicts (TTA on the test and
+held-out images), in memory; `write_run_folder` writes what it produced into the run's folder.
+`execute` calls both and commits the folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ledger import artifacts
+from ledger.artifacts import Predictions
+from ledger.batches import Batches
+from ledger.checkpoint import Checkpoint
+from ledger.data import Competition, fold_indices, split_indices
+from ledger.device import Runtime, model_on_device, resolve_precision
+from ledger.hooks import Progress, stage_callback
+from ledger.inference import tta
+from ledger.loss import Criterion
+from ledger.memory import PeakMemory, device_name
+from ledger.models import save_weights
+from ledger.plan import RunPlan
+from ledger.probe import micro_batch_size
+from ledger.rows import RunSummary
+from ledger.schedule import fit_phases
+from ledger.spec import dump_yaml, model_to_dict
+from ledger.step import StepSettings
+from ledger.train import FitResult, fit
+
+
+@dataclass
+class ImageSet:
+    """A model entry's decoded images (train and test) at its item size, shared by its runs."""
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class TrainedRun:
+    """What `train_run` produced, before anything is written."""
+
+    fitted: FitResult
+    runtime: Runtime
+    micro_batch: int
+    train_idx: np.ndarray
+    valid_idx: np.ndarray
+    test_probs: torch.Tensor  # every target's classes side by side, TTA'd
+    valid_probs: torch.Tensor | None  # the same for the held-out images; None without any
+    peak_bytes: int
+
+
+def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if plan.split.folds:
+        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed)
+    return split_indices(labels, plan.split.valid_pct, plan.split.seed)
+
+
+def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device: torch.device,
+              progress: Progress, checkpoint: Checkpoint) -> TrainedRun:
+    """Seed, build, fit (resuming from `checkpoint` when it holds a state), then TTA the test images
+    and the held-out ones (so the out-of-bag estimate measures what the submission is)."""
+    model = plan.model
+    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    torch.manual_seed(plan.train_seed)
+    np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
+    meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
+
+    sizes = competition.head_sizes  # the submission's classes, then each extra target's
+    net, transform = model_on_device(model, sum(sizes), device)
+    runtime = Runtime(device, resolve_precision(model.precision, device), plan.accum, transform,
+                      torch.Generator().manual_seed(plan.train_seed))
+    micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
+    labels = competition.target_labels()
+    batches = Batches(images.train, labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
+                      seed=plan.train_seed)
+    valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
+    criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
+                          extra_names=tuple(t.name for t in competition.extra))
+    fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
+                 progress=progress, checkpoint=checkpoint)
+
+    test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
+    test_probs = tta(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
+                     progress=stage_callback(progress, "tta test"))
+    valid_probs = None
+    if valid is not None:
+        valid_probs = tta(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
+                          progress=stage_callback(progress, "tta valid"))
+    return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read())
+
+
+def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trained: TrainedRun) -> RunSummary:
+    """Predictions (test, held-out), weights (with save_weights), per-epoch metrics, the summary
+    and the resolved spec entry, into `folder` (the run's partial folder)."""
+    model, sizes, history = plan.model, competition.head_sizes, trained.fitted.history
+    targets = [(None, competition.vocab, competition.train_labels),
+               *((t.name, t.vocab, t.labels) for t in competition.extra)]
+    for (name, vocab, _), probs in zip(targets, trained.test_probs.split(sizes, dim=1)):
+        artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.TEST_PREDS, name), Predictions(
+            ids=np.array(competition.test_ids), probs=probs.numpy(), vocab=np.array(vocab)))
+    tta_accuracy = None
+    if trained.valid_probs is not None:
+        valid_idx = trained.valid_idx
+        for (name, vocab, target), probs in zip(targets, trained.valid_probs.split(sizes, dim=1)):
+            vocab = np.array(vocab)
+            artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.VALID_PREDS, name), Predictions(
+                ids=np.array(competition.train_ids)[valid_idx], probs=probs.numpy(), vocab=vocab,
+                labels=vocab[target[valid_idx]]))
+        main = trained.valid_probs[:, : sizes[0]]
+        tta_accuracy = float((main.argmax(1).numpy() == competition.train_labels[valid_idx]).mean())
+    if model.save_weights:
+        save_weights(trained.fitted.net, folder / artifacts.WEIGHTS)
+
+    rows = []
+    for m in history:
+        row = dataclasses.asdict(m) | {"accuracy": m.accuracy, "images_per_s": m.images_per_s}
+        row |= {f"error_rate_{name}": rate for name, rate in row.pop("extra_error_rates").items()}
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / artifacts.METRICS, index=False)
+    seconds = sum(m.train_seconds for m in history)
+    last = history[-1]
+    summary = RunSummary(
+        experiment=plan.experiment, model=model.name, arch=model.arch, size=model.size_label,
+        fingerprint=plan.fingerprint, run_number=plan.run_number, train_seed=plan.train_seed,
+        split_seed=plan.split.seed, fold=plan.split.fold, folds=plan.split.folds, accum=plan.accum,
+        micro_batch=trained.micro_batch, epochs=model.epochs, train_images=len(trained.train_idx),
+        valid_images=len(trained.valid_idx), test_images=len(competition.test_ids),
+        valid_loss=last.valid_loss, error_rate=last.error_rate, tta_accuracy=tta_accuracy, train_seconds=seconds,
+        images_per_s=sum(m.train_images for m in history) / seconds if seconds else 0.0,
+        precision=trained.runtime.precision.name, device=device_name(trained.runtime.device),
+        resumed_epochs=trained.fitted.resumed_epochs, peak_bytes=trained.peak_bytes)
+    artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
+    resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
+                    split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta), fingerprint=plan.fingerprint)
+    (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
+    return summary
