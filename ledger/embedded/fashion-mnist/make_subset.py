@@ -4,7 +4,7 @@ Keeps the first 1000 images of each class from the train set (10,000 images, in 
 order) and the first 2000 images of the t10k set, written in the same gzipped IDX format and file
 names as upstream. gzip headers carry no timestamp or file name, so reruns are byte-identical.
 
-    python data/fashion-mnist/make_subset.py [SOURCE_DIR] [OUT_DIR]
+    python ledger/embedded/fashion-mnist/make_subset.py [SOURCE_DIR] [OUT_DIR]
 
 SOURCE_DIR defaults to Debian's /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist),
 OUT_DIR to the folder holding this script.

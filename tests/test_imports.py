@@ -1,0 +1,71 @@
+"""The import rules, made checkable: the command line and the pure core never load torch (so
+`ledger --help`, `check`, `runs` and bagging start fast), and no two modules import each other."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import ledger
+
+PACKAGE = Path(ledger.__file__).parent
+
+# Config, data listing, planning, the ledger, bagging and reports: none of them trains or predicts.
+TORCH_FREE = ("cli", "spec", "spec_checks", "overrides", "packaged", "fingerprint", "rows", "hooks", "ids", "plan",
+              "store", "record", "artifacts", "data", "fashion", "ensemble", "oob", "submission", "score",
+              "leaderboard", "report", "interpret", "plots", "tables", "schedule", "errors")
+
+
+def test_the_command_line_and_the_pure_core_never_import_torch():
+    # One fresh interpreter per module would take a minute; one that imports them in turn names the
+    # first module after which torch is loaded.
+    code = ("import importlib, sys\n"
+            f"for name in {TORCH_FREE!r}:\n"
+            "    importlib.import_module('ledger.' + name)\n"
+            "    if 'torch' in sys.modules or 'timm' in sys.modules:\n"
+            "        print(name); break\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"importing ledger.{result.stdout.strip()} loads torch"
+
+
+def _ledger_imports(path: Path) -> set[str]:
+    """Every ledger module `path` imports, at the top or inside a function."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ledger"):
+            if node.module == "ledger":
+                names |= {f"ledger.{alias.name}" for alias in node.names}
+            else:
+                names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.startswith("ledger.")}
+    return names
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _ledger_imports(p) for p in PACKAGE.rglob("*.py")}
+    # A package's __init__ is imported by its submodules' imports; it is not a cycle for a module
+    # to import its own package's siblings through it, so edges to a package only count for its __init__.
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if target not in graph or target == module:
+                continue
+            if state.get(target) == "open":
+                cycle = path[path.index(target):] + [target] if target in path else [module, target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
