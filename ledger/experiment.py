@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch

@@ -8,7 +8,6 @@ so the images go through the transform the run was trained and tested with.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ledger.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
-from ledger.ensemble import BagResult, RunInput, _few, bag, normalise_weights, read_sample_submission, write_submission
+from ledger.ensemble import BagResult, RunInput, bag, normalise_weights, read_sample_submission, write_submission
 from ledger.ids import match_id
 from ledger.rows import RunRow
 from ledger.errors import LedgerError

@@ -46,3 +46,43 @@ def test_a_smaller_budget_never_gives_a_smaller_k(measured):
         chosen.append(result.chosen_k or BATCH + 1)  # nothing fits: worse than any k
     assert chosen == sorted(chosen, reverse=True)
     assert chosen[0] == BATCH + 1 and chosen[-1] == 1
+
+
+def test_fit_the_range_test_and_the_probe_take_the_same_training_step(monkeypatch, tiny_competition, tmp_path):
+    """One `train_step`: counted in fit, in lr-find's range test and in the probe's trial (run here
+    in-process), each step one effective batch of the run's size."""
+    import torch
+
+    from ledger import step, train
+    from ledger.batches import Batches
+    from ledger.device import Runtime, model_on_device, resolve_precision
+    from ledger.loss import Criterion
+    from ledger.lr_find import range_test
+    from ledger.schedule import Phase
+
+    calls = []
+    original = step.train_step
+
+    def counted(parts, images, *args):
+        calls.append(len(images))
+        return original(parts, images, *args)
+
+    monkeypatch.setattr(step, "train_step", counted)
+    monkeypatch.setattr(train, "train_step", counted)
+    model = ModelSpec(name="m", arch="convnext_atto", size=(32, 32), model_kwargs=TINY_CONVNEXT, batch_size=8)
+    cpu = torch.device("cpu")
+    net, transform = model_on_device(model, 3, cpu)
+    runtime = Runtime(cpu, resolve_precision("fp32", cpu), 2, transform, torch.Generator().manual_seed(0))
+    images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
+    labels = np.arange(16, dtype=np.int64) % 3
+    batches = Batches(images, labels, np.arange(16), 8)
+    train.fit(net, [Phase("train", 1, 1e-3, 0.25, 25.0)], batches, runtime, Criterion(3))
+    assert calls == [8, 8]
+    range_test(net, batches, runtime, Criterion(3), step.StepSettings(), num_it=3, stop_div=False)
+    assert calls == [8] * 5
+
+    competition = load_competition(DataSpec(root=tiny_competition, labels="train.csv"))
+    paths = tuple(competition.train_paths[i] for i in smallest_class_indices(competition.train_labels))
+    load_images(paths, model.item_size, model.resize, tmp_path)
+    trial = training_trial(model, paths, len(competition.vocab), 2, "cpu", str(tmp_path), k=4, micro_batch=2)
+    assert trial.peak_bytes > 0 and calls == [8] * 7

@@ -11,7 +11,7 @@ from conftest import TINY_CONVNEXT, TINY_VIT
 
 from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
-from ledger.models import NORM_TYPES, create_model, freeze_body, parameter_groups, save_weights, split_body_head
+from ledger.models import create_model, save_weights, split_body_head
 from ledger.spec import ModelSpec
 from ledger.checkpoint import Checkpoint
 from ledger.schedule import Phase
@@ -251,16 +251,16 @@ def test_precision_on_cpu():
         resolve_precision("fp16", CPU)
 
 
-def model_spec(**changes):
+def convnext_spec(**changes):
     base = dict(name="m", arch="convnext_atto", size=(32, 32), model_kwargs=TINY_CONVNEXT)
     return ModelSpec(**(base | changes))
 
 
 def test_local_weights_load_everything_but_the_classifier(tmp_path):
-    source = create_model(model_spec(), num_classes=5)
+    source = create_model(convnext_spec(), num_classes=5)
     weights = tmp_path / "weights.safetensors"
     save_weights(source, weights)
-    loaded = create_model(model_spec(pretrained=weights), num_classes=3)
+    loaded = create_model(convnext_spec(pretrained=weights), num_classes=3)
     own, theirs = loaded.state_dict(), source.state_dict()
     for key in own:
         if key.startswith("head.fc"):
@@ -269,7 +269,7 @@ def test_local_weights_load_everything_but_the_classifier(tmp_path):
             assert torch.equal(own[key], theirs[key]), key
     # A plain torch state dict works too (read with weights_only=True).
     torch.save(source.state_dict(), tmp_path / "weights.pth")
-    again = create_model(model_spec(pretrained=tmp_path / "weights.pth"), num_classes=3)
+    again = create_model(convnext_spec(pretrained=tmp_path / "weights.pth"), num_classes=3)
     assert torch.equal(again.stem[0].weight, source.stem[0].weight)
 
 
@@ -277,9 +277,9 @@ def test_local_weights_of_another_arch_are_refused(tmp_path):
     weights = tmp_path / "vit.safetensors"
     save_weights(tiny_vit(), weights)
     with pytest.raises(LedgerError, match=r"vit.safetensors: weights do not fit convnext_atto"):
-        create_model(model_spec(pretrained=weights), num_classes=3)
+        create_model(convnext_spec(pretrained=weights), num_classes=3)
     with pytest.raises(LedgerError, match=r"missing.safetensors: weights file not found"):
-        create_model(model_spec(pretrained=tmp_path / "missing.safetensors"), num_classes=3)
+        create_model(convnext_spec(pretrained=tmp_path / "missing.safetensors"), num_classes=3)
 
 
 def test_models_train_and_predict_channels_last_with_the_same_results():

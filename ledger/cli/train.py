@@ -260,7 +260,7 @@ def lr_find_command(
 
     Example: ledger lr-find experiments/fashion.yaml --model convnext --json
     """
-    from ledger.lr_find import lr_find
+    from ledger.lr_find_run import lr_find
     from ledger.probe import accum_resolver
     from ledger.progress import ProbeDisplay
     from ledger.store import Store
