@@ -107,14 +107,15 @@ def read_vocab(spec) -> tuple[str, ...]:
     return tuple(load_competition(spec.data).vocab)
 
 
-def check_spec_shape(spec) -> Shape:
+def check_spec_shape(spec) -> Shape | None:
     """`ledger check`: the spec's metric can score the CSV its sample submission asks for, and its
-    class_order names the competition's classes."""
+    class_order names the competition's classes. None when the folder has no sample submission yet."""
     from ledger.ensemble import read_sample_submission
 
+    sample = spec.data.root / spec.data.sample_submission
+    if not sample.is_file():
+        return None
     vocab = read_vocab(spec)
     metric = spec_metric(spec, vocab)
-    sample = spec.data.root / spec.data.sample_submission
     frame, _, _ = read_sample_submission(sample)
     return submission_shape(sample, list(frame.columns), vocab, metric)
-
