@@ -171,7 +171,7 @@ def report(
     spec = _load(spec_path, check_models=False, overrides=overrides)
     result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
     for section in result.sections:
-        console.print(f"{section.heading}: accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} images")
+        console.print(f"{section.heading}: {section.figures} on {len(section.interp.ids)} images")
     console.print(f"wrote {result.html}")
 
 
