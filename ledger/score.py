@@ -75,7 +75,9 @@ def _read_shape(submission: Path, guesses: pd.DataFrame, classes: list[str], lab
     """What the submission holds, and the columns that hold it."""
     named = [c for c in guesses.columns[1:] if c in set(classes)]
     if len(named) >= 2:
-        return PER_CLASS, named
+        # Columns named as the solution's classes: every column after the id is a class then (the
+        # solution may lack some classes), each holding its probability.
+        return PER_CLASS, list(guesses.columns[1:])
     if label_column not in guesses.columns:
         return (POSITIVE, named) if named else (LABEL, [label_column])
     values = guesses[label_column]
