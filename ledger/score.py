@@ -83,7 +83,8 @@ def _read_shape(submission: Path, guesses: pd.DataFrame, classes: list[str], lab
     values = guesses[label_column]
     numbers = pd.to_numeric(values, errors="coerce")
     wants_probabilities = metric_name is not None and metric_by_name(metric_name).needs_probabilities
-    if wants_probabilities or (numbers.notna().all() and not values.isin(classes).all()):
+    # Numbers that are not all class names are probabilities; so are numbers a probability metric asks for.
+    if numbers.notna().all() and (wants_probabilities or not values.isin(classes).all()):
         return POSITIVE, [label_column]
     return LABEL, [label_column]
 
