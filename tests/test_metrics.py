@@ -170,3 +170,38 @@ def test_importing_the_metrics_imports_neither_sklearn_nor_torch():
     code = "import sys, ledger.metrics; print('sklearn' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------- the spec's key
+
+
+def _spec(tmp_path, extra):
+    from conftest import write_spec
+
+    from ledger.spec import load_spec
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    path = write_spec(tmp_path / "spec.yaml", tmp_path / "data", "  - {name: m, arch: convnext_atto, size: 32}\n", extra)
+    return load_spec(path, check_models=False), path
+
+
+def test_the_spec_metric_defaults_to_accuracy_and_takes_a_class_order(tmp_path):
+    spec, _ = _spec(tmp_path, "")
+    assert (spec.metric, spec.class_order) == ("accuracy", None)
+    spec, _ = _spec(tmp_path, "metric: qwk\nclass_order: [0, 1, 2, 10]\n")  # YAML numbers are class names
+    assert (spec.metric, spec.class_order) == ("qwk", ("0", "1", "2", "10"))
+    assert spec.to_dict()["class_order"] == ["0", "1", "2", "10"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("metric: auc\n", "metric: expected one of accuracy, error_rate, f1_macro, f1_micro, f1_weighted, log_loss, "
+                      "roc_auc, qwk, got 'auc'"),
+    ("class_order: [a, b, a]\n", "class_order: expected a list of distinct class names, got ['a', 'b', 'a']"),
+    ("class_order: mild\n", "class_order: expected a non-empty list, got str 'mild'"),
+])
+def test_a_bad_metric_key_is_one_line_naming_it(tmp_path, extra, message):
+    from ledger.errors import SpecError
+
+    with pytest.raises(SpecError) as caught:
+        _spec(tmp_path, extra)
+    assert str(caught.value) == f"{tmp_path / 'spec.yaml'}: {message}"
