@@ -54,8 +54,8 @@ def normalise_weights(runs: Sequence[RunInput], weights: Mapping[str, float]) ->
     """Weight per run_id, summing to 1. The bag is a weighted mean of ENTRIES, each entry the plain
     mean of its runs: an entry weighs what the spec (or --weight) says (default 1) whatever its run
     count, and each of its runs a 1/runs share of that. More runs of an entry lower its variance
-    without tilting the bag towards it, and the out-of-bag estimate (ledger.oob) is built the same
-    way, entry by entry, so it estimates exactly this bag."""
+    without tilting the bag towards it. The out-of-bag estimate (ledger.oob) is built the same way,
+    entry by entry, from the runs that held each image out (one per entry with K folds)."""
     model_names = {run.model for run in runs}
     unknown = sorted(set(weights) - model_names)
     if unknown:

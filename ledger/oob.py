@@ -227,17 +227,19 @@ def by_runs(held: HeldOut, weights: Mapping[str, float], metric: Metric = ACCURA
     k runs per entry against the bag of one run per entry (the first that held the image out).
     Columns: runs, images, score, one_run_score, accuracy, one_run_accuracy. Empty where no image
     is held out twice by every weighted entry (K folds, one run per fold)."""
+    columns = ["runs", "images", "score", "one_run_score", "accuracy", "one_run_accuracy"]
     vector = _weight_vector(held, weights)
-    weighted = vector > 0
-    depth = held.counts[weighted].min(axis=0) if len(held.ids) else np.zeros(0, dtype=np.int64)
-    table = []
+    depth = held.counts[vector > 0].min(axis=0)  # runs of the thinnest weighted entry, per image
     most = int(depth.max()) if len(depth) else 0
-    one_run = _first_runs_mean(held, 1) if most > 1 else None
-    for k in range(1, most + 1 if most > 1 else 1):
+    if most < 2:
+        return pd.DataFrame([], columns=columns)
+    table = []
+    one_run = _first_runs_mean(held, 1)
+    for k in range(1, most + 1):
         images = depth >= k
         truth = held.labels[images]
         bag_k = _combined(_first_runs_mean(held, k), vector, images)
         bag_1 = _combined(one_run, vector, images)
         table.append((k, int(images.sum()), metric.score(truth, bag_k), metric.score(truth, bag_1),
                       ACCURACY.score(truth, bag_k), ACCURACY.score(truth, bag_1)))
-    return pd.DataFrame(table, columns=["runs", "images", "score", "one_run_score", "accuracy", "one_run_accuracy"])
+    return pd.DataFrame(table, columns=columns)

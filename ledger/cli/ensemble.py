@@ -105,8 +105,8 @@ def _print_submission(submission) -> None:
     estimate = submission.estimate
     console.print(f"{len(submission.weights)} run(s); out-of-bag {_figure(metric, estimate.score, estimate.accuracy)} "
                   f"on {_coverage(estimate.images, estimate.train_images)} training images held out by every "
-                  f"weighted entry, each predicted by the runs that held it out (with K folds one per entry: "
-                  f"the bag averages K)")
+                  f"weighted entry, each predicted only by the runs that held it out (one per entry with K "
+                  f"folds, where the submission averages all K)")
     if submission.path is not None:
         shape = f", {submission.shape.describe()}" if submission.shape is not None else ""
         console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission "
