@@ -23,6 +23,7 @@ import pandas as pd
 
 from ledger.artifacts import Predictions
 from ledger.errors import LedgerError
+from ledger.submission_shape import LABEL, Shape, fill
 
 _EXAMPLES = 3  # offending ids or classes named in an error message
 
@@ -53,8 +54,8 @@ def normalise_weights(runs: Sequence[RunInput], weights: Mapping[str, float]) ->
     """Weight per run_id, summing to 1. The bag is a weighted mean of ENTRIES, each entry the plain
     mean of its runs: an entry weighs what the spec (or --weight) says (default 1) whatever its run
     count, and each of its runs a 1/runs share of that. More runs of an entry lower its variance
-    without tilting the bag towards it, and the out-of-bag estimate (ledger.oob) is built the same
-    way, entry by entry, so it estimates exactly this bag."""
+    without tilting the bag towards it. The out-of-bag estimate (ledger.oob) is built the same way,
+    entry by entry, from the runs that held each image out (one per entry with K folds)."""
     model_names = {run.model for run in runs}
     unknown = sorted(set(weights) - model_names)
     if unknown:
@@ -273,9 +274,10 @@ def write_submission(
     id_col: str | None = None,
     label_col: str | None = None,
     commit: Callable[[str], object] | None = None,
+    shape: Shape | None = None,
 ) -> pd.DataFrame:
-    """Write `out`: the sample submission's columns, header, ids and order, with the label column
-    holding the predicted class names.
+    """Write `out`: the sample submission's columns, header, ids and order, with the columns that
+    `shape` names filled (default: the label column holding the predicted class names).
 
     Written to `.<name>.tmp-<pid>` and renamed, so `out` is the old file or the whole new one, never
     half written. `commit(sha256)` (the ledger row) runs right after the rename: if it fails, the
@@ -290,7 +292,7 @@ def write_submission(
             f"{sample_submission}: {(positions < 0).sum()} ids have no prediction: "
             f"{_few(sample_ids[positions < 0])}"
         )
-    frame[label_col] = result.labels[positions]
+    fill(frame, shape or Shape(LABEL, (label_col,)), result.vocab, result.probs[positions])
 
     out = Path(out)
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -1,4 +1,5 @@
-"""Out-of-bag estimate of a bag's accuracy, and ensemble weights chosen from it.
+"""Out-of-bag estimate of a bag's score on the competition's metric, and ensemble weights chosen
+from it.
 
 The bag is a weighted mean of model ENTRIES, each entry the plain mean of its runs (see
 `ensemble.normalise_weights`). The estimate mirrors that construction image by image:
@@ -7,9 +8,12 @@ The bag is a weighted mean of model ENTRIES, each entry the plain mean of its ru
   2. combine the entries with the normalised weights;
   3. score only images that every weighted entry covers, so each image is predicted by the whole
      bag and not by whichever runs happened to hold it out.
-With K-fold splits every entry covers every training image; with random splits the coverage is
-smaller, and every figure states it. Figures compared with one another (each entry alone, the
-spec's weights, equal weights, tuned weights) are scored on one image set: those every entry covers.
+With K-fold splits every entry covers every training image, each by ONE of its runs: the figure is
+that of a bag with one run per entry, while the submission averages K; it usually scores better.
+Where images are held out by several runs of an entry (random splits, or more runs than folds),
+`by_runs` shows the gain of averaging them. With random splits the coverage is smaller, and every
+figure states it. Figures compared with one another (each entry alone, the spec's weights, equal
+weights, tuned weights) are scored on one image set: those every entry covers.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import pandas as pd
 
 from ledger.ensemble import _as_str, _check_shape, _check_unique, _column_positions, _few
 from ledger.errors import LedgerError
+from ledger.metrics import ACCURACY, LOG_LOSS, Metric
 
 DEFAULT_STEPS = 30  # greedy selection steps; Caruana et al. find the curve flat well before 50
-_EPSILON = 1e-15  # probabilities are clipped here before the log in the tie-breaking log loss
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,8 +40,15 @@ class HeldOut:
     labels: np.ndarray  # int (N,): true class, index into vocab
     vocab: np.ndarray  # str (C,)
     probs: np.ndarray  # float64 (E, N, C): the entry's mean over its runs; 0 where it does not cover
-    covered: np.ndarray  # bool (E, N): the entry has at least one run that held the image out
+    counts: np.ndarray  # int (E, N): the entry's runs that held the image out
     train_images: int  # training images in total, for the coverage figure
+    # (entry index, rows into ids, float64 probs in vocab order) of every run, in the order given
+    runs: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
+
+    @property
+    def covered(self) -> np.ndarray:
+        """bool (E, N): the entry has at least one run that held the image out."""
+        return self.counts > 0
 
     def common(self, entries: Sequence[str] | None = None) -> np.ndarray:
         """Images (bool mask) covered by every one of `entries` (default: all entries)."""
@@ -47,6 +58,8 @@ class HeldOut:
 
 @dataclass(frozen=True)
 class Estimate:
+    metric: str  # the metric's name
+    score: float  # the metric's figure; nan when no image is scored
     accuracy: float  # nan when no image is scored
     images: int  # training images scored
     train_images: int  # training images in total
@@ -70,6 +83,7 @@ def held_out(
     sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
     counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
     labels = np.full(len(ids), -1, dtype=np.int64)
+    runs = []
     for run_id, entry, preds in valids:
         _check_shape(run_id, preds, "validation")
         run_ids = _as_str(preds.ids)
@@ -90,12 +104,13 @@ def held_out(
                               f"{_few(ids[rows[disagree]])}")
         labels[rows] = run_labels
         e = entries.index(entry)
-        sums[e, rows] += preds.probs[:, columns]
+        run_probs = np.asarray(preds.probs[:, columns], dtype=np.float64)
+        sums[e, rows] += run_probs
         counts[e, rows] += 1
-    covered = counts > 0
+        runs.append((e, rows, run_probs))
     probs = sums / np.maximum(counts, 1)[..., None]
-    return HeldOut(entries, ids, labels, vocab, probs, covered,
-                   len(ids) if train_images is None else int(train_images))
+    return HeldOut(entries, ids, labels, vocab, probs, counts,
+                   len(ids) if train_images is None else int(train_images), tuple(runs))
 
 
 def _weight_vector(held: HeldOut, weights: Mapping[str, float]) -> np.ndarray:
@@ -109,51 +124,56 @@ def _weight_vector(held: HeldOut, weights: Mapping[str, float]) -> np.ndarray:
     return vector / vector.sum()
 
 
-def _scores(held: HeldOut, vector: np.ndarray, images: np.ndarray) -> tuple[float, float]:
-    """(accuracy, log loss) of the weighted entries on the images of the mask."""
-    if not images.any():
-        return float("nan"), float("nan")
-    probs = np.tensordot(vector, held.probs[:, images], axes=1)  # (n, C), rows sum to 1
-    truth = held.labels[images]
-    accuracy = float((probs.argmax(axis=1) == truth).mean())  # ties go to the first class, as in bag()
-    log_loss = float(-np.log(np.clip(probs[np.arange(len(truth)), truth], _EPSILON, 1)).mean())
-    return accuracy, log_loss
+def _combined(probs: np.ndarray, vector: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(n, C): the entries' probabilities (E, N, C) weighted by `vector`, on the images of the mask."""
+    return np.tensordot(vector, probs[:, images], axes=1)  # rows sum to 1
 
 
-def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | None = None) -> Estimate:
-    """Accuracy of the entries combined with `weights` (entry name -> weight, unnamed entries 0).
-    `images` (bool mask over held.ids) defaults to those covered by every entry weighted above 0;
-    pass one mask to compare weightings on the same images."""
+def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | None = None,
+             metric: Metric = ACCURACY) -> Estimate:
+    """`metric` (and accuracy) of the entries combined with `weights` (entry name -> weight, unnamed
+    entries 0). `images` (bool mask over held.ids) defaults to those covered by every entry weighted
+    above 0; pass one mask to compare weightings on the same images."""
     vector = _weight_vector(held, weights)
     if images is None:
         images = held.common([e for e, w in zip(held.entries, vector) if w > 0])
-    accuracy, _ = _scores(held, vector, images)
-    return Estimate(accuracy, int(images.sum()), held.train_images)
+    probs, truth = _combined(held.probs, vector, images), held.labels[images]
+    return Estimate(metric.name, metric.score(truth, probs), ACCURACY.score(truth, probs), int(images.sum()),
+                    held.train_images)
 
 
-def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS) -> Tuned:
-    """Greedy ensemble selection with replacement (Caruana et al. 2004) on the images every entry
-    covers. Start from the best single entry; at each step add the entry (again, if it helps) whose
-    addition scores best; keep the best ensemble on the path, the earliest among equals (fewer picks,
-    less fitted to these images). Scores compare by accuracy, then lower log loss (accuracy ties are
-    common on few images), then entry order: the result never depends on anything but the data."""
+def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACCURACY) -> Tuned:
+    """Greedy ensemble selection with replacement (Caruana et al. 2004) on `metric`, on the images
+    every entry covers. Start from the best single entry; at each step add the entry (again, if it
+    helps) whose addition scores best; keep the best ensemble on the path, the earliest among
+    equals (fewer picks, less fitted to these images). Scores within `metrics.TOLERANCE` of each
+    other are equal, so rounding (which differs between CPUs and BLAS builds) decides nothing; a
+    label metric's ties go to the lower log loss (ties are common on few images), then to the
+    earlier choice: the entry listed first, the shorter path."""
     if not held.entries:
         raise LedgerError("no held-out predictions to tune weights on")
     images = held.common()
     if not images.any():
         raise LedgerError("no training image is held out by every entry: nothing to tune weights on")
+    truth = held.labels[images]
 
-    def key(counts: np.ndarray) -> tuple[float, float]:
-        accuracy, log_loss = _scores(held, counts / counts.sum(), images)
-        return accuracy, -log_loss
+    def evaluate(counts: np.ndarray) -> tuple[float, float]:
+        probs = _combined(held.probs, counts / counts.sum(), images)
+        return metric.score(truth, probs), (float("nan") if metric.needs_probabilities
+                                            else LOG_LOSS.score(truth, probs))
+
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        if metric.better(a[0], b[0]) or metric.better(b[0], a[0]):
+            return metric.better(a[0], b[0])
+        return LOG_LOSS.better(a[1], b[1])
 
     def best_next(counts: np.ndarray) -> tuple[tuple[float, float], np.ndarray]:
         best = None
-        for e in range(len(held.entries)):  # strict > keeps the first entry among equals
+        for e in range(len(held.entries)):  # only a strict win replaces: the first entry among equals
             candidate = counts.copy()
             candidate[e] += 1
-            score = key(candidate)
-            if best is None or score > best[0]:
+            score = evaluate(candidate)
+            if best is None or beats(score, best[0]):
                 best = (score, candidate)
         return best
 
@@ -161,17 +181,18 @@ def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS) -> Tuned:
     kept = counts
     for _ in range(steps):
         score, counts = best_next(counts)
-        if score > best_score:
+        if beats(score, best_score):
             best_score, kept = score, counts
     return Tuned(counts={e: int(c) for e, c in zip(held.entries, kept)},
                  weights={e: float(c) / kept.sum() for e, c in zip(held.entries, kept)},
                  steps=steps)
 
 
-def compare(held: HeldOut, spec_weights: Mapping[str, float], tuned: Tuned | None = None) -> pd.DataFrame:
+def compare(held: HeldOut, spec_weights: Mapping[str, float], tuned: Tuned | None = None,
+            metric: Metric = ACCURACY) -> pd.DataFrame:
     """Out-of-bag table on the images every entry covers: each entry alone, the spec's weights,
-    equal weights and (if given) the tuned weights. Columns: kind, name, weights, accuracy, images,
-    train_images."""
+    equal weights and (if given) the tuned weights. Columns: kind, name, weights, score (of
+    `metric`), accuracy, images, train_images."""
     images = held.common()
     rows = [("entry", e, {e: 1.0}) for e in held.entries]
     rows.append(("weights", "spec", dict(spec_weights)))
@@ -181,8 +202,44 @@ def compare(held: HeldOut, spec_weights: Mapping[str, float], tuned: Tuned | Non
     table = []
     for kind, name, weights in rows:
         if sum(weights.values()) <= 0:  # e.g. the spec weighs every entry with held-out predictions 0
-            table.append((kind, name, weights, float("nan"), 0, held.train_images))
+            table.append((kind, name, weights, float("nan"), float("nan"), 0, held.train_images))
             continue
-        result = estimate(held, weights, images)
-        table.append((kind, name, weights, result.accuracy, result.images, result.train_images))
-    return pd.DataFrame(table, columns=["kind", "name", "weights", "accuracy", "images", "train_images"])
+        result = estimate(held, weights, images, metric)
+        table.append((kind, name, weights, result.score, result.accuracy, result.images, result.train_images))
+    return pd.DataFrame(table, columns=["kind", "name", "weights", "score", "accuracy", "images", "train_images"])
+
+
+def _first_runs_mean(held: HeldOut, k: int) -> np.ndarray:
+    """(E, N, C): each entry's mean over the first k of its runs (in the order given) that held
+    the image out."""
+    sums = np.zeros_like(held.probs)
+    taken = np.zeros(held.counts.shape, dtype=np.int64)
+    for e, rows, probs in held.runs:
+        take = taken[e, rows] < k
+        sums[e, rows[take]] += probs[take]
+        taken[e, rows[take]] += 1
+    return sums / np.maximum(taken, 1)[..., None]
+
+
+def by_runs(held: HeldOut, weights: Mapping[str, float], metric: Metric = ACCURACY) -> pd.DataFrame:
+    """The bagging gain, where images are held out by several runs of every weighted entry: for
+    k = 1, 2, ...: on the images each weighted entry holds out k times or more, the bag averaging
+    k runs per entry against the bag of one run per entry (the first that held the image out).
+    Columns: runs, images, score, one_run_score, accuracy, one_run_accuracy. Empty where no image
+    is held out twice by every weighted entry (K folds, one run per fold)."""
+    columns = ["runs", "images", "score", "one_run_score", "accuracy", "one_run_accuracy"]
+    vector = _weight_vector(held, weights)
+    depth = held.counts[vector > 0].min(axis=0)  # runs of the thinnest weighted entry, per image
+    most = int(depth.max()) if len(depth) else 0
+    if most < 2:
+        return pd.DataFrame([], columns=columns)
+    table = []
+    one_run = _first_runs_mean(held, 1)
+    for k in range(1, most + 1):
+        images = depth >= k
+        truth = held.labels[images]
+        bag_k = _combined(_first_runs_mean(held, k), vector, images)
+        bag_1 = _combined(one_run, vector, images)
+        table.append((k, int(images.sum()), metric.score(truth, bag_k), metric.score(truth, bag_1),
+                      ACCURACY.score(truth, bag_k), ACCURACY.score(truth, bag_1)))
+    return pd.DataFrame(table, columns=columns)

@@ -23,6 +23,7 @@ from ledger.errors import LedgerError
 from ledger.ids import match_id
 from ledger.rows import RunRow
 from ledger.interpret import Interpretation, bag, interpretation, most_confused, per_class_accuracy
+from ledger.metrics import format_score
 from ledger.plots import plot_confusion, plot_top_losses, plot_training_curves
 
 TOP_LOSSES = 9
@@ -40,6 +41,14 @@ class Section:
     images: dict[str, Path] = field(default_factory=dict)  # caption -> PNG
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # heading -> table
     notes: list[str] = field(default_factory=list)
+    metric: str = "accuracy"  # the spec's metric, shown with accuracy beside it
+    score: float = float("nan")
+
+    @property
+    def figures(self) -> str:
+        """'log_loss 0.3012, accuracy 0.9100', or 'accuracy 0.9100' when the metric is accuracy."""
+        beside = "" if self.metric == "accuracy" else f"{self.metric} {format_score(self.score)}, "
+        return f"{beside}accuracy {format_score(self.interp.accuracy)}"
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,14 @@ def _top_losses_png(section: Section, paths: dict[str, Path], k: int, source: st
     return plot_top_losses(images, titles, section.folder / "top_losses.png", f"top losses: {section.heading}")
 
 
+def _score(section: Section, spec) -> None:
+    """The spec's metric of the section's held-out predictions."""
+    from ledger.submission_shape import spec_metric
+
+    section.metric = spec.metric
+    section.score = spec_metric(spec, section.interp.vocab).score(section.interp.actual, section.interp.probs)
+
+
 def _fill(section: Section, paths: dict[str, Path], k: int, source: str) -> None:
     """Every picture and table of one section, written into its folder."""
     interp, folder = section.interp, section.folder
@@ -132,6 +149,7 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
         section = Section(row.id, f"{row.model} ({row.arch} at {row.size}), run {row.id}",
                           interpretation(row.id, preds, source), out / row.id)
         _fill(section, paths, top_losses, source)
+        _score(section, spec)
         metrics_path = run_folder / artifacts.METRICS
         if metrics_path.is_file():
             metrics = pd.read_csv(metrics_path)
@@ -149,6 +167,7 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
         section.notes.append(f"mean of the runs' held-out probabilities over the {len(bagged.ids)} training images "
                              f"held out by at least one run (an out-of-bag view of the ensemble)")
         _fill(section, paths, top_losses, "the bag")
+        _score(section, spec)
         sections.insert(0, section)
     page = out / "report.html"
     page.write_text(render_html(spec.name, rows, sections, out), encoding="utf-8")
@@ -197,12 +216,12 @@ def render_html(experiment: str, rows: list[dict], sections: list[Section], out:
              f"<title>ledger report: {html.escape(experiment)}</title><style>{_STYLE}</style></head><body>",
              f"<h1>ledger report: {html.escape(experiment)}</h1>",
              '<h2 id="runs">Runs</h2>', _table(runs, "no runs"), "<ul>"]
-    parts += [f'<li><a href="#{html.escape(s.name)}">{html.escape(s.heading)}</a>: accuracy {s.interp.accuracy:.4f} '
+    parts += [f'<li><a href="#{html.escape(s.name)}">{html.escape(s.heading)}</a>: {s.figures} '
               f"on {len(s.interp.ids)} held-out images</li>" for s in sections]
     parts.append("</ul>")
     for s in sections:
         parts.append(f'<section id="{html.escape(s.name)}"><h2>{html.escape(s.heading)}</h2>')
-        parts.append(f"<p>accuracy {s.interp.accuracy:.4f} on {len(s.interp.ids)} held-out images</p>")
+        parts.append(f"<p>{s.figures} on {len(s.interp.ids)} held-out images</p>")
         parts += [f'<p class="note">{html.escape(note)}</p>' for note in s.notes]
         parts += [_figure(caption, path, out) for caption, path in s.images.items() if caption != "top losses"]
         parts.append('<div class="tables">')

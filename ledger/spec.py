@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ledger.errors import SpecError
+from ledger.metrics import NAMES as METRIC_NAMES
 from ledger.overrides import apply_overrides, blame
 from ledger.packaged import PACKAGED_WEIGHTS
 from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
@@ -148,6 +149,8 @@ class Spec:
     tta: TtaSpec = TtaSpec()
     probe: ProbeSpec = ProbeSpec()
     augment: AugmentSpec | None = AugmentSpec()  # what model entries inherit; None: off
+    metric: str = "accuracy"  # the competition's metric (ledger.metrics)
+    class_order: tuple[str, ...] | None = None  # classes in order (qwk; the binary positive is last)
     path: Path | None = None
 
     def model(self, name: str) -> ModelSpec:
@@ -337,8 +340,13 @@ def parse_spec(
 
 def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top = Checker(file, "", raw)
-    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models"})
+    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "metric", "class_order"})
     name = _check_name(top)
+    metric = top.get("metric", "str", "accuracy", choices=METRIC_NAMES)
+    order = top.get("class_order", "list?", None)  # checked against the classes with the data (ledger check)
+    if order is not None and (len({str(c) for c in order}) != len(order) or not all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in order)):
+        top.fail(f"expected a list of distinct class names, got {order!r}", "class_order")
     # The data root is checked last: a typo in a key is the more useful error to see first.
     data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
@@ -383,7 +391,8 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         for i, model in enumerate(models):
             check_model(file, i, model)
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
-                augment=augment, path=file)
+                augment=augment, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
+                path=file)
 
 
 def load_spec(

@@ -162,6 +162,14 @@ def _migrate_v4_submit(db: sqlite3.Connection, home: Path) -> None:
         db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
 
 
+def _migrate_v5_metric(db: sqlite3.Connection, home: Path) -> None:
+    # The competition's metric (ledger.metrics) and the out-of-bag figure on it, beside the
+    # out-of-bag accuracy; submissions made before were made and estimated on accuracy.
+    for column, kind in (("metric", "TEXT"), ("oob_score", "REAL")):
+        db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
+    db.execute("UPDATE submissions SET metric='accuracy', oob_score=oob_accuracy")
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -169,6 +177,7 @@ _MIGRATIONS = [
     _migrate_v2,
     _migrate_v3_lr_finds,
     _migrate_v4_submit,
+    _migrate_v5_metric,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -349,7 +358,8 @@ class Store:
 
     def record_submission(self, experiment: str, path: Path, run_ids: list[str], weights: dict[str, float],
                           oob_accuracy: float | None, **extra) -> str:
-        """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message."""
+        """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message, metric,
+        oob_score (the out-of-bag figure on that metric)."""
         submission_id = new_id()
         row = dict(id=submission_id, experiment=experiment, path=str(path), created_at=now(),
                    runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra)

@@ -23,7 +23,9 @@ from ledger.ids import match_id
 from ledger.rows import RunRow
 from ledger.errors import LedgerError
 from ledger.fingerprint import run_fingerprint
-from ledger.oob import DEFAULT_STEPS, Estimate, HeldOut, Tuned, compare, estimate, held_out, tune_weights
+from ledger.metrics import Metric
+from ledger.oob import DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare, estimate, held_out, tune_weights
+from ledger.submission_shape import Shape, spec_metric, submission_shape
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Submission:
     path: Path | None  # None on a dry run
     sha256: str | None = None
     submission_id: str | None = None
+    shape: Shape | None = None  # what the CSV holds: labels or probabilities
+    gain: pd.DataFrame | None = None  # oob.by_runs: the figure by the number of runs averaged
 
 
 # ---------------------------------------------------------------- which runs
@@ -166,10 +170,12 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     sample_path = spec.data.root / spec.data.sample_submission
     frame, id_col, _ = read_sample_submission(sample_path)
     vocab = sorted(str(v) for v in runs[0].test.vocab)
+    metric = spec_metric(spec, vocab)
+    shape = submission_shape(sample_path, list(frame.columns), vocab, metric)  # a mismatch fails before any work
     held = held_out([(r.run_id, r.model, r.valid) for r in runs if r.valid is not None and r.valid.labels is not None],
                     vocab, _train_images(spec))
-    tuned = tune_weights(held, steps) if (tune or use_tuned) else None
-    comparison = compare(held, {e: w for e, w in given.items() if e in held.entries}, tuned) \
+    tuned = tune_weights(held, steps, metric) if (tune or use_tuned) else None
+    comparison = compare(held, {e: w for e, w in given.items() if e in held.entries}, tuned, metric) \
         if tuned is not None else None
     chosen = {e: float(tuned.counts.get(e, 0)) for e in entries} if use_tuned else given
 
@@ -180,10 +186,10 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     result = bag(bagged, {r.run_id: weights[r.run_id] for r in bagged}, frame[id_col].to_numpy(str))
     total = sum(chosen.values())
     entry_weights = {e: w / total for e, w in chosen.items()}
-    figure = _estimate(held, entry_weights)
+    figure, gain = _estimate(held, entry_weights, metric)
 
     submission = Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded,
-                            None)
+                            None, shape=shape, gain=gain)
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
@@ -195,18 +201,20 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
         recorded["id"] = store.record_submission(
             spec.name, path, [r.run_id for r in bagged], result.weights,
             None if math.isnan(figure.accuracy) else figure.accuracy,
-            oob_images=figure.images, train_images=figure.train_images, sha256=sha256,
+            metric=figure.metric, oob_score=None if math.isnan(figure.score) else figure.score, oob_images=figure.images, train_images=figure.train_images, sha256=sha256,
             excluded=json.dumps([{"run_id": e.run_id, "reason": e.reason} for e in excluded]), message=message)
 
-    write_submission(sample_path, result, path, commit=record)
+    write_submission(sample_path, result, path, commit=record, shape=shape)
     return Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded, path,
-                      recorded["sha256"], recorded["id"])
+                      recorded["sha256"], recorded["id"], shape=shape, gain=gain)
 
 
-def _estimate(held: HeldOut, entry_weights: Mapping[str, float]) -> Estimate:
-    """The bag's out-of-bag figure; none (nan, 0 images) when a weighted entry has no held-out
-    predictions, since no image is then predicted by the whole bag."""
+def _estimate(held: HeldOut, entry_weights: Mapping[str, float], metric: Metric) -> tuple[Estimate, pd.DataFrame | None]:
+    """The bag's out-of-bag figure and its bagging gain (None when no image is held out twice by
+    every weighted entry); none (nan, 0 images) when a weighted entry has no held-out predictions,
+    since no image is then predicted by the whole bag."""
     weighted = {e: w for e, w in entry_weights.items() if w > 0}
     if not weighted or set(weighted) - set(held.entries):
-        return Estimate(float("nan"), 0, held.train_images)
-    return estimate(held, weighted)
+        return Estimate(metric.name, float("nan"), float("nan"), 0, held.train_images), None
+    gain = by_runs(held, weighted, metric)
+    return estimate(held, weighted, metric=metric), None if gain.empty else gain

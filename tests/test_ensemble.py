@@ -11,6 +11,8 @@ from ledger import ensemble
 from ledger.artifacts import Predictions
 from ledger.ensemble import RunInput, align, bag, normalise_weights, remove_stale_temporaries, write_submission
 from ledger.errors import LedgerError
+from ledger.metrics import metric_by_name
+from ledger.submission_shape import submission_shape
 
 VOCAB = ["cat", "dog"]
 
@@ -165,6 +167,53 @@ def test_submission_with_named_columns_keeps_the_others(tmp_path):
     result = bag([run("a", "m", ["a.jpg", "b.jpg"], [[1, 0], [0, 1]])], {"a": 1.0}, ["b.jpg", "a.jpg"])
     write_submission(sample, result, tmp_path / "out.csv", id_col="image_id", label_col="variety")
     assert (tmp_path / "out.csv").read_text() == "variety,image_id,note\ndog,b.jpg,001\ncat,a.jpg,NA\n"
+
+
+def _shape(sample: Path, metric: str, vocab=VOCAB):
+    return submission_shape(sample, list(pd.read_csv(sample, nrows=0).columns), vocab, metric_by_name(metric, vocab))
+
+
+def test_probability_columns_follow_the_sample_and_clip_as_log_loss_does(tmp_path):
+    sample = write_sample(tmp_path / "s.csv", "image_id,dog,cat\nx2,0.5,0.5\nx1,0.5,0.5\n")
+    result = bag([run("a", "m", ["x1", "x2"], [[0.75, 0.25], [0.0, 1.0]])], {"a": 1.0}, ["x2", "x1"])
+    shape = _shape(sample, "log_loss")
+    assert (shape.kind, shape.columns, shape.clip) == ("per_class", ("dog", "cat"), True)
+    write_submission(sample, result, tmp_path / "out.csv", shape=shape)
+    # x2's cat 0 is clipped to float64's epsilon 2^-52 (its dog 1 - 2^-52 prints as 1), as log_loss clips it.
+    assert (tmp_path / "out.csv").read_text() == "image_id,dog,cat\nx2,1,2.22044605e-16\nx1,0.25,0.75\n"
+    write_submission(sample, result, tmp_path / "auc.csv", shape=_shape(sample, "roc_auc"))  # AUC clips nothing
+    assert (tmp_path / "auc.csv").read_text() == "image_id,dog,cat\nx2,1,0\nx1,0.25,0.75\n"
+
+
+def test_one_probability_column_holds_the_positive_class(tmp_path):
+    result = bag([run("a", "m", ["x1", "x2"], [[0.75, 0.25], [0.1, 0.9]])], {"a": 1.0}, ["x1", "x2"])
+    sample = write_sample(tmp_path / "s.csv", "id,is_dog\nx1,0\nx2,0\n")
+    shape = _shape(sample, "roc_auc")
+    assert (shape.kind, shape.positive) == ("positive", "dog")  # the second class
+    write_submission(sample, result, tmp_path / "out.csv", shape=shape)
+    assert (tmp_path / "out.csv").read_text() == "id,is_dog\nx1,0.25\nx2,0.899999976\n"  # float32 0.9, exactly
+    named = write_sample(tmp_path / "named.csv", "id,cat\nx1,0\nx2,0\n")  # a column named as a class: that class
+    write_submission(named, result, tmp_path / "cat.csv", shape=_shape(named, "log_loss"))
+    assert (tmp_path / "cat.csv").read_text() == "id,cat\nx1,0.75\nx2,0.100000001\n"
+
+
+def test_written_probabilities_give_back_the_float32_values():
+    from ledger.submission_shape import DIGITS
+
+    values = np.random.default_rng(0).random(1000).astype(np.float32)
+    assert (np.char.mod(DIGITS, values.astype(np.float64)).astype(np.float32) == values).all()
+
+
+@pytest.mark.parametrize("header, metric, vocab, message", [
+    ("id,cat,dog", "log_loss", ["bird", "cat", "dog"], "columns for classes cat, dog, but none for bird"),
+    ("id,label", "log_loss", ["bird", "cat", "dog"], "metric log_loss scores probabilities, but the sample "
+                                                     "submission has one column 'label' for 3 classes"),
+    ("id,cat,dog", "qwk", VOCAB, "one probability column per class, but metric qwk scores labels"),
+])
+def test_a_shape_the_metric_cannot_score_is_refused(tmp_path, header, metric, vocab, message):
+    sample = write_sample(tmp_path / "s.csv", header + "\n")
+    with pytest.raises(LedgerError, match=rf"s\.csv: {message}"):
+        _shape(sample, metric, vocab)
 
 
 def test_submission_refuses_sample_ids_without_prediction_and_keeps_the_old_file(tmp_path):

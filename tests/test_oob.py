@@ -5,7 +5,8 @@ import pytest
 
 from ledger.artifacts import Predictions
 from ledger.errors import LedgerError
-from ledger.oob import compare, estimate, held_out, tune_weights
+from ledger.metrics import metric_by_name
+from ledger.oob import by_runs, compare, estimate, held_out, tune_weights
 
 VOCAB = ["cat", "dog"]
 LABELS = {"x1": "cat", "x2": "cat", "x3": "dog", "x4": "dog"}
@@ -93,6 +94,12 @@ def test_k_fold_covers_every_image():
     # x3 (1.2 + 0.1)/4 = 0.325 dog right; x4 (1.8 + 0.3)/4 = 0.525 cat wrong.
     result = estimate(held, {"a": 3, "b": 1})
     assert (result.accuracy, result.images, result.train_images) == (0.75, 4, 4)
+    # On log loss: the true class gets x1 0.675, x2 0.525, x3 1 - 0.325 = 0.675, x4 1 - 0.525 = 0.475.
+    loss = estimate(held, {"a": 3, "b": 1}, metric=metric_by_name("log_loss"))
+    expected = -(2 * np.log(0.675) + np.log(0.525) + np.log(0.475)) / 4
+    assert loss.metric == "log_loss" and loss.score == pytest.approx(expected) and loss.accuracy == 0.75
+    # One run per entry covers each image: there is no bagging gain to show.
+    assert by_runs(held, {"a": 3, "b": 1}).empty
 
 
 def test_labels_that_disagree_between_runs_are_refused():
@@ -139,6 +146,55 @@ def test_ties_go_to_the_first_entry():
     held = held_out([("r2", "second", same), ("r1", "first", same)], VOCAB)
     # Identical entries: every candidate ties, so the start is kept: the entry listed first.
     assert tune_weights(held, steps=10).counts == {"second": 1, "first": 0}
+
+
+def test_ties_within_rounding_noise_still_go_to_the_first_entry():
+    # "second" is "first" nudged by 1e-13 towards the truth: a lower log loss by ~1e-13, the size
+    # of the rounding differences between BLAS builds. It must not win the tie-break on it.
+    nudged = Predictions(ids=np.array(["x1", "x2", "x3"]), vocab=np.array(VOCAB), labels=np.array(["cat", "cat", "dog"]),
+                         probs=np.array([[0.7 + 1e-13, 0.3 - 1e-13], [0.7 + 1e-13, 0.3 - 1e-13], [0.55 - 1e-13, 0.45 + 1e-13]]))
+    held = held_out([("r1", "first", valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})), ("r2", "second", nudged)], VOCAB)
+    for name in ("accuracy", "log_loss"):
+        assert tune_weights(held, steps=10, metric=metric_by_name(name)).counts == {"first": 1, "second": 0}
+
+
+# Labels x1 cat, x3 dog. A: P(cat) 0.9, 0.6; B: 0.5, 0.1.
+LOSSES = [("a", "A", valid({"x1": 0.9, "x3": 0.6})), ("b", "B", valid({"x1": 0.5, "x3": 0.1}))]
+
+
+def test_greedy_selection_on_log_loss_by_hand():
+    held = held_out(LOSSES, VOCAB)
+    log_loss = metric_by_name("log_loss")
+    # Alone: A (-ln 0.9 - ln 0.4)/2 = 0.5108; B (-ln 0.5 - ln 0.9)/2 = 0.3993: start from B.
+    assert tune_weights(held, steps=0, metric=log_loss).counts == {"A": 0, "B": 1}
+    # Step 1: B+A: x1 0.7, x3 P(dog) 0.65: (0.3567 + 0.4308)/2 = 0.3937 beats B+B (0.3993).
+    assert tune_weights(held, steps=1, metric=log_loss).counts == {"A": 1, "B": 1}
+    # Step 2: A1 B2: x1 1.9/3 = 0.6333, x3 P(dog) 1 - 0.8/3 = 0.7333: (0.4568 + 0.3102)/2 = 0.3835;
+    # A2 B1 scores 0.4168.  Step 3: A1 B3: x1 0.6, x3 P(dog) 0.775: (0.5108 + 0.2549)/2 = 0.3829;
+    # A2 B2 is A1 B1 (0.3937).
+    tuned = tune_weights(held, steps=3, metric=log_loss)
+    assert tuned.counts == {"A": 1, "B": 3}
+    table = compare(held, {"A": 1, "B": 1}, tuned, metric=log_loss).set_index("name")
+    assert table.loc["tuned", "score"] == pytest.approx(-(np.log(0.6) + np.log(0.775)) / 2)
+    assert table.loc["equal", "score"] == pytest.approx(-(np.log(0.7) + np.log(0.65)) / 2)
+    assert table.loc["tuned", "score"] < table.loc["equal", "score"]
+    # Accuracy beside it: both bags get x1 and x3 right.
+    assert table.loc["tuned", "accuracy"] == table.loc["equal", "accuracy"] == 1.0
+
+
+def test_the_bagging_gain_by_the_number_of_runs_averaged():
+    # One entry, random splits: r1 and r2 hold out x1, x2, x3; r3 holds out x1 again.
+    # Labels x1 cat, x2 cat, x3 dog.
+    runs = [("r1", "m", valid({"x1": 0.4, "x2": 0.45, "x3": 0.3})),
+            ("r2", "m", valid({"x1": 0.8, "x2": 0.45, "x3": 0.6})),
+            ("r3", "m", valid({"x1": 0.7}))]
+    table = by_runs(held_out(runs, VOCAB), {"m": 1})
+    # k = 1 on x1, x2, x3: r1 alone, x1 0.4 wrong, x2 0.45 wrong, x3 0.3 right: 1/3.
+    # k = 2 on the same images: x1 (0.4 + 0.8)/2 = 0.6 right, x2 0.45 wrong, x3 0.45 right: 2/3.
+    # k = 3 on x1 only: (0.4 + 0.8 + 0.7)/3 = 0.63 right: 1; r1 alone on x1: wrong: 0.
+    assert table["runs"].tolist() == [1, 2, 3] and table["images"].tolist() == [3, 3, 1]
+    assert table["score"].tolist() == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert table["one_run_score"].tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])
 
 
 def test_tuning_needs_images_every_entry_covers():

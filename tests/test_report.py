@@ -206,3 +206,17 @@ def test_report_html_in_headless_chromium(tmp_path, written):
         pixels = np.asarray(image.convert("L"), dtype=float)
     # Not blank: text and pictures make a real spread of grey levels.
     assert pixels.std() > 10 and len(np.unique(pixels)) > 50
+
+
+def test_sections_show_the_spec_metric_beside_accuracy(tmp_path, tiny_competition):
+    import dataclasses
+
+    from sklearn.metrics import f1_score
+
+    spec, store, ids = _fabricate(tmp_path, tiny_competition, runs=1)
+    report = write_report(dataclasses.replace(spec, metric="f1_macro"), store, tmp_path / "out", top_losses=0)
+    [section] = report.sections
+    interp = section.interp
+    assert section.score == pytest.approx(f1_score(interp.actual, interp.probs.argmax(axis=1), average="macro"))
+    assert section.figures == f"f1_macro {section.score:.4f}, accuracy {interp.accuracy:.4f}"
+    assert f"<p>{section.figures} on {len(interp.ids)} held-out images</p>" in report.html.read_text()

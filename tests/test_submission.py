@@ -183,3 +183,17 @@ def test_use_tuned_and_weight_conflict(setup):
     add_run(setup, "c0", "convnext")
     result = invoke("ensemble", setup["spec_path"], "--home", setup["home"], "--use-tuned", "--weight", "vit=1")
     assert result.exit_code == 1 and "--use-tuned and --weight" in result.stderr
+
+
+def test_submissions_of_a_v4_ledger_were_estimated_on_accuracy(tmp_path):
+    from conftest import ledger_at_version
+
+    home = tmp_path / "home"
+    db = ledger_at_version(home, 4)  # a ledger as schema 4 left it, before metrics were recorded
+    db.execute("INSERT INTO submissions (id, experiment, path, created_at, runs, weights, oob_accuracy)"
+               " VALUES ('s1', 'tiny', '/x.csv', 'now', '[]', '{}', 0.875)")
+    db.close()
+    [row] = Store(home, existing=True).submissions()
+    assert (row["metric"], row["oob_score"], row["oob_accuracy"]) == ("accuracy", 0.875, 0.875)
+    table = runner.invoke(app, ["submissions", "--home", str(home)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "accuracy" in table.stdout and "0.8750" in table.stdout

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ledger.cli import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
+from ledger.metrics import NAMES as METRIC_NAMES, format_score
 
 
 
@@ -38,18 +39,23 @@ def data_fashion_mnist(
 @friendly_errors
 def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
     """Validate a spec and print it resolved (every model with its inherited train settings), with
-    --set overrides applied; the data root must exist.
+    --set overrides applied; the data root must exist, and the spec's metric must be able to score
+    the submission its sample submission asks for.
 
     Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
     """
     from ledger.spec import dump_yaml
+    from ledger.submission_shape import check_spec_shape
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
+    shape = check_spec_shape(spec)  # None without a sample submission: nothing to check yet
     resolved = spec.to_dict()
     resolved.pop("path")
     # Plain writes, never wrapped: the output is YAML a script may read back.
     sys.stdout.write(dump_yaml(resolved))
-    sys.stdout.write(f"# {spec_path}: valid, {len(spec.models)} model(s), {sum(m.runs for m in spec.models)} run(s)\n")
+    scored = f"; metric {spec.metric}, submission: {shape.describe()}" if shape else ""
+    sys.stdout.write(f"# {spec_path}: valid, {len(spec.models)} model(s), {sum(m.runs for m in spec.models)} run(s)"
+                     f"{scored}\n")
 
 
 @app.command()
@@ -57,20 +63,30 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
 def score(
     submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
     solution: Annotated[Path, typer.Argument(help="Solution CSV with the true labels.")],
+    metric: Annotated[Optional[str], typer.Option(
+        help=f"The competition's metric: {', '.join(METRIC_NAMES)} (default: accuracy for a label column, "
+             "log_loss for probabilities).")] = None,
+    class_order: Annotated[Optional[str], typer.Option(
+        "--class-order", help="The classes in order, comma-separated (qwk; with two classes the last is the "
+                              "positive one). Default: sorted, numerically when every class is a number.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Accuracy of a submission against a solution file, with per-class figures.
+    """The competition's metric of a submission against a solution file, with accuracy per class.
 
-    Example: ledger score submissions/fashion.csv data/fashion/solution.csv
+    Example: ledger score submissions/fashion.csv data/fashion/solution.csv --metric f1_macro
     """
     from ledger.score import score_submission
 
-    report = score_submission(submission, solution)
+    order = None if class_order is None else [c.strip() for c in class_order.split(",")]
+    report = score_submission(submission, solution, metric, order)
     if as_json:
-        _print_json({"accuracy": report.accuracy, "n": report.n, "per_class": report.per_class.to_dict("records")})
+        _print_json({"metric": report.metric, "score": None if report.score != report.score else report.score,
+                     "accuracy": report.accuracy, "n": report.n, "shape": report.shape,
+                     "per_class": report.per_class.to_dict("records")})
         return
     table = Table("class", "images", "correct", "accuracy", title=f"{submission}")
     for row in report.per_class.itertuples():
         table.add_row(str(row.label), str(row.n), str(row.correct), f"{row.accuracy:.4f}")
     console.print(table)
-    console.print(f"accuracy {report.accuracy:.4f} on {report.n} images  ({submission})")
+    beside = "" if report.metric == "accuracy" else f"{report.metric} {format_score(report.score)}, "
+    console.print(f"{beside}accuracy {report.accuracy:.4f} on {report.n} images  ({submission})")

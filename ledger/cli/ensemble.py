@@ -26,12 +26,23 @@ def _weights(pairs: list[str] | None) -> dict[str, float]:
 
 
 
+def _number(value: float) -> float | None:
+    return None if value != value else value  # nan (no image scored) is null in JSON
+
+
 def _submission_json(submission) -> dict:
     estimate = submission.estimate
     data = {
-        "oob_accuracy": None if estimate.accuracy != estimate.accuracy else estimate.accuracy,
+        "metric": estimate.metric,
+        "oob_score": _number(estimate.score),
+        "oob_accuracy": _number(estimate.accuracy),
         "oob_images": estimate.images,
         "train_images": estimate.train_images,
+        "oob_by_runs": [] if submission.gain is None else [
+            {k: _number(v) if isinstance(v, float) else v for k, v in row.items()}
+            for row in submission.gain.to_dict("records")],
+        "shape": None if submission.shape is None else submission.shape.kind,
+        "columns": None if submission.shape is None else list(submission.shape.columns),
         "runs": list(submission.weights),
         "weights": submission.weights,
         "entry_weights": submission.entry_weights,
@@ -45,9 +56,15 @@ def _submission_json(submission) -> dict:
     if submission.tuned is not None:
         table = submission.comparison
         data["tuned"] = {"weights": submission.tuned.counts, "steps": submission.tuned.steps,
-                         "comparison": [dict(row, accuracy=None if row["accuracy"] != row["accuracy"] else row["accuracy"])
+                         "comparison": [dict(row, score=_number(row["score"]), accuracy=_number(row["accuracy"]))
                                         for row in table.to_dict("records")]}
     return data
+
+
+def _figure(metric: str, score: float, accuracy: float) -> str:
+    """'log_loss 0.3012 (accuracy 0.9100)', or 'accuracy 0.9100' when the metric is accuracy."""
+    beside = "" if metric == "accuracy" else f" (accuracy {_accuracy(accuracy)})"
+    return f"{metric} {_accuracy(score)}{beside}"
 
 
 def _print_submission(submission) -> None:
@@ -65,21 +82,35 @@ def _print_submission(submission) -> None:
                                 [[e.run_id, e.reason] for e in submission.excluded], title="runs not bagged"))
     for entry in submission.selection.missing:
         console.print(f"note: entry {entry!r} has no done run of its current recipe; it is not in the bag")
+    metric = submission.estimate.metric
+    extra = () if metric == "accuracy" else ("accuracy",)
     if submission.comparison is not None:
-        table = Table("weights", "out-of-bag acc", "images", title="out-of-bag accuracy, all on the images every entry covers")
+        table = Table("weights", f"out-of-bag {metric}", *extra, "images",
+                      title=f"out-of-bag {metric}, all on the images every entry covers")
         for row in submission.comparison.itertuples():
             label = row.name if row.kind == "weights" else f"{row.name} alone"
-            table.add_row(label, _accuracy(row.accuracy), _coverage(row.images, row.train_images))
+            table.add_row(label, _accuracy(row.score), *(_accuracy(row.accuracy) for _ in extra),
+                          _coverage(row.images, row.train_images))
         console.print(table)
-        console.print("tuned weights (greedy selection on these same images, so its figure is optimistic); "
-                      "to use them, paste into the spec's models or pass --use-tuned:")
+        console.print(f"tuned weights (greedy selection on {metric} on these same images, so its figure is "
+                      "optimistic); to use them, paste into the spec's models or pass --use-tuned:")
         for entry, count in submission.tuned.counts.items():
             console.print(f"  {entry}: {count}")
+    if submission.gain is not None:
+        table = Table("runs averaged per entry", "images", f"{metric}", f"{metric}, one run per entry",
+                      title="the bagging gain: images held out by several runs of every weighted entry")
+        for row in submission.gain.itertuples():
+            table.add_row(str(row.runs), str(row.images), _accuracy(row.score), _accuracy(row.one_run_score))
+        console.print(table)
     estimate = submission.estimate
-    console.print(f"{len(submission.weights)} run(s); out-of-bag accuracy {_accuracy(estimate.accuracy)} on "
-                  f"{_coverage(estimate.images, estimate.train_images)} training images (held out by every weighted entry)")
+    console.print(f"{len(submission.weights)} run(s); out-of-bag {_figure(metric, estimate.score, estimate.accuracy)} "
+                  f"on {_coverage(estimate.images, estimate.train_images)} training images held out by every "
+                  f"weighted entry, each predicted only by the runs that held it out (one per entry with K "
+                  f"folds, where the submission averages all K)")
     if submission.path is not None:
-        console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission {submission.submission_id})")
+        shape = f", {submission.shape.describe()}" if submission.shape is not None else ""
+        console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission "
+                      f"{submission.submission_id}{shape})")
 
 
 @app.command()
@@ -140,7 +171,7 @@ def report(
     spec = _load(spec_path, check_models=False, overrides=overrides)
     result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
     for section in result.sections:
-        console.print(f"{section.heading}: accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} images")
+        console.print(f"{section.heading}: {section.figures} on {len(section.interp.ids)} images")
     console.print(f"wrote {result.html}")
 
 

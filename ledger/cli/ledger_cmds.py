@@ -31,18 +31,31 @@ def _runs_table(rows: list[dict], console_: Console) -> Table:
     return fit_table(console_, columns, table_rows, title="runs")
 
 
+def _oob(row: dict) -> tuple[str, float | None]:
+    """The metric a submission was estimated on and its figure; rows from before metrics were
+    recorded were made on accuracy."""
+    metric = row.get("metric") or "accuracy"
+    return metric, row.get("oob_score") if row.get("metric") else row["oob_accuracy"]
+
+
 def _submissions_table(submissions: list[dict], console_: Console) -> Table:
-    """The out-of-bag estimate against the leaderboard; the sha256 prefix tells whether the file on
-    disk is still the one recorded, the run count which runs made it (ids in --json)."""
+    """The out-of-bag estimate (on the competition's metric, accuracy beside it) against the
+    leaderboard; the sha256 prefix tells whether the file on disk is still the one recorded, the run
+    count which runs made it (ids in --json)."""
     from ledger.tables import Column, fit_table
 
     score = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
-    columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("out-of-bag acc"),
-               Column("public"), Column("private", drop=1), Column("runs", drop=4), Column("images scored", drop=5),
-               Column("message", drop=2), Column("path", drop=6), Column("sha256", drop=7), Column("created", drop=6)]
-    rows = [[s["id"], s["experiment"], _accuracy(s["oob_accuracy"]), score(s["public_score"]),
-             score(s["private_score"]), str(len(s["runs"])), _coverage(s["oob_images"], s["train_images"]),
-             s["message"] or "", s["path"], (s["sha256"] or "")[:12], s["created_at"]] for s in submissions]
+    columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("metric"), Column("out-of-bag"),
+               Column("oob acc", drop=5), Column("public"), Column("private", drop=1), Column("runs", drop=4),
+               Column("images scored", drop=5), Column("message", drop=2), Column("path", drop=6),
+               Column("sha256", drop=7), Column("created", drop=6)]
+    rows = []
+    for s in submissions:
+        metric, oob = _oob(s)
+        rows.append([s["id"], s["experiment"], metric, _accuracy(oob), _accuracy(s["oob_accuracy"]),
+                     score(s["public_score"]), score(s["private_score"]), str(len(s["runs"])),
+                     _coverage(s["oob_images"], s["train_images"]), s["message"] or "", s["path"],
+                     (s["sha256"] or "")[:12], s["created_at"]])
     return fit_table(console_, columns, rows, title="submissions")
 
 
@@ -131,7 +144,8 @@ def submissions_score(
 
     row = record_scores(Store(home, existing=True), submission_id, public, private)
     private_text = "" if row.get("private_score") is None else f", private {row['private_score']:.4f}"
-    console.print(f"submission {row['id']}: out-of-bag {_accuracy(row['oob_accuracy'])}, "
+    metric, oob = _oob(row)
+    console.print(f"submission {row['id']}: out-of-bag {metric} {_accuracy(oob)}, "
                   f"public {row['public_score']:.4f}{private_text}")
 
 
