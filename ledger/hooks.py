@@ -24,6 +24,7 @@ class EpochMetrics:
     lr: float = 0.0  # the head's learning rate at the epoch's last step
     extra_error_rates: dict = field(default_factory=dict)  # extra target name -> its error rate
     metric: float | None = None  # the competition's metric (spec `metric:`) on the held-out images
+    metric_name: str | None = None  # which metric that is
 
     @property
     def images_per_s(self) -> float:

@@ -48,6 +48,8 @@ class RunPlan:
     data: DataSpec | None = None  # where the competition is (a Ray worker loads it itself)
     tta_n: int = 4
     tta_beta: float = 0.25
+    metric: str = "accuracy"  # the competition's metric, scored after each epoch and on the TTA'd held-out images
+    class_order: tuple[str, ...] | None = None  # the metric's class order (qwk)
 
 
 def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tuple[SplitPlan, int]:
@@ -108,4 +110,5 @@ def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: Spl
               fingerprint: str, resume: bool = False) -> RunPlan:
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
-                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data)
+                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data, metric=spec.metric,
+                   class_order=spec.class_order)

@@ -57,5 +57,6 @@ def record(store: Store, result: RunResult) -> None:
             folder = folder.resolve()  # outside the home (a shared path seen differently): keep it absolute
         changes |= dict(artifact_dir=str(folder), valid_loss=summary.valid_loss, error_rate=summary.error_rate,
                         images_per_s=summary.images_per_s, peak_bytes=summary.peak_bytes, device=summary.device,
-                        precision=summary.precision)
+                        precision=summary.precision, metric=summary.metric, valid_metric=summary.valid_metric,
+                        tta_metric=summary.tta_metric, tta_accuracy=summary.tta_accuracy)
     store.update_run(result.run_id, changes)

@@ -92,6 +92,10 @@ class RunRow:
     folds: int | None = None
     train_seed: int | None = None
     resumed_epochs: int | None = None
+    metric: str | None = None  # the competition's metric (None: a run recorded before metrics, on accuracy)
+    valid_metric: float | None = None  # that metric, the last epoch's, plain
+    tta_metric: float | None = None  # that metric on the held-out images, TTA'd
+    tta_accuracy: float | None = None  # accuracy on the held-out images, TTA'd
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "RunRow":

@@ -170,6 +170,13 @@ def _migrate_v5_metric(db: sqlite3.Connection, home: Path) -> None:
     db.execute("UPDATE submissions SET metric='accuracy', oob_score=oob_accuracy")
 
 
+def _migrate_v6_run_metric(db: sqlite3.Connection, home: Path) -> None:
+    # Each run's figures on the competition's metric (plain, the last epoch's; and TTA'd) and its
+    # TTA'd accuracy, beside the plain error rate the row already had.
+    for column, kind in (("metric", "TEXT"), ("valid_metric", "REAL"), ("tta_metric", "REAL"), ("tta_accuracy", "REAL")):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -178,6 +185,7 @@ _MIGRATIONS = [
     _migrate_v3_lr_finds,
     _migrate_v4_submit,
     _migrate_v5_metric,
+    _migrate_v6_run_metric,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,13 +17,10 @@ from ledger.device import Runtime
 from ledger.hooks import EpochMetrics, Progress, stage_callback
 from ledger.inference import classification_metrics, predict
 from ledger.loss import Criterion
+from ledger.metrics import Metric
 from ledger.models import freeze_body
 from ledger.schedule import OneCycle, Phase
 from ledger.step import StepSettings, loop_parts, train_step
-
-# The competition's metric on held-out images: (class indices, probabilities) -> its value.
-Score = Callable[[np.ndarray, np.ndarray], float]
-
 
 class NonFiniteLoss(RuntimeError):
     """A NaN or infinite training loss: the run fails instead of bagging garbage."""
@@ -50,12 +44,12 @@ def _first_non_finite(losses: list[torch.Tensor], since: int) -> int | None:
 
 def fit(net: nn.Module, phases: list[Phase], batches: Batches, runtime: Runtime, criterion: Criterion,
         settings: StepSettings = StepSettings(), valid: Batches | None = None, progress: Progress | None = None,
-        checkpoint=None, score: Score | None = None) -> FitResult:
+        checkpoint=None, metric: Metric | None = None) -> FitResult:
     """fastai's recipe as one loop over `phases` (see schedule.fit_phases): one AdamW (fastai's
     Adam) kept across phases as fastai keeps its optimizer; each phase freezes or unfreezes the body
     and runs its own one-cycle schedule of learning rate and momentum, stepped once per effective
     batch. After each epoch the held-out `valid` images are predicted (with the averaged weights
-    when `settings.ema` is on) and scored: loss, error rate and, with `score`, the competition's metric.
+    when `settings.ema` is on) and scored: loss, error rate and, with `metric`, the competition's metric.
 
     `checkpoint` (optional) saves after every epoch and, when it holds a saved state, the loop
     resumes after the last epoch it saved, with every random generator where it was."""
@@ -97,18 +91,19 @@ def fit(net: nn.Module, phases: list[Phase], batches: Batches, runtime: Runtime,
                 torch.cuda.synchronize()  # so the epoch's time is the device's time
             seconds = time.perf_counter() - started
             train_loss = torch.stack(losses).mean().item() if losses else float("nan")
-            valid_loss = error_rate = metric = None
+            valid_loss = error_rate = score = None
             extra_errors: list[float] = []
             if valid is not None:
                 probs, labels = predict(parts.inference_net, valid, runtime, head_sizes=criterion.sizes,
                                         progress=stage_callback(progress, "validation"))
                 valid_loss, error_rate, extra_errors = classification_metrics(probs, labels, criterion.sizes)
-                if score is not None:
-                    main = probs[:, : criterion.sizes[0]].numpy()
-                    metric = score(labels.numpy() if labels.ndim == 1 else labels[:, 0].numpy(), main)
+                if metric is not None:
+                    truth = labels if labels.ndim == 1 else labels[:, 0]  # the submission's target
+                    score = metric.score(truth.numpy(), probs[:, : criterion.sizes[0]].numpy())
             metrics = EpochMetrics(phase.name, epoch_number, train_loss, valid_loss, error_rate, seen, seconds,
                                    lr=parts.optimizer.param_groups[-1]["lr"],
-                                   extra_error_rates=dict(zip(criterion.extra_names, extra_errors)), metric=metric)
+                                   extra_error_rates=dict(zip(criterion.extra_names, extra_errors)), metric=score,
+                                   metric_name=None if metric is None else metric.name)
             progress.end(metrics)
             history.append(metrics)
             if checkpoint is not None:

@@ -22,6 +22,7 @@ from ledger.hooks import Progress, stage_callback
 from ledger.inference import tta
 from ledger.loss import Criterion
 from ledger.memory import PeakMemory, device_name
+from ledger.metrics import Metric, metric_by_name
 from ledger.models import save_weights
 from ledger.plan import RunPlan
 from ledger.probe import micro_batch_size
@@ -60,6 +61,11 @@ def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return split_indices(labels, plan.split.valid_pct, plan.split.seed)
 
 
+def run_metric(plan: RunPlan, competition: Competition) -> Metric:
+    """The competition's metric over this competition's classes, in the spec's class order."""
+    return metric_by_name(plan.metric, competition.vocab, plan.class_order)
+
+
 def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device: torch.device,
               progress: Progress, checkpoint: Checkpoint) -> TrainedRun:
     """Seed, build, fit (resuming from `checkpoint` when it holds a state), then TTA the test images
@@ -81,8 +87,9 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
+    metric = run_metric(plan, competition)
     fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
-                 progress=progress, checkpoint=checkpoint)
+                 progress=progress, checkpoint=checkpoint, metric=metric)
 
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
     test_probs = tta(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
@@ -103,7 +110,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     for (name, vocab, _), probs in zip(targets, trained.test_probs.split(sizes, dim=1)):
         artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.TEST_PREDS, name), Predictions(
             ids=np.array(competition.test_ids), probs=probs.numpy(), vocab=np.array(vocab)))
-    tta_accuracy = None
+    tta_accuracy = tta_metric = None
     if trained.valid_probs is not None:
         valid_idx = trained.valid_idx
         for (name, vocab, target), probs in zip(targets, trained.valid_probs.split(sizes, dim=1)):
@@ -111,8 +118,9 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
             artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.VALID_PREDS, name), Predictions(
                 ids=np.array(competition.train_ids)[valid_idx], probs=probs.numpy(), vocab=vocab,
                 labels=vocab[target[valid_idx]]))
-        main = trained.valid_probs[:, : sizes[0]]
-        tta_accuracy = float((main.argmax(1).numpy() == competition.train_labels[valid_idx]).mean())
+        main, truth = trained.valid_probs[:, : sizes[0]].numpy(), competition.train_labels[valid_idx]
+        tta_accuracy = float((main.argmax(1) == truth).mean())
+        tta_metric = run_metric(plan, competition).score(truth, main)
     if model.save_weights:
         save_weights(trained.fitted.net, folder / artifacts.WEIGHTS)
 
@@ -120,6 +128,10 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     for m in history:
         row = dataclasses.asdict(m) | {"accuracy": m.accuracy, "images_per_s": m.images_per_s}
         row |= {f"error_rate_{name}": rate for name, rate in row.pop("extra_error_rates").items()}
+        metric = row.pop("metric")
+        del row["metric_name"]
+        if plan.metric != "accuracy":  # the column named as the metric; accuracy has its column already
+            row[plan.metric] = metric
         rows.append(row)
     pd.DataFrame(rows).to_csv(folder / artifacts.METRICS, index=False)
     seconds = sum(m.train_seconds for m in history)
@@ -133,7 +145,8 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
         valid_loss=last.valid_loss, error_rate=last.error_rate, tta_accuracy=tta_accuracy, train_seconds=seconds,
         images_per_s=sum(m.train_images for m in history) / seconds if seconds else 0.0,
         precision=trained.runtime.precision.name, device=device_name(trained.runtime.device),
-        resumed_epochs=trained.fitted.resumed_epochs, peak_bytes=trained.peak_bytes)
+        resumed_epochs=trained.fitted.resumed_epochs, peak_bytes=trained.peak_bytes, metric=plan.metric,
+        valid_metric=last.metric, tta_metric=tta_metric)
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,

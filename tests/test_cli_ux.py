@@ -85,7 +85,7 @@ def test_report_takes_set_overrides(setup, tmp_path):
 
 
 def test_lr_find_passes_device_and_overrides(tmp_path, tiny_competition, monkeypatch):
-    import ledger.lr_find
+    import ledger.lr_find_run
 
     spec_path = write_spec(tmp_path / "one.yaml", tiny_competition,
                            f"  - {{name: convnext, arch: convnext_atto, size: 32, model_kwargs: {TINY_CONVNEXT}}}\n")
@@ -96,7 +96,7 @@ def test_lr_find_passes_device_and_overrides(tmp_path, tiny_competition, monkeyp
         seen.update(device=device, lr=entry.lr, accum=accum)
         return SimpleNamespace(suggested_lrs=lambda: {"valley": 1e-3}, plot=store.home / "x.png")
 
-    monkeypatch.setattr(ledger.lr_find, "lr_find", fake_lr_find)
+    monkeypatch.setattr(ledger.lr_find_run, "lr_find", fake_lr_find)
     result = invoke("lr-find", spec_path, "--json", "--device", "cpu", "--set", "train.lr=0.0123",
                     "--set", "models.convnext.accum=2", "--home", tmp_path / "home")
     assert result.exit_code == 0, result.output

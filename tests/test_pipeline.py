@@ -33,7 +33,8 @@ def folder_digest(folder):
 
 def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
     home = tmp_path / "home"
-    spec = write_spec(tmp_path / "tiny.yaml", tiny_competition, MODELS)
+    # Scored on macro F1, as the competition would be: every epoch, the run's row and the bag.
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_competition, MODELS, extra="metric: f1_macro\n")
 
     result = invoke("train", spec, "--home", home)
     assert result.exit_code == 0, result.output
@@ -69,6 +70,14 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
         # Held-out predictions are TTA'd (as the submission is); the epoch's error rate is plain.
         recomputed_accuracy = np.mean(valid.vocab[valid.probs.argmax(1)] == valid.labels)
         assert abs(recomputed_accuracy - summary["tta_accuracy"]) < 1e-6
+        # The competition's metric: plain after each epoch (metrics.csv, the row), and TTA'd, as
+        # scikit-learn computes it on the held-out predictions the run wrote.
+        from sklearn.metrics import f1_score
+
+        assert row["metric"] == summary["metric"] == "f1_macro"
+        assert row["valid_metric"] == summary["valid_metric"] == metrics["f1_macro"].iloc[-1]
+        f1 = f1_score(valid.labels, valid.vocab[valid.probs.argmax(1)], average="macro")
+        assert abs(row["tta_metric"] - f1) < 1e-9 and row["tta_accuracy"] == summary["tta_accuracy"]
         assert len(metrics) == 1 and summary["valid_images"] == len(valid.ids) == 10  # round(20% of 6) = 1 per class, 10 classes
         assert set(valid.ids) <= train_ids
         assert list(test.ids) == list(sample["image_id"]) and list(test.vocab) == sorted(test.vocab)
@@ -78,7 +87,7 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
     out = tmp_path / "sub.csv"
     result = invoke("ensemble", spec, "--home", home, "--out", out)
     assert result.exit_code == 0, result.output
-    assert "out-of-bag accuracy" in result.output
+    assert "out-of-bag f1_macro" in result.output and "accuracy" in result.output
     submission = pd.read_csv(out)
     assert list(submission.columns) == list(sample.columns)
     assert list(submission["image_id"]) == list(sample["image_id"])
