@@ -85,15 +85,21 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     partial, final = run_folders(home, plan)
     where = dict(host=socket.gethostname(), pid=os.getpid())
     if final.exists():
-        return RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists", **where)
+        # Committed by an earlier command killed before it could record it: recorded, not retrained.
+        committed = committed_result(plan.run_id, final)
+        return committed if committed is not None else \
+            RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists without a summary", **where)
     if not plan.resume:
         shutil.rmtree(partial, ignore_errors=True)  # a stale partial folder of a run not resumed
     partial.mkdir(parents=True, exist_ok=True)
     checkpoint = Checkpoint(partial)
     try:
         summary, resumed = _train(plan, competition, images, partial, device, progress or SilentProgress(), checkpoint)
-        checkpoint.delete()  # weights are kept only with save_weights
+        # The rename is the commit; the checkpoint goes after it, so that at every instant the run
+        # is either a partial folder that resumes (after its last epoch: only TTA is redone) or a
+        # whole final folder that housekeeping records (`committed_result`).
         os.replace(partial, final)
+        Checkpoint(final).delete()  # weights are kept only with save_weights
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
@@ -101,6 +107,18 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
         message = ("out of memory: " if is_out_of_memory(error) else "") + one_line_error(error)
         return RunResult(plan.run_id, "failed", error=message, **where)
     return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=resumed, **where)
+
+
+def committed_result(run_id: str, final: Path) -> RunResult | None:
+    """The `done` result of a committed run folder (found whole after a kill between the rename
+    and the ledger row), or None when `final` holds no readable summary. A checkpoint left by a
+    kill between the rename and its deletion goes now."""
+    try:
+        summary = artifacts.read_json(final / artifacts.SUMMARY)
+    except (OSError, ValueError):
+        return None
+    Checkpoint(final).delete()
+    return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.get("resumed_epochs") or 0)
 
 
 def _train(plan: RunPlan, competition: Competition, images: ImageSet, folder: Path, device: torch.device,

@@ -18,7 +18,7 @@ import torch
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.data import load_competition
-from ledger.execute import PARTIAL_SUFFIX, cached_images, execute, partial_dir
+from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, plan
 from ledger.record import RunResult, record, record_start
@@ -37,10 +37,24 @@ def resumable(store: Store, row: dict) -> bool:
     return row["status"] == "interrupted" and (partial / CHECKPOINT).is_file()
 
 
+def recover_committed(store: Store, experiment: str) -> list[str]:
+    """Interrupted rows whose run folder was committed (renamed whole) before the kill came are
+    recorded `done` from the folder's summary, never trained again. Returns their ids."""
+    recovered = []
+    for row in store.runs(experiment, status="interrupted"):
+        result = committed_result(row["id"], store.run_dir(experiment, row["id"]))
+        if result is not None:
+            record(store, result)
+            recovered.append(row["id"])
+    return recovered
+
+
 def housekeeping(store: Store, experiment: str) -> list[str]:
-    """Stale `running` rows -> `interrupted`; partial folders that cannot be resumed are removed
-    (those of live runs are left alone). Returns the ids marked interrupted."""
+    """Stale `running` rows -> `interrupted`; interrupted runs whose folder was committed ->
+    `done`; partial folders that cannot be resumed are removed (those of live runs are left
+    alone). Returns the ids marked interrupted."""
     stale = store.mark_stale_runs()
+    recover_committed(store, experiment)
     folder = store.home / experiment
     if not folder.is_dir():
         return stale
