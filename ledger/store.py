@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -161,6 +162,35 @@ def _migrate_v4_submit(db: sqlite3.Connection, home: Path) -> None:
         db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
 
 
+def _inside_home(path: Path, home: Path) -> str:
+    """`path` relative to the home when it lies inside it (so a moved or copied home keeps working
+    and a copy never points at the original's files), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(home.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _migrate_v5_missing(db: sqlite3.Connection, home: Path) -> None:
+    # Runs gain the status 'missing' (a done run whose folder is gone: it no longer counts), which
+    # needs the table rebuilt for its CHECK; every column is copied by name. Submission paths
+    # become relative to the home.
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='runs'").fetchone()[0]
+    old_check = "'failed', 'interrupted')"
+    if old_check in sql:
+        columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(runs)"))
+        create = re.sub(r'^CREATE TABLE\s+("runs"|runs)', "CREATE TABLE runs_v5", sql)
+        db.execute(create.replace(old_check, "'failed', 'interrupted', 'missing')"))
+        db.execute(f"INSERT INTO runs_v5 ({columns}) SELECT {columns} FROM runs")
+        db.execute("DROP TABLE runs")
+        db.execute("ALTER TABLE runs_v5 RENAME TO runs")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, status)")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status)")
+    for submission_id, path in db.execute("SELECT id, path FROM submissions").fetchall():
+        if Path(path).is_absolute():
+            db.execute("UPDATE submissions SET path=? WHERE id=?", (_inside_home(Path(path), home), submission_id))
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -168,6 +198,7 @@ _MIGRATIONS = [
     _migrate_v2,
     _migrate_v3_lr_finds,
     _migrate_v4_submit,
+    _migrate_v5_missing,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -348,7 +379,7 @@ class Store:
                           oob_accuracy: float | None, **extra) -> str:
         """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message."""
         submission_id = new_id()
-        row = dict(id=submission_id, experiment=experiment, path=str(path), created_at=now(),
+        row = dict(id=submission_id, experiment=experiment, path=_inside_home(path, self.home), created_at=now(),
                    runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra)
         self.db.execute(f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                         tuple(row.values()))
@@ -359,6 +390,16 @@ class Store:
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
         return rows
+
+    def submission_path(self, row: dict) -> Path:
+        """A submission's file: stored relative to the home (absolute when written outside it)."""
+        path = Path(row["path"])
+        return path if path.is_absolute() else self.home / path
+
+    def submission_at(self, path: Path) -> dict | None:
+        """The recorded submission whose file is `path`, if any."""
+        target = Path(path).resolve()
+        return next((row for row in self.submissions() if self.submission_path(row).resolve() == target), None)
 
     def update_submission(self, submission_id: str, changes: dict) -> None:
         """Leaderboard scores (public_score, private_score) or a hand-off to kaggle (message,

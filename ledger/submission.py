@@ -198,6 +198,7 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
+    _refuse_recorded(store, path)
     recorded: dict[str, str] = {}
 
     def record(sha256: str) -> None:
@@ -212,6 +213,17 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     write_submission(sample_path, result, path, commit=record)
     return Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded, path,
                       recorded["sha256"], recorded["id"])
+
+
+def _refuse_recorded(store, path: Path) -> None:
+    """A recorded submission's file is never replaced: its row keeps the sha256 of what it wrote,
+    and `submit` must hand Kaggle that file, not a later one."""
+    if path.is_dir():
+        raise LedgerError(f"--out {path}: is a folder; give a CSV file name")
+    owner = store.submission_at(path) if path.exists() else None
+    if owner is not None:
+        raise LedgerError(f"--out {path}: holds submission {owner['id']} (recorded files are never replaced); "
+                          f"choose another name or leave out --out")
 
 
 def _estimate(held: HeldOut, entry_weights: Mapping[str, float]) -> Estimate:

@@ -181,9 +181,11 @@ def test_submit_hands_the_file_to_kaggle_and_records_it(setup, tmp_path, monkeyp
                     "--home", setup["home"])
     assert result.exit_code == 0, result.output
     assert "Successfully submitted" in result.stdout
-    row = Store(setup["home"]).submissions()[0]
+    store = Store(setup["home"])
+    row = store.submissions()[0]
     args = (bin_dir / "args").read_text().splitlines()
-    assert args == ["competitions", "submit", "-c", "paddy", "-f", row["path"], "-m", "two convnexts and a vit"]
+    assert args == ["competitions", "submit", "-c", "paddy", "-f", str(store.submission_path(row)), "-m",
+                    "two convnexts and a vit"]
     assert (row["message"], row["competition"], row["kaggle_exit"]) == ("two convnexts and a vit", "paddy", 0)
 
 

@@ -122,3 +122,83 @@ def test_a_kill_after_the_last_epoch_but_before_the_rename_resumes_without_train
     [row] = store.runs("tiny")
     assert row["status"] == "done" and row["resumed_epochs"] == 2  # both epochs restored, none trained again
     assert not partial.exists() and not (home / "tiny" / row["id"] / CHECKPOINT).exists()
+
+
+# ---------------------------------------------------------------- 1, 6: recorded submission files
+
+from test_cli_ux import _fake_kaggle  # noqa: E402
+from test_submission import HALVES, add_run, setup  # noqa: E402, F401 - setup is a fixture
+
+
+def _bag(setup, *args):
+    result = invoke("ensemble", setup["spec_path"], "--home", setup["home"], "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_ensemble_never_replaces_a_recorded_submission_file(setup, tmp_path):
+    add_run(setup, "c0", "convnext", held_out=HALVES[0])
+    add_run(setup, "v0", "vit")
+    out = tmp_path / "sub.csv"
+    first = _bag(setup, "--out", out)
+    before = out.read_bytes()
+    line = one_error_line(invoke("ensemble", setup["spec_path"], "--home", setup["home"], "--out", out,
+                                 "--weight", "vit=0"))
+    assert str(out) in line and first["submission_id"] in line
+    assert out.read_bytes() == before and len(Store(setup["home"]).submissions()) == 1
+    assert str(tmp_path) in one_error_line(invoke("ensemble", setup["spec_path"], "--home", setup["home"],
+                                                  "--out", tmp_path))  # a folder
+
+
+def test_submit_refuses_a_file_changed_since_it_was_recorded(setup, tmp_path, monkeypatch):
+    add_run(setup, "c0", "convnext", held_out=HALVES[0])
+    submission = _bag(setup)
+    monkeypatch.setenv("PATH", f"{_fake_kaggle(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}")
+    Path(submission["out"]).write_text("image_id,label\nsomething,else\n")
+    line = one_error_line(invoke("submit", submission["submission_id"], "-m", "m", "--competition", "c",
+                                 "--home", setup["home"]))
+    assert submission["submission_id"] in line and "changed" in line
+    assert not (tmp_path / "bin" / "args").exists()  # kaggle never ran
+    assert Store(setup["home"]).submissions()[0]["kaggle_exit"] is None
+
+
+def test_a_moved_home_submits_its_own_file_and_a_copy_never_the_original(setup, tmp_path, monkeypatch):
+    import shutil
+
+    add_run(setup, "c0", "convnext", held_out=HALVES[0])
+    submission = _bag(setup)
+    row = Store(setup["home"]).submissions()[0]
+    assert not Path(row["path"]).is_absolute()  # relative to the home
+    copy = tmp_path / "copy"
+    shutil.copytree(setup["home"], copy)
+    moved = tmp_path / "moved"
+    os.rename(setup["home"], moved)
+    bin_dir = _fake_kaggle(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for home in (moved, copy):
+        result = invoke("submit", submission["submission_id"], "-m", "m", "--competition", "c", "--home", home)
+        assert result.exit_code == 0, result.output
+        handed = (bin_dir / "args").read_text().splitlines()[5]
+        assert Path(handed).resolve().is_relative_to(home.resolve()) and Path(handed).is_file()
+
+
+def test_a_v4_ledger_gets_relative_submission_paths_and_the_missing_status(tmp_path):
+    from conftest import ledger_at_version
+
+    from ledger.store import SCHEMA_VERSION
+
+    home = tmp_path / "home"
+    db = ledger_at_version(home, 4)
+    inside, outside = home / "submissions" / "a.csv", tmp_path / "elsewhere.csv"
+    for sid, path in (("s1", inside), ("s2", outside)):
+        db.execute("INSERT INTO submissions (id, experiment, path, created_at, runs, weights)"
+                   " VALUES (?, 'tiny', ?, 'now', '[]', '{}')", (sid, str(path)))
+    db.execute("INSERT INTO runs (id, experiment, model, arch, size, status, started_at, fingerprint, host)"
+               " VALUES ('r1', 'tiny', 'm', 'a', '8', 'failed', 'now', 'f', 'h')")
+    db.close()
+    store = Store(home)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [s["path"] for s in store.submissions()] == ["submissions/a.csv", str(outside.resolve())]
+    [run] = store.runs()
+    assert (run["id"], run["fingerprint"], run["host"]) == ("r1", "f", "h")  # every column kept
+    store.update_run("r1", {"status": "missing"})  # the CHECK constraint takes the new status
