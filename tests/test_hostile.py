@@ -202,3 +202,15 @@ def test_a_v4_ledger_gets_relative_submission_paths_and_the_missing_status(tmp_p
     [run] = store.runs()
     assert (run["id"], run["fingerprint"], run["host"]) == ("r1", "f", "h")  # every column kept
     store.update_run("r1", {"status": "missing"})  # the CHECK constraint takes the new status
+
+
+# ---------------------------------------------------------------- 4: data --force
+
+
+def test_data_force_never_deletes_a_ledger_home(setup, tmp_path):
+    add_run(setup, "c0", "convnext")
+    home = setup["home"]
+    before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    line = one_error_line(invoke("data", "fashion-mnist", home, "--train-per-class", "1", "--test", "1", "--force"))
+    assert str(home) in line and "not a competition written by" in line
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == before
