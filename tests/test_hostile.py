@@ -214,3 +214,36 @@ def test_data_force_never_deletes_a_ledger_home(setup, tmp_path):
     line = one_error_line(invoke("data", "fashion-mnist", home, "--train-per-class", "1", "--test", "1", "--force"))
     assert str(home) in line and "not a competition written by" in line
     assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == before
+
+
+# ---------------------------------------------------------------- 3: one train per home and experiment
+
+
+def test_a_second_train_of_the_same_experiment_refuses_in_one_line(tiny_spec, tmp_path):
+    from ledger.lock import experiment_lock
+
+    home = tmp_path / "home"
+    with experiment_lock(home, "tiny", "2026-01-01T00:00:00"):  # a first `ledger train` holds it
+        line = one_error_line(invoke("train", tiny_spec, "--home", home))
+        assert "experiment 'tiny'" in line and f"pid {os.getpid()}" in line and str(home) in line
+        assert Store(home).runs() == []  # nothing planned, nothing recorded
+        with experiment_lock(home, "other", "now"):  # another experiment of the same home is free
+            pass
+    result = invoke("train", tiny_spec, "--home", home, "--dry-run")
+    assert result.exit_code == 0, result.output
+
+
+def test_the_lock_dies_with_its_process(tmp_path):
+    from ledger.lock import experiment_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ledger.lock import experiment_lock\n"
+                               f"with experiment_lock({str(tmp_path)!r}, 'e', 'now'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Exception, match=f"pid {holder.pid}"):
+        with experiment_lock(tmp_path, "e", "now"):
+            pass
+    holder.kill()  # kill -9: no cleanup runs, the kernel drops the lock
+    holder.wait()
+    with experiment_lock(tmp_path, "e", "now"):
+        pass

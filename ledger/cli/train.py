@@ -102,10 +102,11 @@ def train(
     Example: ledger train experiments/fashion.yaml --model convnext --more 2
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
-    from ledger.experiment import plan_experiment, train_experiment
+    from ledger.experiment import plan_experiment
     from ledger.probe import accum_resolver
-    from ledger.progress import ConsoleEvents, ProbeDisplay
-    from ledger.store import Store
+    from ledger.lock import experiment_lock
+    from ledger.progress import ProbeDisplay
+    from ledger.store import Store, now
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
     models = _override(spec.select(model), runs, epochs)
@@ -117,6 +118,16 @@ def train(
         console.print(_plan_table(plans, console))
         console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
         return
+    with experiment_lock(store.home, spec.name, now()):
+        _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run)
+
+
+def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run) -> None:
+    """`train` once it holds the experiment's lock: housekeeping, plan, execute, record."""
+    from ledger.experiment import plan_experiment, train_experiment
+    from ledger.probe import accum_resolver
+    from ledger.progress import ConsoleEvents, ProbeDisplay
+
     # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
     resolver = accum_resolver(spec, store, ProbeDisplay(console), torch_device,
                               may_probe=executor is Executor.local)
