@@ -242,6 +242,34 @@ def resolve_home(home: str | Path | None) -> Path:
     return Path(home or os.environ.get("LEDGER_HOME") or DEFAULT_HOME)
 
 
+def _cause(error: sqlite3.Error) -> str:
+    """What a user can act on, from SQLite's message."""
+    text = str(error)
+    if "disk is full" in text:
+        return "disk full"
+    if "readonly" in text or "read-only" in text:
+        return "read-only: this command writes to the ledger"
+    if "not a database" in text or "malformed" in text:
+        return f"corrupt ({text}); restore it from a copy"
+    return text
+
+
+class _LedgerConnection(sqlite3.Connection):
+    """Every SQLite error, on any statement, becomes one line naming the ledger file and the cause."""
+
+    def execute(self, *args):
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as error:
+            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
+
+    def executemany(self, *args):
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as error:
+            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
+
+
 class Store:
     def __init__(self, home: str | Path | None = None, existing: bool = False):
         """`existing=True` for commands that only read: a mistyped --home is an error there, not a
@@ -251,16 +279,45 @@ class Store:
             where = "folder not found" if not self.home.exists() else "no ledger.db in it"
             raise LedgerError(f"{self.home}: no ledger here ({where}); pass --home the folder `ledger train` "
                               f"wrote to, or set LEDGER_HOME")
+        path = self.home / "ledger.db"
+        # A ledger the user may not write still serves the commands that only read it.
+        self.read_only = existing and not os.access(path, os.W_OK)
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.home / "ledger.db", timeout=30, isolation_level=None)
+            target = f"{path.absolute().as_uri()}?mode=ro" if self.read_only else path
+            self.db = sqlite3.connect(target, timeout=30, isolation_level=None, factory=_LedgerConnection,
+                                      uri=self.read_only)
         except (OSError, sqlite3.Error) as e:
             raise LedgerError(f"{self.home}: cannot open the ledger ({e})") from None
+        self.db.ledger_path = path
         self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout=30000")
+        if self.read_only:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise LedgerError(f"{path}: read-only, and its schema ({version}) needs upgrading to "
+                                  f"{SCHEMA_VERSION} by a command that may write it")
+            return
         # WAL: readers (`ledger runs`) never block a training process writing its rows.
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
         migrate(self.db, self.home)
+        self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """What every command settles first, so no table shows a stale state: `running` rows whose
+        process is gone become `interrupted`; `done` rows whose folder is gone become `missing`
+        (they no longer count, so `train` owes them again), and back when the folder returns (a
+        shared home mounted again)."""
+        self.mark_stale_runs()
+        for row in self.db.execute("SELECT * FROM runs WHERE status IN ('done', 'missing')").fetchall():
+            folder = self.artifact_path(dict(row))
+            if folder is None:
+                continue  # nothing on record to look for
+            present = folder.is_dir()
+            if row["status"] == "done" and not present:
+                self.update_run(row["id"], {"status": "missing", "error": f"run folder {folder} is gone"})
+            elif row["status"] == "missing" and present:
+                self.update_run(row["id"], {"status": "done", "error": None})
 
     def close(self) -> None:
         self.db.close()

@@ -247,3 +247,73 @@ def test_the_lock_dies_with_its_process(tmp_path):
     holder.wait()
     with experiment_lock(tmp_path, "e", "now"):
         pass
+
+
+# ---------------------------------------------------------------- 5, 19: housekeeping on every command
+
+
+def test_a_done_run_whose_folder_is_gone_is_missing_and_owed_again(setup, tmp_path):
+    import shutil
+
+    add_run(setup, "c0", "convnext")
+    add_run(setup, "c1", "convnext")
+    add_run(setup, "v0", "vit")
+    shutil.rmtree(setup["home"] / "tiny" / "c1")
+    listed = json.loads(invoke("runs", "--home", setup["home"], "--json").stdout)["runs"]
+    assert {r["id"]: r["status"] for r in listed} == {"c0": "done", "c1": "missing", "v0": "done"}
+    assert "tiny/c1" in next(r["error"] for r in listed if r["id"] == "c1")
+    bagged = _bag(setup)
+    assert bagged["runs"] == ["c0", "v0"]  # the missing run is not bagged, and ensemble works
+    from ledger.plan import plan
+
+    owed = plan(setup["spec"], setup["spec"].models, Store(setup["home"]).runs("tiny"), lambda m: 1, lambda: "new")
+    assert [(p.model.name, p.run_number) for p in owed] == [("convnext", 0)]  # c1 is owed again
+
+
+def test_every_command_marks_a_killed_run_interrupted(setup):
+    add_run(setup, "c0", "convnext", status="running")
+    store = Store(setup["home"])
+    store.update_run("c0", {"pid": dead_pid(), "host": socket.gethostname()})
+    store.close()
+    listed = json.loads(invoke("runs", "--home", setup["home"], "--json").stdout)["runs"]
+    assert [(r["id"], r["status"]) for r in listed] == [("c0", "interrupted")]
+
+
+# ---------------------------------------------------------------- 13: a broken ledger.db
+
+
+def test_a_corrupt_ledger_gives_one_line_naming_the_file(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ledger.db").write_bytes(b"this is not a database, it is a text file " * 100)
+    for command in (["runs"], ["submissions"]):
+        line = one_error_line(invoke(*command, "--home", home))
+        assert str(home / "ledger.db") in line and "corrupt" in line
+
+
+def test_a_full_disk_is_named_as_such(tmp_path):
+    store = Store(tmp_path)
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "database or disk is full"
+    from ledger.errors import LedgerError
+
+    with pytest.raises(LedgerError, match="ledger.db: disk full"):
+        for n in range(2000):
+            store.insert_run(dict(id=f"r{n}", experiment="e" * 200, model="m", arch="a", size="8",
+                                  status="running", started_at="now", spec="x" * 2000))
+
+
+def test_a_read_only_ledger_serves_reads_and_refuses_writes_in_one_line(setup, monkeypatch):
+    submission = None
+    add_run(setup, "c0", "convnext")
+    submission = _bag(setup)
+    db = setup["home"] / "ledger.db"
+    real_access = os.access
+    # The user may not write ledger.db (tests may run as root, where a chmod would not hold).
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == db and mode == os.W_OK
+                        else real_access(path, mode))
+    result = invoke("runs", "--home", setup["home"])
+    assert result.exit_code == 0 and "c0" in result.stdout
+    line = one_error_line(invoke("submissions", "score", submission["submission_id"], "0.9", "--home", setup["home"]))
+    assert str(db) in line and "read-only" in line
+    assert Store(setup["home"]).submissions()[0]["public_score"] is None
