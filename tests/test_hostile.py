@@ -317,3 +317,57 @@ def test_a_read_only_ledger_serves_reads_and_refuses_writes_in_one_line(setup, m
     line = one_error_line(invoke("submissions", "score", submission["submission_id"], "0.9", "--home", setup["home"]))
     assert str(db) in line and "read-only" in line
     assert Store(setup["home"]).submissions()[0]["public_score"] is None
+
+
+# ---------------------------------------------------------------- 7, 11, 12, 14, 16: specs
+
+
+def _check_spec(tmp_path, tiny_competition, models, top="name: tiny\n", *sets):
+    text = write_spec(tmp_path / "s.yaml", tiny_competition, models).read_text().replace("name: tiny\n", top, 1)
+    (tmp_path / "s.yaml").write_text(text)
+    return invoke("check", tmp_path / "s.yaml", *[a for item in sets for a in ("--set", item)])
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/..", "..", "x y", "é"])
+def test_a_model_entry_name_must_be_a_safe_name(tmp_path, tiny_competition, name):
+    line = one_error_line(_check_spec(tmp_path, tiny_competition,
+                                      f"  - {{name: {json.dumps(name)}, arch: convnext_atto, size: 32}}\n"))
+    assert "models[0].name" in line and str(tmp_path / "s.yaml") in line
+
+
+@pytest.mark.parametrize("name", ["ledger.db", "submissions", "cache"])
+def test_an_experiment_cannot_be_named_as_a_file_of_the_home(tmp_path, tiny_competition, name):
+    line = one_error_line(_check_spec(tmp_path, tiny_competition, "  - {name: c, arch: convnext_atto, size: 32}\n",
+                                      f"name: {name}\n"))
+    assert f"name: {name!r} is a file of the ledger home" in line
+
+
+def test_runs_are_bounded_so_check_never_accepts_a_plan_that_hangs(tmp_path, tiny_competition):
+    line = one_error_line(_check_spec(tmp_path, tiny_competition,
+                                      "  - {name: c, arch: convnext_atto, size: 32, runs: 1000000}\n"))
+    assert "models[0].runs: must be <= 1000, got 1000000" in line
+    result = _check_spec(tmp_path, tiny_competition, "  - {name: c, arch: convnext_atto, size: 32, runs: 1000}\n")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, tiny_competition):
+    bomb = "".join(f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    models = ("  - name: c\n    arch: convnext_atto\n    size: 32\n    model_kwargs:\n"
+              "      l0: &l0 lol\n" + bomb.replace("  l", "      l"))
+    line = one_error_line(_check_spec(tmp_path, tiny_competition, models))  # 9**9 values once expanded
+    assert str(tmp_path / "s.yaml") in line and "aliases expand to more than 100,000 values" in line
+    ok = "  - &entry {name: c, arch: convnext_atto, size: 32}\n  - {<<: *entry, name: d}\n"
+    assert _check_spec(tmp_path, tiny_competition, ok).exit_code == 0  # ordinary aliases still work
+
+
+def test_scientific_notation_is_a_number_in_the_spec_and_in_set(tmp_path, tiny_competition):
+    from ledger.spec import load_spec
+
+    models = "  - {name: c, arch: convnext_atto, size: 32, lr: 3e-3, weight: 1E1}\n"
+    spec_path = write_spec(tmp_path / "s.yaml", tiny_competition, models)
+    spec = load_spec(spec_path, check_models=False)
+    assert spec.models[0].lr == pytest.approx(0.003) and spec.models[0].weight == pytest.approx(10.0)
+    spec = load_spec(spec_path, ["train.lr=1e-3", "models.c.epochs=3"], check_models=False)
+    assert spec.models[0].lr == pytest.approx(0.003)  # the entry's own lr wins over train's
+    assert load_spec(spec_path, ["models.c.lr=1e-3"], check_models=False).models[0].lr == pytest.approx(0.001)
+    assert load_spec(spec_path, ["models.c.epochs=3"], check_models=False).models[0].epochs == 3  # ints stay ints

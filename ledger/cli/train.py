@@ -80,9 +80,9 @@ class Executor(str, enum.Enum):
 def train(
     spec_path: SpecArg,
     model: ModelOpt = None,
-    runs: Annotated[Optional[int], typer.Option(min=1, help="Runs per model, overriding the spec.")] = None,
+    runs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Runs per model, overriding the spec.")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, overriding the spec.")] = None,
-    more: Annotated[int, typer.Option(min=0, help="Runs to add per model beyond what the spec asks for.")] = 0,
+    more: Annotated[int, typer.Option(min=0, max=1000, help="Runs to add per model beyond what the spec asks for.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs owed, splits, seeds, accum); train nothing.")] = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
