@@ -371,3 +371,40 @@ def test_scientific_notation_is_a_number_in_the_spec_and_in_set(tmp_path, tiny_c
     assert spec.models[0].lr == pytest.approx(0.003)  # the entry's own lr wins over train's
     assert load_spec(spec_path, ["models.c.lr=1e-3"], check_models=False).models[0].lr == pytest.approx(0.001)
     assert load_spec(spec_path, ["models.c.epochs=3"], check_models=False).models[0].epochs == 3  # ints stay ints
+
+
+# ---------------------------------------------------------------- 9, 14: run artifacts
+
+
+def test_a_corrupt_or_non_finite_test_preds_file_is_named_and_nothing_is_written(setup, tmp_path):
+    import numpy as np
+
+    from ledger.artifacts import Predictions, save_predictions
+
+    add_run(setup, "c0", "convnext")
+    add_run(setup, "v0", "vit")
+    preds = setup["home"] / "tiny" / "c0" / "test_preds.npz"
+    whole = preds.read_bytes()
+    preds.write_bytes(whole[:100])  # BadZipFile
+    line = one_error_line(invoke("ensemble", setup["spec_path"], "--home", setup["home"]))
+    assert str(preds) in line and "unreadable run artifact" in line
+
+    n, classes = len(setup["sample"]), 10
+    probs = np.full((n, classes), 0.1, dtype=np.float32)
+    probs[3, 2] = np.nan
+    np.savez(preds.open("wb"), ids=setup["sample"]["image_id"].to_numpy(str), probs=probs,
+             vocab=np.array(sorted(setup["train"]["label"].unique())))
+    line = one_error_line(invoke("ensemble", setup["spec_path"], "--home", setup["home"]))
+    assert str(preds) in line and "1 of 12 rows of probabilities are not finite (first at row 3)" in line
+    assert Store(setup["home"]).submissions() == [] and not (setup["home"] / "submissions").exists()
+    with pytest.raises(Exception, match="not finite"):  # nor are they ever written
+        save_predictions(tmp_path / "x.npz", Predictions(np.array(["a"]), np.array([[np.inf, 0.0]]), np.array(["p", "q"])))
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_report_out_pointing_at_a_file_is_one_line(setup, tmp_path):
+    add_run(setup, "c0", "convnext")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    line = one_error_line(invoke("report", setup["spec_path"], "--home", setup["home"], "--out", taken))
+    assert str(taken) in line and "is a file" in line and taken.read_text() == "mine"

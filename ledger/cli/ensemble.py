@@ -137,6 +137,8 @@ def report(
     from ledger.report import write_report
     from ledger.store import Store
 
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out}: is a file; report --out takes a folder (report.html and its pictures go in it)")
     spec = _load(spec_path, check_models=False, overrides=overrides)
     result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
     for section in result.sections:
@@ -170,6 +172,8 @@ def predict(
     from ledger.progress import StageDisplay
     from ledger.store import Store
 
+    if out.is_dir():
+        raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")
     store = Store(home, existing=True)
     is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
     members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store) if is_spec \
