@@ -408,3 +408,45 @@ def test_report_out_pointing_at_a_file_is_one_line(setup, tmp_path):
     taken.write_text("mine")
     line = one_error_line(invoke("report", setup["spec_path"], "--home", setup["home"], "--out", taken))
     assert str(taken) in line and "is a file" in line and taken.read_text() == "mine"
+
+
+# ---------------------------------------------------------------- 15: checkpoints
+
+
+def _loop_parts():
+    from types import SimpleNamespace
+
+    import torch
+
+    net = torch.nn.Linear(4, 2)
+    return SimpleNamespace(net=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                           scaler=torch.amp.GradScaler("cpu", enabled=False),
+                           batches=SimpleNamespace(state=lambda: {"order": [1, 2]}), generator=torch.Generator())
+
+
+def test_a_full_disk_while_checkpointing_says_disk_full(tmp_path):
+    from ledger.checkpoint import Checkpoint
+    from ledger.errors import LedgerError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full, the device whose every write fails with ENOSPC")
+    (tmp_path / (CHECKPOINT + ".tmp")).symlink_to("/dev/full")  # the checkpoint's temporary lands on it
+    (tmp_path / CHECKPOINT).write_bytes(b"the previous epoch's checkpoint")
+    with pytest.raises(LedgerError) as caught:
+        Checkpoint(tmp_path).save(_loop_parts(), [])
+    assert str(caught.value) == f"{tmp_path / CHECKPOINT}: cannot save the checkpoint: disk full"
+    assert (tmp_path / CHECKPOINT).read_bytes() == b"the previous epoch's checkpoint"  # kept whole
+
+
+def test_a_corrupt_checkpoint_never_shows_torchs_weights_only_advice(tmp_path):
+    from ledger.checkpoint import Checkpoint
+    from ledger.errors import LedgerError
+
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.save(_loop_parts(), [])
+    checkpoint.path.write_bytes(b"\x80\x02garbage" * 50)
+    with pytest.raises(LedgerError) as caught:
+        checkpoint.restore(_loop_parts())
+    message = str(caught.value)
+    assert message.startswith(f"{checkpoint.path}: corrupt checkpoint") and "weights_only" not in message
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
