@@ -450,3 +450,19 @@ def test_a_corrupt_checkpoint_never_shows_torchs_weights_only_advice(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{checkpoint.path}: corrupt checkpoint") and "weights_only" not in message
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+# ---------------------------------------------------------------- 10: a batch larger than the set
+
+
+def test_a_batch_larger_than_the_training_set_fails_the_run_saying_so(tiny_spec, tmp_path):
+    home = tmp_path / "home"
+    tiny_spec.write_text(tiny_spec.read_text().replace("batch_size: 8", "batch_size: 64"))
+    result = invoke("train", tiny_spec, "--home", home)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    [row] = Store(home).runs("tiny")
+    # 10 classes of 6 images, a stratified 20% held out: 1 of each class, 5 x 10 = 50 to train on.
+    assert row["status"] == "failed"
+    assert row["error"] == "c: batch_size 64 is larger than the 50 training images of its split; lower batch_size"
+    assert "batch_size 64 is larger than the 50 training images" in " ".join(result.stdout.split())
+    assert not list((home / "tiny").glob("*"))  # no folder left behind
