@@ -128,7 +128,7 @@ def test_runs_table_fits_80_columns_with_whole_ids_and_accuracy():
     text = "\n".join(lines)
     for run_id in ids:
         assert run_id in text  # on one line, never cut
-    assert "accuracy" in text and "0.9688" in text and "error" not in lines[2]  # header line: no "error" column
+    assert "acc no TTA" in text and "0.9688" in text and "error" not in lines[2]  # header line: no "error" column
     assert "not shown at this width" in text
     # A wide terminal shows every column and no caption.
     wide = "\n".join(_render(_runs_table(rows, Console(width=300)), width=300))

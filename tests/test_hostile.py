@@ -466,3 +466,79 @@ def test_a_batch_larger_than_the_training_set_fails_the_run_saying_so(tiny_spec,
     assert row["error"] == "c: batch_size 64 is larger than the 50 training images of its split; lower batch_size"
     assert "batch_size 64 is larger than the 50 training images" in " ".join(result.stdout.split())
     assert not list((home / "tiny").glob("*"))  # no folder left behind
+
+
+# ---------------------------------------------------------------- 21, 22: what the terminal shows
+
+
+def test_plain_and_tta_accuracy_are_labelled_where_shown(tmp_path):
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from ledger.cli.ledger_cmds import _runs_table
+    from ledger.cli.train import _results_table
+    from ledger.progress import ConsoleEvents
+    from ledger.record import RunResult
+
+    console = Console(file=io.StringIO(), width=200)
+    plan = SimpleNamespace(run_id="r1", model=SimpleNamespace(name="m", epochs=1, freeze_epochs=0, finetune=False))
+    result = RunResult("r1", "done", summary=dict(accuracy=0.75, tta_accuracy=0.8125, images_per_s=10.0,
+                                                  peak_bytes=2**20, train_seconds=3.0))
+    ConsoleEvents(console, [plan]).run_finished(0, 1, plan, result)
+    console.print(_results_table([plan], [result], console))
+    shown = console.file.getvalue()
+    assert "accuracy 0.7500 (last epoch, no TTA)  TTA accuracy 0.8125" in shown
+    assert "acc no TTA" in shown and "TTA acc" in shown and "0.8125" in shown
+    row = dict(id="r1", experiment="e", model="m", arch="a", size="8", split_seed=1, accum=1, epochs=1,
+               status="done", error=None, valid_loss=0.5, error_rate=0.25, images_per_s=1.0, peak_bytes=1, device="cpu")
+    console = Console(file=io.StringIO(), width=80)
+    console.print(_runs_table([row], console))
+    assert "acc no TTA" in console.file.getvalue() and "0.7500" in console.file.getvalue()
+
+
+def test_at_80_columns_a_failed_runs_reason_is_never_cut_mid_word():
+    import io
+
+    from rich.console import Console
+
+    from ledger.cli.ledger_cmds import _runs_table
+
+    reason = ("RuntimeError: something very bad happened in the convolution layer while computing gradients of the "
+              "network")
+    row = dict(id="20260101-120000-abcdef", experiment="e", model="convnext", arch="a", size="8", split_seed=1,
+               accum=1, epochs=1, status="failed", error=reason, valid_loss=None, error_rate=None, images_per_s=None,
+               peak_bytes=None, device="cpu")
+    console = Console(file=io.StringIO(), width=80)
+    console.print(_runs_table([row], console))
+    cell = " ".join(line.split("│")[3].strip() for line in console.file.getvalue().splitlines()
+                    if line.count("│") >= 4).split()
+    shown = " ".join(cell)
+    assert shown.endswith("…") and len(shown) <= 60
+    words = shown[:-1].split()
+    assert ("failed: " + reason).split()[: len(words)] == words  # whole words only
+
+
+HELP_COMMANDS = [["data"], ["data", "fashion-mnist"], ["check"], ["probe-memory"], ["lr-find"], ["train"],
+                 ["ensemble"], ["predict"], ["report"], ["runs"], ["submissions"], ["submissions", "score"],
+                 ["submit"], ["score"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_help_at_80_columns_is_wrapped_once_and_cuts_nothing(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout
+    description = lines[lines.index(next(line for line in lines if line.lstrip().startswith("Usage:"))) + 2:]
+    description = description[: next(i for i, line in enumerate(description) if line.startswith("╭"))]
+    paragraph: list[str] = []
+    for line in description + [""]:
+        if line.strip() and not line.strip().startswith("Example:"):
+            paragraph.append(line.rstrip())
+            continue
+        # Every line of a paragraph but its last is filled: wrapped once, at the terminal's width.
+        assert all(len(text) > 60 for text in paragraph[:-1]), "\n".join(paragraph)
+        paragraph = []

@@ -86,7 +86,7 @@ def _print_submission(submission) -> None:
 @friendly_errors
 def ensemble(
     spec_path: SpecArg,
-    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: <ledger home>/submissions/<experiment>-<time>.csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: a new file in <home>/submissions/ named <experiment>-<time>.csv).")] = None,
     weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")] = None,
     run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
     tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
@@ -142,7 +142,8 @@ def report(
     spec = _load(spec_path, check_models=False, overrides=overrides)
     result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
     for section in result.sections:
-        console.print(f"{section.heading}: accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} images")
+        console.print(f"{section.heading}: TTA accuracy {section.interp.accuracy:.4f} on {len(section.interp.ids)} "
+                      f"held-out images")
     console.print(f"wrote {result.html}")
 
 

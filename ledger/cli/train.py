@@ -54,8 +54,9 @@ def _results_table(plans, results, console_: Console) -> Table:
     from ledger.memory import format_size
     from ledger.tables import Column, fit_table
 
-    columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("accuracy"),
-               Column("time", drop=1), Column("peak", drop=2)]
+    # Both accuracies, each labelled: the last epoch's plain one and the held-out TTA'd one.
+    columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("acc no TTA"),
+               Column("TTA acc"), Column("time", drop=1), Column("peak", drop=2)]
     by_id, rows = {r.run_id: r for r in results}, []
     for p in plans:
         r = by_id.get(p.run_id)
@@ -63,9 +64,10 @@ def _results_table(plans, results, console_: Console) -> Table:
             continue
         s = r.summary
         accuracy = "" if s.get("accuracy") is None else f"{s['accuracy']:.4f}"
+        tta_accuracy = "" if s.get("tta_accuracy") is None else f"{s['tta_accuracy']:.4f}"
         seconds = s.get("train_seconds")
         rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
-                     accuracy, "" if seconds is None else f"{seconds:.0f}s",
+                     accuracy, tta_accuracy, "" if seconds is None else f"{seconds:.0f}s",
                      "" if s.get("peak_bytes") is None else format_size(s["peak_bytes"])])
     return fit_table(console_, columns, rows, title="runs trained")
 
@@ -257,7 +259,7 @@ def _lr_find_progress(console_: Console, model: str):
 def lr_find_command(
     spec_path: SpecArg,
     model: Annotated[Optional[str], typer.Option("--model", help="Model entry to test (may be left out when the spec has one).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: <home>/<experiment>/lr_find/<id>-<model>.png).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: in <home>/<experiment>/lr_find/ named <id>-<model>.png).")] = None,
     num_it: Annotated[int, typer.Option("--num-it", min=6, help="Mini-batches (effective batches) to try.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help='Print only {"suggestions": {...}, "plot": PATH}.')] = False,
     device: DeviceOpt = None,
