@@ -542,3 +542,56 @@ def test_help_at_80_columns_is_wrapped_once_and_cuts_nothing(command, monkeypatc
         # Every line of a paragraph but its last is filled: wrapped once, at the terminal's width.
         assert all(len(text) > 60 for text in paragraph[:-1]), "\n".join(paragraph)
         paragraph = []
+
+
+# ---------------------------------------------------------------- 17: --dry-run shows what train does
+
+
+def test_dry_run_shows_the_ids_and_seeds_the_real_run_uses(tiny_spec, tmp_path, monkeypatch):
+    import re
+
+    from ledger.cli import console
+
+    monkeypatch.setattr(console, "_width", 300)  # every column of the plan table
+    home = tmp_path / "home"
+    tiny_spec.write_text(tiny_spec.read_text().replace("seed: 3", "seed: null").replace("runs: 1", "runs: 2")
+                         .replace("epochs: 2", "epochs: 1"))
+    shown = invoke("train", tiny_spec, "--home", home, "--dry-run")
+    assert shown.exit_code == 0, shown.output
+    ids = re.findall(r"\d{8}-\d{6}-[0-9a-f]{6}", shown.stdout)
+    seeds = re.findall(r"seed (\d+)", shown.stdout)
+    assert len(set(ids)) == 2 and len(seeds) == 2
+    again = invoke("train", tiny_spec, "--home", home, "--dry-run")  # a second look shows the same plan
+    assert re.findall(r"\d{8}-\d{6}-[0-9a-f]{6}", again.stdout) == ids
+    trained = invoke("train", tiny_spec, "--home", home)
+    assert trained.exit_code == 0, trained.output
+    rows = Store(home).runs("tiny")
+    assert [r["id"] for r in rows] == ids and [str(r["split_seed"]) for r in rows] == seeds
+    assert not (home / ".plan-tiny.json").exists()
+
+
+# ---------------------------------------------------------------- 20: Ctrl-C says what it leaves
+
+
+@pytest.mark.parametrize("epochs_done", [0, 1])
+def test_ctrl_c_says_whether_the_run_resumes_or_starts_again(tiny_spec, tmp_path, monkeypatch, epochs_done):
+    import ledger.execute as execute
+
+    def interrupted(plan, competition, images, folder, device, progress, checkpoint):
+        if epochs_done:
+            (folder / CHECKPOINT).write_bytes(b"epoch 1")  # what a finished epoch leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execute, "_train", interrupted)
+    home = tmp_path / "home"
+    result = invoke("train", tiny_spec, "--home", home)
+    assert result.exit_code == 130
+    [row] = Store(home).runs("tiny")
+    said = " ".join(result.stdout.split())
+    if epochs_done:
+        assert row["error"] == "interrupted; resumes after its last finished epoch"
+        assert f"run {row['id']} resumes after its last finished epoch" in said
+    else:
+        assert row["error"] == "interrupted before its first epoch ended; starts again from epoch 1"
+        assert f"run {row['id']} before its first epoch ended; starts again from epoch 1" in said
+        assert "resumes" not in said

@@ -116,7 +116,7 @@ def train(
     torch_device = _device(device)
     if dry_run:
         plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
-                                                                    may_probe=False), more)
+                                                                    may_probe=False), more, dry_run=True)
         console.print(_plan_table(plans, console))
         console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
         return
@@ -150,8 +150,11 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
                 results = train_experiment(spec, plans, store, events, torch_device)
     except KeyboardInterrupt:
         done = len([r for r in store.runs(spec.name, status="done")])
-        console.print(f"interrupted: {done} done run(s) kept; the run in progress resumes from its last finished "
-                      f"epoch when you run the same command again")
+        stopped = store.runs(spec.name, status="interrupted", ids=[p.run_id for p in plans])
+        notes = "; ".join(f"run {r['id']} {(r['error'] or 'interrupted').removeprefix('interrupted').lstrip(' ;')}"
+                          for r in stopped)
+        console.print(f"interrupted: {done} done run(s) kept" + (f"; {notes}" if notes else "")
+                      + "; run the same command again to go on")
         raise typer.Exit(130)
     console.print(_results_table(plans, results, console))
     failed = [r for r in results if r.status != "done"]
