@@ -183,8 +183,8 @@ def test_ctrl_c_says_whether_the_run_resumes_or_starts_again(tiny_spec, tmp_path
     said = " ".join(result.stdout.split())
     if epochs_done:
         assert row["error"] == "interrupted; resumes after its last finished epoch"
-        assert f"run {row['id']} resumes after its last finished epoch" in said
+        assert f"run {row['id']}: interrupted; resumes after its last finished epoch" in said
     else:
         assert row["error"] == "interrupted before its first epoch ended; starts again from epoch 1"
-        assert f"run {row['id']} before its first epoch ended; starts again from epoch 1" in said
+        assert f"run {row['id']}: interrupted before its first epoch ended; starts again from epoch 1" in said
         assert "resumes" not in said

@@ -151,10 +151,9 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
     except KeyboardInterrupt:
         done = len([r for r in store.runs(spec.name, status="done")])
         stopped = store.runs(spec.name, status="interrupted", ids=[p.run_id for p in plans])
-        notes = "; ".join(f"run {r['id']} {(r['error'] or 'interrupted').removeprefix('interrupted').lstrip(' ;')}"
-                          for r in stopped)
-        console.print(f"interrupted: {done} done run(s) kept" + (f"; {notes}" if notes else "")
-                      + "; run the same command again to go on")
+        # Each row's reason says whether it resumes or starts again (it may not have finished an epoch).
+        notes = "".join(f"\nrun {r['id']}: {r['error'] or 'interrupted'}" for r in stopped)
+        console.print(f"interrupted: {done} done run(s) kept; run the same command again to go on{notes}")
         raise typer.Exit(130)
     console.print(_results_table(plans, results, console))
     failed = [r for r in results if r.status != "done"]
