@@ -13,6 +13,7 @@ import re
 import secrets
 import socket
 import sqlite3
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -280,28 +281,51 @@ class Store:
             raise LedgerError(f"{self.home}: no ledger here ({where}); pass --home the folder `ledger train` "
                               f"wrote to, or set LEDGER_HOME")
         path = self.home / "ledger.db"
-        # A ledger the user may not write still serves the commands that only read it.
-        self.read_only = existing and not os.access(path, os.W_OK)
+        self.read_only = False
+        try:
+            self.db = self._connect(path)
+            # WAL: readers (`ledger runs`) never block a training process writing its rows.
+            self.db.execute("PRAGMA journal_mode=WAL")
+            migrate(self.db, self.home)
+            self.housekeeping()
+        except LedgerError:
+            if not existing:
+                raise
+            # A ledger this user may not write (a read-only file, folder or mount) still serves the
+            # commands that only read it; anything else (a corrupt file) keeps its own error.
+            self._open_read_only(path)
+
+    def _connect(self, path: Path, query: str | None = None) -> sqlite3.Connection:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            target = f"{path.absolute().as_uri()}?mode=ro" if self.read_only else path
-            self.db = sqlite3.connect(target, timeout=30, isolation_level=None, factory=_LedgerConnection,
-                                      uri=self.read_only)
+            target = f"{path.absolute().as_uri()}?{query}" if query else path
+            db = sqlite3.connect(target, timeout=30, isolation_level=None, factory=_LedgerConnection,
+                                 uri=query is not None)
         except (OSError, sqlite3.Error) as e:
             raise LedgerError(f"{self.home}: cannot open the ledger ({e})") from None
-        self.db.ledger_path = path
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA busy_timeout=30000")
-        if self.read_only:
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        db.ledger_path = path
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def _open_read_only(self, path: Path) -> None:
+        """Read-only, as SQLite allows it: `mode=ro` when the WAL index can be shared, else
+        `immutable=1` (a read-only folder, where no one can be writing). Raises the error that
+        brought us here when neither reads."""
+        error = sys.exc_info()[1]
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                db = self._connect(path, query)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT count(*) FROM runs").fetchone()
+            except LedgerError:
+                continue
             if version != SCHEMA_VERSION:
                 raise LedgerError(f"{path}: read-only, and its schema ({version}) needs upgrading to "
                                   f"{SCHEMA_VERSION} by a command that may write it")
+            self.db, self.read_only = db, True
             return
-        # WAL: readers (`ledger runs`) never block a training process writing its rows.
-        self.db.execute("PRAGMA journal_mode=WAL")
-        migrate(self.db, self.home)
-        self.housekeeping()
+        raise error
 
     def housekeeping(self) -> None:
         """What every command settles first, so no table shows a stale state: `running` rows whose

@@ -1,9 +1,12 @@
 """Hostile homes and ledgers (issue 22): recorded submission files, moved or copied homes, data --force
 on a home, run folders deleted by hand, killed runs, and a corrupt, full or read-only ledger.db."""
 
+import contextlib
+import gc
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,17 +160,34 @@ def test_a_full_disk_is_named_as_such(tmp_path):
                                   status="running", started_at="now", spec="x" * 2000))
 
 
-def test_a_read_only_ledger_serves_reads_and_refuses_writes_in_one_line(setup, monkeypatch):
-    submission = None
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """`folder` and its files made read-only for this process: by permissions, or where they do
+    not hold (root) by the immutable attribute; skips when neither can be had here."""
+    paths = [folder, *folder.iterdir()]
+    for path in paths:
+        path.chmod(path.stat().st_mode & ~0o222)
+    immutable = os.access(folder, os.W_OK)  # root ignores permissions
+    try:
+        if immutable and subprocess.run(["chattr", "+i", *map(str, paths)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", *map(str, paths)], capture_output=True)
+        for path in paths:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def test_a_read_only_ledger_serves_reads_and_refuses_writes_in_one_line(setup):
     add_run(setup, "c0", "convnext")
     submission = _bag(setup)
-    db = setup["home"] / "ledger.db"
-    real_access = os.access
-    # The user may not write ledger.db (tests may run as root, where a chmod would not hold).
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == db and mode == os.W_OK
-                        else real_access(path, mode))
-    result = invoke("runs", "--home", setup["home"])
-    assert result.exit_code == 0 and "c0" in result.stdout
-    line = one_error_line(invoke("submissions", "score", submission["submission_id"], "0.9", "--home", setup["home"]))
-    assert str(db) in line and "read-only" in line
-    assert Store(setup["home"]).submissions()[0]["public_score"] is None
+    home, db = setup["home"], setup["home"] / "ledger.db"
+    gc.collect()  # the commands' connections close, as their processes would have ended
+    assert not list(home.glob("ledger.db-*"))  # the last close folded the WAL into ledger.db
+    with _read_only(home):
+        result = invoke("runs", "--home", home)
+        assert result.exit_code == 0 and "c0" in result.stdout and submission["submission_id"] in result.stdout
+        line = one_error_line(invoke("submissions", "score", submission["submission_id"], "0.9", "--home", home))
+        assert str(db) in line and "read-only" in line
+    assert Store(home).submissions()[0]["public_score"] is None
