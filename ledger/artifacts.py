@@ -15,12 +15,13 @@ the final name is always whole.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, first_line
 
 VALID_PREDS = "valid_preds.npz"
 TEST_PREDS = "test_preds.npz"
@@ -48,7 +49,17 @@ class Predictions:
     labels: np.ndarray | None = None  # str, shape (N,)
 
 
+def _check_finite(path: Path, probs: np.ndarray) -> None:
+    """NaN or infinite probabilities would bag into a CSV of one class without a word."""
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise LedgerError(f"{path}: {int(bad.any(axis=-1).sum())} of {len(probs)} rows of probabilities are not "
+                          f"finite (first at row {row})")
+
+
 def save_predictions(path: Path, preds: Predictions) -> None:
+    _check_finite(path, np.asarray(preds.probs))
     arrays = {
         "ids": np.asarray(preds.ids, dtype=str),
         "probs": np.asarray(preds.probs, dtype=np.float32),
@@ -64,7 +75,7 @@ def save_predictions(path: Path, preds: Predictions) -> None:
 def load_predictions(path: Path) -> Predictions:
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Predictions(
+            preds = Predictions(
                 ids=z["ids"],
                 probs=z["probs"],
                 vocab=z["vocab"],
@@ -72,8 +83,13 @@ def load_predictions(path: Path) -> Predictions:
             )
     except FileNotFoundError:
         raise LedgerError(f"{path}: missing run artifact") from None
-    except (OSError, ValueError, KeyError) as e:
-        raise LedgerError(f"{path}: unreadable run artifact ({e})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise LedgerError(f"{path}: unreadable run artifact ({type(e).__name__}: {first_line(e)})") from None
+    if preds.probs.ndim != 2 or len(preds.probs) != len(preds.ids) or preds.probs.shape[1] != len(preds.vocab):
+        raise LedgerError(f"{path}: unreadable run artifact (probs of shape {preds.probs.shape} for "
+                          f"{len(preds.ids)} ids and {len(preds.vocab)} classes)")
+    _check_finite(path, preds.probs)
+    return preds
 
 
 def write_json(path: Path, data: dict) -> None:

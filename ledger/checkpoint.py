@@ -11,6 +11,7 @@ CUDA's. On CPU a resumed run therefore ends with bitwise the same weights as an 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ledger.errors import LedgerError, first_line
 from ledger.hooks import EpochMetrics
 from ledger.step import LoopParts
 
@@ -32,6 +34,18 @@ def _numpy_global_state() -> dict:
 def _restore_numpy_global(state: dict) -> None:
     keys = state["keys"].numpy().astype(np.uint32)
     np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+
+
+def _write_failure(error: BaseException) -> str:
+    """'disk full' when the error, or one it came from, is ENOSPC or EDQUOT."""
+    seen = error
+    while seen is not None:
+        if getattr(seen, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return "disk full"
+        seen = seen.__context__ or seen.__cause__
+    if "inline_container" in str(error):
+        return "the write failed (is the disk full?)"
+    return first_line(error)
 
 
 class Checkpoint:
@@ -55,13 +69,26 @@ class Checkpoint:
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
-        torch.save(data, temporary)
+        try:
+            # Through a Python file, so that a full disk comes back as OSError ENOSPC instead of
+            # torch's "enforce fail at inline_container.cc".
+            with open(temporary, "wb") as file:
+                torch.save(data, file)
+        except (OSError, RuntimeError) as error:
+            temporary.unlink(missing_ok=True)
+            raise LedgerError(f"{self.path}: cannot save the checkpoint: {_write_failure(error)}") from None
         os.replace(temporary, self.path)
 
     def restore(self, parts: LoopParts) -> list[EpochMetrics]:
         """Load every state into `parts` and the global generators; returns the epochs done."""
-        # weights_only: a checkpoint is data, never code, even one left in a shared folder.
-        data = torch.load(self.path, map_location="cpu", weights_only=True)
+        # weights_only: a checkpoint is data, never code, even one left in a shared folder. Its
+        # errors are never shown: torch's advice to retry with weights_only=False would run
+        # whatever code a tampered file holds.
+        try:
+            data = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is the same to the user
+            raise LedgerError(f"{self.path}: corrupt checkpoint ({type(error).__name__}), so the run cannot "
+                              f"resume; the next train starts it again") from None
         parts.net.load_state_dict(data["model"])
         parts.optimizer.load_state_dict(data["optimizer"])
         parts.scaler.load_state_dict(data["scaler"])

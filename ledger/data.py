@@ -137,14 +137,14 @@ def load_competition(data: DataSpec) -> Competition:
             if column not in table.columns:
                 raise LedgerError(f"{csv_path}: missing column {column!r} (columns: {', '.join(table.columns)})")
         ids, names = list(table[data.id_col]), list(table[data.label_col])
+        if not ids:
+            raise LedgerError(f"{csv_path}: no rows under its header; the label file lists no training image")
         repeated = list(dict.fromkeys(table[data.id_col][table[data.id_col].duplicated()]))
         if repeated:
             raise LedgerError(
                 f"{csv_path}: {len(repeated)} id(s) in more than one row of {data.id_col!r} (e.g. {', '.join(repeated[:5])})"
             )
-        empty = [i for i, name in zip(ids, names) if not name]
-        if empty:
-            raise LedgerError(f"{csv_path}: {len(empty)} row(s) with an empty {data.label_col!r} (e.g. {', '.join(empty[:5])})")
+        _refuse_missing(csv_path, data.label_col, ids, names)
         # Images may sit flat in train_dir or in class subfolders (as Paddy ships them).
         found = sorted(
             p for p in train_dir.rglob("*")
@@ -154,12 +154,14 @@ def load_competition(data: DataSpec) -> Competition:
         files = _unique_names(found, train_dir)
         paths = _resolve(ids, files, csv_path)
     vocab, labels = _encode(names)
+    if len(vocab) < 2:
+        where = csv_path if data.labels != "folders" else train_dir
+        raise LedgerError(f"{where}: every training image has the label {vocab[0]!r}; a classifier needs two "
+                          f"classes or more")
     extra = []
     for column in data.extra_targets:
         values = list(table[column])
-        empty = [i for i, value in zip(ids, values) if not value]
-        if empty:
-            raise LedgerError(f"{csv_path}: {len(empty)} row(s) with an empty {column!r} (e.g. {', '.join(empty[:5])})")
+        _refuse_missing(csv_path, column, ids, values)
         extra.append(ExtraTarget(column, *_encode(values)))
 
     sample_path = root / data.sample_submission
@@ -186,6 +188,18 @@ def load_competition(data: DataSpec) -> Competition:
         sample_submission=sample_path,
         extra=tuple(extra),
     )
+
+
+# What spreadsheets and pandas write for a missing value: never a class (lower-cased).
+MISSING_LABELS = {"", "nan", "-nan", "null", "none", "na", "n/a", "#n/a", "#na", "<na>", "1.#ind", "1.#qnan"}
+
+
+def _refuse_missing(csv_path: Path, column: str, ids: list[str], values: list[str]) -> None:
+    missing = [(i, value) for i, value in zip(ids, values) if value.strip().lower() in MISSING_LABELS]
+    if missing:
+        shown = ", ".join(f"{i} ({value!r})" for i, value in missing[:5])
+        raise LedgerError(f"{csv_path}: {len(missing)} row(s) with a missing {column!r} (empty, NaN, null or "
+                          f"N/A), e.g. {shown}; label them or drop the rows")
 
 
 def _encode(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:

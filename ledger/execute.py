@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ledger import artifacts
 from ledger.checkpoint import Checkpoint
 from ledger.data import Competition, load_images
 from ledger.errors import first_line
@@ -25,7 +26,8 @@ from ledger.hooks import Progress, stage_callback
 from ledger.memory import is_out_of_memory
 from ledger.plan import RunPlan
 from ledger.record import RunResult
-from ledger.training_run import ImageSet, train_run, write_run_folder
+from ledger.rows import RunSummary
+from ledger.training_run import ImageSet, split_of, train_run, write_run_folder
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -61,7 +63,15 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     partial, final = run_folders(home, plan)
     where = dict(host=socket.gethostname(), pid=os.getpid())
     if final.exists():
-        return RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists", **where)
+        # Committed by an earlier command killed before it could record it: recorded, not retrained.
+        committed = committed_result(plan.run_id, final)
+        return committed if committed is not None else \
+            RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists without a summary", **where)
+    train_images = len(split_of(plan, competition.train_labels)[0])
+    if plan.model.batch_size > train_images:
+        # Batches would hold the whole set: one optimizer step an epoch, a run that learns nothing.
+        return RunResult(plan.run_id, "failed", error=f"{plan.model.name}: batch_size {plan.model.batch_size} is "
+                         f"larger than the {train_images} training images of its split; lower batch_size", **where)
     if not plan.resume:
         shutil.rmtree(partial, ignore_errors=True)  # a stale partial folder of a run not resumed
     partial.mkdir(parents=True, exist_ok=True)
@@ -69,8 +79,11 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     try:
         trained = train_run(plan, competition, images, device, progress or Progress(), checkpoint)
         summary = write_run_folder(partial, plan, competition, trained)
-        checkpoint.delete()  # weights are kept only with save_weights
+        # The rename is the commit; the checkpoint goes after it, so that at every instant the run
+        # is either a partial folder that resumes (after its last epoch: only TTA is redone) or a
+        # whole final folder that housekeeping records (`committed_result`).
         os.replace(partial, final)
+        Checkpoint(final).delete()  # weights are kept only with save_weights
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
@@ -78,3 +91,15 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
         message = ("out of memory: " if is_out_of_memory(error) else "") + one_line_error(error)
         return RunResult(plan.run_id, "failed", error=message, **where)
     return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs, **where)
+
+
+def committed_result(run_id: str, final: Path) -> RunResult | None:
+    """The `done` result of a committed run folder (found whole after a kill between the rename
+    and the ledger row), or None when `final` holds no readable summary. A checkpoint left by a
+    kill between the rename and its deletion goes now."""
+    try:
+        summary = RunSummary.from_dict(artifacts.read_json(final / artifacts.SUMMARY))
+    except (OSError, ValueError, TypeError):
+        return None
+    Checkpoint(final).delete()
+    return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs)

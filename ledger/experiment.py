@@ -8,18 +8,20 @@ checkpoint) or removed. Nothing here prints: the caller's `ExperimentEvents` sho
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.data import load_competition
-from ledger.execute import PARTIAL_SUFFIX, cached_images, execute, partial_dir
+from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, partial_dir
 from ledger.memory import device_name, release_memory
-from ledger.plan import RunPlan, plan
+from ledger.plan import RunPlan, keep_promise, plan, promise
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
@@ -37,10 +39,32 @@ def resumable(store: Store, row: dict) -> bool:
     return row.status == "interrupted" and (partial / CHECKPOINT).is_file()
 
 
+def interrupted_reason(store: Store, run: RunPlan) -> str:
+    """What an interrupt leaves of a run: a checkpoint to resume from, or nothing (stopped before
+    its first epoch ended, so it starts again from epoch 1)."""
+    if (partial_dir(store.home, run.experiment, run.run_id) / CHECKPOINT).is_file():
+        return "interrupted; resumes after its last finished epoch"
+    return "interrupted before its first epoch ended; starts again from epoch 1"
+
+
+def recover_committed(store: Store, experiment: str) -> list[str]:
+    """Interrupted rows whose run folder was committed (renamed whole) before the kill came are
+    recorded `done` from the folder's summary, never trained again. Returns their ids."""
+    recovered = []
+    for row in store.runs(experiment, status="interrupted"):
+        result = committed_result(row.id, store.run_dir(experiment, row.id))
+        if result is not None:
+            record(store, result)
+            recovered.append(row.id)
+    return recovered
+
+
 def housekeeping(store: Store, experiment: str) -> list[str]:
-    """Stale `running` rows -> `interrupted`; partial folders that cannot be resumed are removed
-    (those of live runs are left alone). Returns the ids marked interrupted."""
+    """Stale `running` rows -> `interrupted`; interrupted runs whose folder was committed ->
+    `done`; partial folders that cannot be resumed are removed (those of live runs are left
+    alone). Returns the ids marked interrupted."""
     stale = store.mark_stale_runs()
+    recover_committed(store, experiment)
     folder = store.home / experiment
     if not folder.is_dir():
         return stale
@@ -55,11 +79,31 @@ def housekeeping(store: Store, experiment: str) -> list[str]:
     return stale
 
 
+def _promise_file(store: Store, experiment: str) -> Path:
+    return store.home / f".plan-{experiment}.json"
+
+
 def plan_experiment(spec: Spec, models: Sequence[ModelSpec], store: Store, accum_for: Callable[[ModelSpec], int],
-                    more: int = 0) -> list[RunPlan]:
+                    more: int = 0, dry_run: bool = False) -> list[RunPlan]:
+    """The runs owed. A dry run's new runs are kept in `<home>/.plan-<experiment>.json`, and the
+    next plan of the same runs takes their ids, splits and seeds: what `--dry-run` printed is what
+    `train` does."""
     housekeeping(store, spec.name)
-    return plan(spec, models, store.runs(spec.name), accum_for, new_id, more=more,
-                resumable=lambda row: resumable(store, row))
+    rows = store.runs(spec.name)
+    plans = plan(spec, models, rows, accum_for, new_id, more=more, resumable=lambda row: resumable(store, row))
+    promise_file = _promise_file(store, spec.name)
+    try:
+        promised = json.loads(promise_file.read_text())
+    except (OSError, ValueError):
+        promised = []
+    plans = keep_promise(plans, promised, {row.id for row in store.runs()})
+    if dry_run:
+        temporary = promise_file.with_name(f"{promise_file.name}.tmp-{os.getpid()}")
+        temporary.write_text(json.dumps(promise(plans)))
+        os.replace(temporary, promise_file)
+    else:
+        promise_file.unlink(missing_ok=True)  # kept now (the rows are written as each run starts)
+    return plans
 
 
 def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,
@@ -77,7 +121,7 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
         try:
             result = execute(run, competition, images[run.model.name], store.home, device, progress)
         except KeyboardInterrupt:
-            record(store, RunResult(run.run_id, "interrupted", error="interrupted; resumes from its last finished epoch"))
+            record(store, RunResult(run.run_id, "interrupted", error=interrupted_reason(store, run)))
             raise
         finally:
             release_memory()  # this run's model, optimizer and cached blocks, before the next run

@@ -82,11 +82,26 @@ def _read_split(source: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+# Written into every competition folder: --force replaces only folders that hold it (or exactly the
+# entries of a competition written before it existed), never a ledger home or anyone's files.
+MARKER = ".ledger-competition"
+_COMPETITION_ENTRIES = {"train_images", "test_images", "train.csv", "sample_submission.csv", "solution.csv"}
+
+
+def _written_by_ledger(out_dir: Path) -> bool:
+    names = {p.name for p in out_dir.iterdir()}
+    return MARKER in names or names <= _COMPETITION_ENTRIES
+
+
 def _check_destination(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise LedgerError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise LedgerError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise LedgerError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+        if not _written_by_ledger(out_dir):
+            raise LedgerError(f"{out_dir}: not a competition written by `ledger data` (no {MARKER}); --force "
+                              f"replaces only those: remove the folder yourself or choose another")
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -180,6 +195,7 @@ def write_competition(
         train_table.to_csv(building / "train.csv", index=False)
         sample_submission.to_csv(building / "sample_submission.csv", index=False)
         solution.to_csv(building / "solution.csv", index=False)
+        (building / MARKER).write_text(f"written by ledger data fashion-mnist (seed {seed})\n")
         os.chmod(building, 0o755)  # mkdtemp makes it private; the result is an ordinary folder.
 
         _check_destination(out_dir, force)  # again: something may have appeared meanwhile

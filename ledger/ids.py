@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.ensemble import _few as few
+from ledger.matching import few
 from ledger.errors import LedgerError
 
 

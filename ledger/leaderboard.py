@@ -7,11 +7,11 @@ install it. Nothing here prints; the caller shows what kaggle said.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from ledger.errors import LedgerError
 from ledger.store import now
@@ -58,9 +58,12 @@ def submit(store, submission: str, message: str, competition: str | None) -> Han
     kaggle = shutil.which("kaggle")
     if kaggle is None:
         raise LedgerError(INSTALL_KAGGLE)
-    path = Path(row["path"])
+    path = store.submission_path(row)
     if not path.is_file():
         raise LedgerError(f"submission {row['id']}: its file {path} is gone")
+    if row.get("sha256") and hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
+        raise LedgerError(f"submission {row['id']}: {path} has changed since it was written (sha256 "
+                          f"{row['sha256'][:12]} on record); nothing was handed to kaggle")
     command = [kaggle, "competitions", "submit", "-c", competition, "-f", str(path), "-m", message]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ledger.errors import LedgerError
+from ledger.matching import few
 
 # Two scores closer than this (relative to their size, at least 1) are equal: a weight search or a
 # tie must never be decided by floating-point rounding, which differs between CPUs and BLAS builds.
@@ -90,15 +91,11 @@ def class_ranks(vocab: Sequence[str], class_order: Sequence[str] | None = None) 
         missing, extra = sorted(set(vocab) - set(order)), sorted(set(order) - set(vocab))
         if missing or extra or len(order) != len(vocab):
             raise LedgerError("class_order must name every class once"
-                              + (f"; missing {_few(missing)}" if missing else "")
-                              + (f"; not a class: {_few(extra)}" if extra else "")
+                              + (f"; missing {few(missing, limit=5, quote=False)}" if missing else "")
+                              + (f"; not a class: {few(extra, limit=5, quote=False)}" if extra else "")
                               + ("; a class named twice" if not (missing or extra) else ""))
     position = {name: i for i, name in enumerate(order)}
     return np.array([position[v] for v in vocab], dtype=np.int64)
-
-
-def _few(names: list[str], most: int = 5) -> str:
-    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
 
 
 def _is_number(text: str) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ledger.ensemble import _as_str, _check_shape, _check_unique, _column_positions, _few
+from ledger.matching import as_str, check_shape, check_unique, column_positions, few
 from ledger.errors import LedgerError
 from ledger.metrics import ACCURACY, LOG_LOSS, Metric
 
@@ -77,31 +77,31 @@ def held_out(
 ) -> HeldOut:
     """`valids`: (run_id, entry, Predictions with labels) for every run that has held-out
     predictions. Columns are matched by class name; an image's true label must agree across runs."""
-    vocab = _as_str(vocab)
+    vocab = as_str(vocab)
     entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
-    ids = np.unique(np.concatenate([_as_str(p.ids) for _, _, p in valids])) if valids else np.zeros(0, str)
+    ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids])) if valids else np.zeros(0, str)
     sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
     counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
     labels = np.full(len(ids), -1, dtype=np.int64)
     runs = []
     for run_id, entry, preds in valids:
-        _check_shape(run_id, preds, "validation")
-        run_ids = _as_str(preds.ids)
+        check_shape(run_id, preds, "validation")
+        run_ids = as_str(preds.ids)
         # Fancy-index += adds a repeated row only once, so repeats must be refused, not summed.
-        _check_unique(run_ids, f"run {run_id}: validation predictions")
+        check_unique(run_ids, f"run {run_id}: validation predictions")
         if preds.labels is None:
             raise LedgerError(f"run {run_id}: validation predictions carry no labels")
         rows = np.searchsorted(ids, run_ids)  # ids is sorted and holds them all
-        columns = _column_positions(run_id, _as_str(preds.vocab), vocab, "validation")
-        run_labels = pd.Index(vocab).get_indexer(_as_str(preds.labels))
+        columns = column_positions(run_id, as_str(preds.vocab), vocab, "validation")
+        run_labels = pd.Index(vocab).get_indexer(as_str(preds.labels))
         if (run_labels < 0).any():
             raise LedgerError(f"run {run_id}: validation labels not in the class vocab: "
-                              f"{_few(np.unique(_as_str(preds.labels)[run_labels < 0]))}")
+                              f"{few(np.unique(as_str(preds.labels)[run_labels < 0]))}")
         known = labels[rows]
         disagree = (known >= 0) & (known != run_labels)
         if disagree.any():
             raise LedgerError(f"run {run_id}: validation labels disagree with another run's for "
-                              f"{_few(ids[rows[disagree]])}")
+                              f"{few(ids[rows[disagree]])}")
         labels[rows] = run_labels
         e = entries.index(entry)
         run_probs = np.asarray(preds.probs[:, columns], dtype=np.float64)

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from ledger.errors import SpecError
-from ledger.spec_checks import DuplicateKeyError, UniqueKeyLoader, type_name, yaml_problem
+from ledger.spec_checks import AliasBombError, DuplicateKeyError, UniqueKeyLoader, type_name, yaml_problem
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def parse_override(item: str) -> Override:
         raise SpecError(f"--set {item}: expected KEY.PATH=VALUE, e.g. --set train.lr=0.003 or --set models.vit.epochs=5")
     try:
         value = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except DuplicateKeyError as e:
+    except (DuplicateKeyError, AliasBombError) as e:
         raise SpecError(f"--set {item}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"--set {item}: the value is not valid YAML{yaml_problem(e)}") from None

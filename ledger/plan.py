@@ -8,9 +8,10 @@ so a top-up never repeats a run already done, and a run resumed after a kill get
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ledger.fingerprint import run_fingerprint
 from ledger.rows import RunRow
@@ -112,3 +113,24 @@ def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: Spl
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
                    tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data, metric=spec.metric,
                    class_order=spec.class_order)
+
+
+def promise(plans: Sequence[RunPlan]) -> list[dict]:
+    """What `train --dry-run` showed of each new run, so that the real command keeps it: its id,
+    split and seeds, keyed by recipe and run number."""
+    return [dict(fingerprint=p.fingerprint, run_number=p.run_number, run_id=p.run_id, split_seed=p.split.seed,
+                 train_seed=p.train_seed) for p in plans if not p.resume]
+
+
+def keep_promise(plans: Sequence[RunPlan], promised: Sequence[Mapping], used_ids: set[str]) -> list[RunPlan]:
+    """`plans` with the ids, splits and seeds a dry run showed for the same runs (same recipe and
+    run number), unless an id is in the ledger already; resumed runs keep their own."""
+    by_key = {(p["fingerprint"], p["run_number"]): p for p in promised if p.get("run_id") not in used_ids}
+    kept = []
+    for plan in plans:
+        shown = None if plan.resume else by_key.get((plan.fingerprint, plan.run_number))
+        if shown is not None:
+            plan = dataclasses.replace(plan, run_id=shown["run_id"], train_seed=shown["train_seed"],
+                                       split=dataclasses.replace(plan.split, seed=shown["split_seed"]))
+        kept.append(plan)
+    return kept

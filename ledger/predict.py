@@ -148,8 +148,10 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
         weights_file = member.folder / artifacts.WEIGHTS
         try:
             net.load_state_dict(load_file(str(weights_file), device=str(device)))
-        except (OSError, RuntimeError) as e:
+        except RuntimeError as e:
             raise LedgerError(f"{weights_file}: does not fit {model.arch} with {head} outputs ({first_line(e)})") from None
+        except Exception as e:  # noqa: BLE001 - safetensors' own error for a truncated or corrupt file
+            raise LedgerError(f"{weights_file}: unreadable weights file ({type(e).__name__}: {first_line(e)})") from None
         # Batches no larger than a training micro-batch: what the run's memory probe said fits.
         accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
         generator = torch.Generator().manual_seed(0)  # the same images give the same answer

@@ -9,6 +9,8 @@ These objects are the only place training output is drawn; the library reports t
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -17,10 +19,28 @@ from ledger.memory import format_size
 from ledger.hooks import EpochMetrics
 
 
-def epoch_line(label: str, m: EpochMetrics) -> str:
+# Off a terminal a long stage prints a line at most this often (and when it ends).
+STAGE_LINE_SECONDS = 30.0
+
+
+def epoch_line(label: str, m: EpochMetrics, epochs: int | None = None, eta: str = "") -> str:
     valid = "" if m.valid_loss is None else f"  valid_loss {m.valid_loss:.4f}  accuracy {m.accuracy:.4f}"
-    return (f"{label} {m.phase} epoch {m.epoch}: train_loss {m.train_loss:.4f}{valid}"
-            f"  lr {m.lr:.2e}  {m.images_per_s:.0f} img/s  {m.train_seconds:.1f}s")
+    of = "" if epochs is None else f"/{epochs}"
+    return (f"{label} {m.phase} epoch {m.epoch}{of}: train_loss {m.train_loss:.4f}{valid}"
+            f"  lr {m.lr:.2e}  {m.images_per_s:.0f} img/s  {m.train_seconds:.1f}s{eta}")
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 4m05s, 12s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s")
+
+
+def stage_unit(name: str) -> str:
+    """What a stage counts: images while decoding, batches in validation and TTA."""
+    return "images" if name.startswith("decoding") else "batches"
 
 
 class RunProgress:
@@ -29,11 +49,15 @@ class RunProgress:
     def __init__(self, events: "ConsoleEvents", label: str):
         self.events, self.label = events, label
         self.stages: dict[str, object] = {}  # stage name -> its bar's task, while it runs
+        self.epochs: int | None = None  # the run's epochs over all phases, once the loop says
+        self.stage_lines: dict[str, float] = {}  # off a terminal: stage -> when its last line was printed
 
     def resumed(self, epochs: int) -> None:
         self.events.console.print(f"{self.label}: resuming after epoch {epochs} from its checkpoint")
+        self.events.epochs_left -= epochs  # not trained again: out of the estimate
 
     def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None:
+        self.epochs = epochs
         bar = self.events.bar
         if bar is not None:
             description = f"{self.label} {phase} epoch {epoch + 1}/{epochs}"
@@ -51,8 +75,14 @@ class RunProgress:
         validation, which the epoch's line reports)."""
         bar = self.events.bar
         if bar is None:
-            if done >= total and name != "validation":
-                self.events.console.print(f"{self.label} {name}: {total} done")
+            now = time.monotonic()
+            started = self.stage_lines.setdefault(name, now)
+            if name != "validation" and (done >= total or now - started >= STAGE_LINE_SECONDS):
+                self.events.console.print(f"{self.label} {name}: {done}/{total} {stage_unit(name)}",
+                                          highlight=False, markup=False)
+                self.stage_lines[name] = now
+            if done >= total:
+                self.stage_lines.pop(name, None)
             return
         task = self.stages.get(name)
         if task is None:
@@ -62,10 +92,22 @@ class RunProgress:
             bar.remove_task(self.stages.pop(name))
 
     def end(self, metrics: EpochMetrics) -> None:
-        self.events.console.print(epoch_line(self.label, metrics))
+        events = self.events
+        events.epochs_left -= 1
+        events.epoch_seconds.append(metrics.train_seconds)
+        eta = ""
+        if events.bar is None and events.epochs_left > 0:  # a terminal's bar shows its own
+            mean = sum(events.epoch_seconds) / len(events.epoch_seconds)
+            eta = f"  ETA {duration(mean * events.epochs_left)} ({events.epochs_left} epochs left)"
+        events.console.print(epoch_line(self.label, metrics, self.epochs, eta), highlight=False, markup=False,
+                             soft_wrap=True)
         bar = self.events.bar
         if bar is not None:
             bar.advance(self.events.experiment_task)
+
+
+def _run_epochs(plan) -> int:
+    return plan.model.epochs + (plan.model.freeze_epochs if plan.model.finetune else 0)
 
 
 class ConsoleEvents:
@@ -76,6 +118,9 @@ class ConsoleEvents:
         self.live = console.is_terminal
         self.bar: Progress | None = None
         self.epoch_task = self.experiment_task = None
+        # For the ETA off a terminal: epochs the experiment still has to train, and those timed.
+        self.epochs_left = sum(_run_epochs(p) for p in self.plans)
+        self.epoch_seconds: list[float] = []
 
     def __enter__(self) -> "ConsoleEvents":
         if self.live and self.plans:
@@ -83,7 +128,7 @@ class ConsoleEvents:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[info]}"),
                                 TimeRemainingColumn(), console=self.console, transient=True, refresh_per_second=4)
-            total_epochs = sum(p.model.epochs + (p.model.freeze_epochs if p.model.finetune else 0) for p in self.plans)
+            total_epochs = sum(_run_epochs(p) for p in self.plans)
             self.experiment_task = self.bar.add_task(f"experiment: run 1/{len(self.plans)}", total=total_epochs,
                                                      info="")
             self.bar.start()
@@ -107,8 +152,11 @@ class ConsoleEvents:
         if result.status == "done":
             s = result.summary
             accuracy = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
-            self.console.print(f"{label}: done {plan.run_id}  accuracy {accuracy}  {s.images_per_s:.0f} img/s"
-                               f"  peak {format_size(s.peak_bytes)}")
+            tta = "-" if s.tta_accuracy is None else f"{s.tta_accuracy:.4f}"
+            metric = "" if s.metric == "accuracy" or s.tta_metric is None else f"  TTA {s.metric} {s.tta_metric:.4f}"
+            # Labelled: the last epoch's accuracy has no TTA; `report` shows the TTA'd one.
+            self.console.print(f"{label}: done {plan.run_id}  accuracy {accuracy} (last epoch, no TTA)  TTA accuracy "
+                               f"{tta}{metric}  {s.images_per_s:.0f} img/s  peak {format_size(s.peak_bytes)}")
         else:
             self.console.print(f"{label}: {result.status} {plan.run_id}  {result.error}", style="red")
 
@@ -183,7 +231,7 @@ class StageDisplay:
     def __call__(self, name: str, done: int, total: int) -> None:
         if self.bar is None:
             if done >= total:
-                self.console.print(f"{name}: {total} done", highlight=False, markup=False)
+                self.console.print(f"{name}: {done}/{total} {stage_unit(name)}", highlight=False, markup=False)
             return
         if name not in self.tasks:
             self.tasks[name] = self.bar.add_task(name, total=total)

@@ -24,6 +24,7 @@ from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, sp
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHODS = ("squish", "crop", "pad")
+MAX_RUNS = 1000  # runs per model entry a spec may ask for
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,8 @@ def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, spli
         size=c.get("size", "size"),
         resize=c.get("resize", "str", "squish", choices=RESIZE_METHODS),
         presize=c.get("presize", "size?", None),
-        runs=c.get("runs", "int", split.folds or 1, min=1),  # with folds: one run per fold
+        # Bounded, so that `check` never accepts a plan that would take hours to list.
+        runs=c.get("runs", "int", split.folds or 1, min=1, max=MAX_RUNS),  # with folds: one run per fold
         weight=c.get("weight", "float", 1.0, min=0.0),
         accum=c.get("accum", "accum", "auto"),
         model_kwargs=c.get("model_kwargs", "dict", {}),
@@ -310,15 +312,24 @@ def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, spli
     )
     if isinstance(model.accum, int) and model.accum > model.batch_size:
         c.fail(f"must be <= batch_size ({model.batch_size}), got {model.accum}", "accum")
+    _check_name(c, "names files")
     return model
 
 
-def _check_name(top: Checker) -> str:
+# What a ledger home holds besides experiment folders: an experiment must not be named as one.
+_HOME_ENTRIES = {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "cache", "submissions"}
+
+
+def _check_name(top: Checker, what: str = "names folders") -> str:
+    """A name that becomes a file or folder name: an experiment's (runs/<name>) or a model
+    entry's (lr-find plots, --set models.<name>.key)."""
     name = top.get("name", "str")
-    if not all(ch.isalnum() or ch in "-_." for ch in name):
-        top.fail("use letters, digits, '-', '_' and '.' only (it names folders)", "name")
+    if not all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in name):
+        top.fail(f"use letters, digits, '-', '_' and '.' only (it {what}), got {name!r}", "name")
     if name.startswith("."):  # '.', '..' and hidden folders: runs/<name> must be a folder of its own
-        top.fail(f"must not start with '.' (it names folders), got {name!r}", "name")
+        top.fail(f"must not start with '.' (it {what}), got {name!r}", "name")
+    if name in _HOME_ENTRIES or name.endswith(".lock"):
+        top.fail(f"{name!r} is a file of the ledger home; choose another name", "name")
     return name
 
 

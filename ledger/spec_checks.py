@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,41 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     `lr` twice would train with whichever came second."""
 
 
+class AliasBombError(yaml.constructor.ConstructorError):
+    """Aliases that expand past the budget: a few lines of anchors (billion laughs) can stand for
+    billions of values, which every walk of the spec (checks, fingerprint, JSON) would then visit."""
+
+
+# Values a spec may hold once its aliases are expanded: real specs hold hundreds.
+EXPANSION_BUDGET = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values under `node` with every alias expanded; each node is counted once (memoised), so the
+    count itself takes time linear in the file, however large the expansion."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = min(total, EXPANSION_BUDGET + 1)  # capped: the budget is all that matters
+    return sizes[id(node)]
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load's loader (no tags, no Python objects) that refuses duplicate keys at any depth."""
+    """safe_load's loader (no tags, no Python objects) that refuses duplicate keys at any depth and
+    aliases that expand past EXPANSION_BUDGET, and reads `3e-3` as a number, as YAML 1.2 and every
+    fastai notebook do (YAML 1.1 needs `3.0e-3`)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, {}) > EXPANSION_BUDGET:
+            raise AliasBombError(None, None, f"its aliases expand to more than {EXPANSION_BUDGET:,} values; "
+                                 "write the values out instead", node.start_mark)
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line_of: dict[Any, int] = {}
@@ -48,6 +82,13 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 )
             first_line_of[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -70,7 +111,7 @@ def read_yaml(file: Path) -> Any:
         raise SpecError(f"{file}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except DuplicateKeyError as e:
+    except (DuplicateKeyError, AliasBombError) as e:
         raise SpecError(f"{file}: line {e.problem_mark.line + 1}: {e.problem}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: not valid YAML{yaml_problem(e)}") from None

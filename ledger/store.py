@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ledger.errors import LedgerError
+from ledger.processes import process_alive
 from ledger.rows import RunRow
 
 DEFAULT_HOME = "runs"
@@ -177,6 +180,35 @@ def _migrate_v6_run_metric(db: sqlite3.Connection, home: Path) -> None:
         db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
 
+def _inside_home(path: Path, home: Path) -> str:
+    """`path` relative to the home when it lies inside it (so a moved or copied home keeps working
+    and a copy never points at the original's files), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(home.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def _migrate_v7_missing(db: sqlite3.Connection, home: Path) -> None:
+    # Runs gain the status 'missing' (a done run whose folder is gone: it no longer counts), which
+    # needs the table rebuilt for its CHECK; every column is copied by name. Submission paths
+    # become relative to the home.
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='runs'").fetchone()[0]
+    old_check = "'failed', 'interrupted')"
+    if old_check in sql:
+        columns = ", ".join(row[1] for row in db.execute("PRAGMA table_info(runs)"))
+        create = re.sub(r'^CREATE TABLE\s+("runs"|runs)', "CREATE TABLE runs_v7", sql)
+        db.execute(create.replace(old_check, "'failed', 'interrupted', 'missing')"))
+        db.execute(f"INSERT INTO runs_v7 ({columns}) SELECT {columns} FROM runs")
+        db.execute("DROP TABLE runs")
+        db.execute("ALTER TABLE runs_v7 RENAME TO runs")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, status)")
+        db.execute("CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status)")
+    for submission_id, path in db.execute("SELECT id, path FROM submissions").fetchall():
+        if Path(path).is_absolute():
+            db.execute("UPDATE submissions SET path=? WHERE id=?", (_inside_home(Path(path), home), submission_id))
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -186,6 +218,7 @@ _MIGRATIONS = [
     _migrate_v4_submit,
     _migrate_v5_metric,
     _migrate_v6_run_metric,
+    _migrate_v7_missing,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -215,18 +248,36 @@ def new_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, but another user's
-    return True
-
-
 def resolve_home(home: str | Path | None) -> Path:
     return Path(home or os.environ.get("LEDGER_HOME") or DEFAULT_HOME)
+
+
+def _cause(error: sqlite3.Error) -> str:
+    """What a user can act on, from SQLite's message."""
+    text = str(error)
+    if "disk is full" in text:
+        return "disk full"
+    if "readonly" in text or "read-only" in text:
+        return "read-only: this command writes to the ledger"
+    if "not a database" in text or "malformed" in text:
+        return f"corrupt ({text}); restore it from a copy"
+    return text
+
+
+class _LedgerConnection(sqlite3.Connection):
+    """Every SQLite error, on any statement, becomes one line naming the ledger file and the cause."""
+
+    def execute(self, *args):
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as error:
+            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
+
+    def executemany(self, *args):
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as error:
+            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
 
 
 class Store:
@@ -238,16 +289,68 @@ class Store:
             where = "folder not found" if not self.home.exists() else "no ledger.db in it"
             raise LedgerError(f"{self.home}: no ledger here ({where}); pass --home the folder `ledger train` "
                               f"wrote to, or set LEDGER_HOME")
+        path = self.home / "ledger.db"
+        self.read_only = False
+        try:
+            self.db = self._connect(path)
+            # WAL: readers (`ledger runs`) never block a training process writing its rows.
+            self.db.execute("PRAGMA journal_mode=WAL")
+            migrate(self.db, self.home)
+            self.housekeeping()
+        except LedgerError:
+            if not existing:
+                raise
+            # A ledger this user may not write (a read-only file, folder or mount) still serves the
+            # commands that only read it; anything else (a corrupt file) keeps its own error.
+            self._open_read_only(path)
+
+    def _connect(self, path: Path, query: str | None = None) -> sqlite3.Connection:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.home / "ledger.db", timeout=30, isolation_level=None)
+            target = f"{path.absolute().as_uri()}?{query}" if query else path
+            db = sqlite3.connect(target, timeout=30, isolation_level=None, factory=_LedgerConnection,
+                                 uri=query is not None)
         except (OSError, sqlite3.Error) as e:
             raise LedgerError(f"{self.home}: cannot open the ledger ({e})") from None
-        self.db.row_factory = sqlite3.Row
-        # WAL: readers (`ledger runs`) never block a training process writing its rows.
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        migrate(self.db, self.home)
+        db.ledger_path = path
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    def _open_read_only(self, path: Path) -> None:
+        """Read-only, as SQLite allows it: `mode=ro` when the WAL index can be shared, else
+        `immutable=1` (a read-only folder, where no one can be writing). Raises the error that
+        brought us here when neither reads."""
+        error = sys.exc_info()[1]
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                db = self._connect(path, query)
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                db.execute("SELECT count(*) FROM runs").fetchone()
+            except LedgerError:
+                continue
+            if version != SCHEMA_VERSION:
+                raise LedgerError(f"{path}: read-only, and its schema ({version}) needs upgrading to "
+                                  f"{SCHEMA_VERSION} by a command that may write it")
+            self.db, self.read_only = db, True
+            return
+        raise error
+
+    def housekeeping(self) -> None:
+        """What every command settles first, so no table shows a stale state: `running` rows whose
+        process is gone become `interrupted`; `done` rows whose folder is gone become `missing`
+        (they no longer count, so `train` owes them again), and back when the folder returns (a
+        shared home mounted again)."""
+        self.mark_stale_runs()
+        for row in self.db.execute("SELECT * FROM runs WHERE status IN ('done', 'missing')").fetchall():
+            folder = self.artifact_path(RunRow.from_columns(dict(row)))
+            if folder is None:
+                continue  # nothing on record to look for
+            present = folder.is_dir()
+            if row["status"] == "done" and not present:
+                self.update_run(row["id"], {"status": "missing", "error": f"run folder {folder} is gone"})
+            elif row["status"] == "missing" and present:
+                self.update_run(row["id"], {"status": "done", "error": None})
 
     def close(self) -> None:
         self.db.close()
@@ -283,7 +386,7 @@ class Store:
         for row in self.db.execute("SELECT id, pid, host FROM runs WHERE status='running'").fetchall():
             if (row["host"] or host) != host or row["pid"] is None:
                 continue
-            if row["pid"] != os.getpid() and not _process_alive(row["pid"]):
+            if row["pid"] != os.getpid() and not process_alive(row["pid"]):
                 stale.append(row["id"])
         for run_id in stale:
             self.update_run(run_id, {"status": "interrupted", "finished_at": now(),
@@ -369,7 +472,7 @@ class Store:
         """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message, metric,
         oob_score (the out-of-bag figure on that metric)."""
         submission_id = new_id()
-        row = dict(id=submission_id, experiment=experiment, path=str(path), created_at=now(),
+        row = dict(id=submission_id, experiment=experiment, path=_inside_home(path, self.home), created_at=now(),
                    runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra)
         self.db.execute(f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                         tuple(row.values()))
@@ -380,6 +483,16 @@ class Store:
         for row in rows:
             row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
         return rows
+
+    def submission_path(self, row: dict) -> Path:
+        """A submission's file: stored relative to the home (absolute when written outside it)."""
+        path = Path(row["path"])
+        return path if path.is_absolute() else self.home / path
+
+    def submission_at(self, path: Path) -> dict | None:
+        """The recorded submission whose file is `path`, if any."""
+        target = Path(path).resolve()
+        return next((row for row in self.submissions() if self.submission_path(row).resolve() == target), None)
 
     def update_submission(self, submission_id: str, changes: dict) -> None:
         """Leaderboard scores (public_score, private_score) or a hand-off to kaggle (message,

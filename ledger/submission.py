@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from ledger.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
-from ledger.ensemble import BagResult, RunInput, bag, normalise_weights, read_sample_submission, write_submission
+from ledger.ensemble import BagResult, RunInput, bag, normalise_weights
+from ledger.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
 from ledger.rows import RunRow
 from ledger.errors import LedgerError
@@ -193,6 +194,7 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
+    _refuse_recorded(store, path)
     recorded: dict[str, str] = {}
 
     def record(sha256: str) -> None:
@@ -207,6 +209,17 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     write_submission(sample_path, result, path, commit=record, shape=shape)
     return Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded, path,
                       recorded["sha256"], recorded["id"], shape=shape, gain=gain)
+
+
+def _refuse_recorded(store, path: Path) -> None:
+    """A recorded submission's file is never replaced: its row keeps the sha256 of what it wrote,
+    and `submit` must hand Kaggle that file, not a later one."""
+    if path.is_dir():
+        raise LedgerError(f"--out {path}: is a folder; give a CSV file name")
+    owner = store.submission_at(path) if path.exists() else None
+    if owner is not None:
+        raise LedgerError(f"--out {path}: holds submission {owner['id']} (recorded files are never replaced); "
+                          f"choose another name or leave out --out")
 
 
 def _estimate(held: HeldOut, entry_weights: Mapping[str, float], metric: Metric) -> tuple[Estimate, pd.DataFrame | None]:

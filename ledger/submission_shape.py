@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ledger.errors import LedgerError, SpecError
+from ledger.matching import few
 from ledger.metrics import Metric, metric_by_name
 
 LABEL, PER_CLASS, POSITIVE = "label", "per_class", "positive"
@@ -50,11 +51,6 @@ def spec_metric(spec, vocab: Sequence[str]) -> Metric:
         raise SpecError(f"{spec.path}: {error}", keypath="class_order", detail=str(error)) from None
 
 
-def _few(names: Sequence[str], most: int = 5) -> str:
-    names = list(names)
-    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "")
-
-
 def submission_shape(sample: Path, columns: Sequence[str], vocab: Sequence[str], metric: Metric) -> Shape:
     """The shape of the sample submission `sample` with `columns` (the id column first) for a
     competition with classes `vocab` scored by `metric` (ordered, for the positive class)."""
@@ -65,7 +61,8 @@ def submission_shape(sample: Path, columns: Sequence[str], vocab: Sequence[str],
     if len(named) >= 2:
         missing = [c for c in vocab if c not in named]
         if missing:
-            raise LedgerError(f"{sample}: columns for classes {_few(named)}, but none for {_few(missing)}")
+            raise LedgerError(f"{sample}: columns for classes {few(named, limit=5, quote=False)}, but none for "
+                              f"{few(missing, limit=5, quote=False)}")
         if not metric.needs_probabilities:
             raise LedgerError(f"{sample}: one probability column per class, but metric {metric.name} scores labels "
                               f"(set metric: log_loss or roc_auc in the spec)")
@@ -77,7 +74,7 @@ def submission_shape(sample: Path, columns: Sequence[str], vocab: Sequence[str],
     if len(vocab) != 2:
         raise LedgerError(f"{sample}: metric {metric.name} scores probabilities, but the sample submission has one "
                           f"column {values[0]!r} for {len(vocab)} classes; it needs one column per class, named "
-                          f"as the classes ({_few(vocab)})")
+                          f"as the classes ({few(vocab, limit=5, quote=False)})")
     column = named[0] if named else values[0]
     ranks = metric.class_ranks(2)
     positive = column if named else vocab[int(np.argmax(ranks))]
@@ -98,24 +95,3 @@ def fill(frame: pd.DataFrame, shape: Shape, vocab: Sequence[str], probs: np.ndar
     classes = shape.columns if shape.kind == PER_CLASS else (shape.positive,)
     for column, name in zip(shape.columns, classes):
         frame[column] = np.char.mod(DIGITS, values[:, vocab.index(name)])
-
-
-def read_vocab(spec) -> tuple[str, ...]:
-    """The competition's classes, from its training labels."""
-    from ledger.data import load_competition
-
-    return tuple(load_competition(spec.data).vocab)
-
-
-def check_spec_shape(spec) -> Shape | None:
-    """`ledger check`: the spec's metric can score the CSV its sample submission asks for, and its
-    class_order names the competition's classes. None when the folder has no sample submission yet."""
-    from ledger.ensemble import read_sample_submission
-
-    sample = spec.data.root / spec.data.sample_submission
-    if not sample.is_file():
-        return None
-    vocab = read_vocab(spec)
-    metric = spec_metric(spec, vocab)
-    frame, _, _ = read_sample_submission(sample)
-    return submission_shape(sample, list(frame.columns), vocab, metric)

@@ -16,6 +16,14 @@ from rich.measure import Measurement
 from rich.table import Table
 
 
+def shorten(text: str, width: int) -> str:
+    """`text` cut to at most `width` characters at a space, never mid-word, with an ellipsis."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0] if " " in text[: width - 1] else text[: width - 1]
+    return cut.rstrip(" ,;:") + "…"
+
+
 @dataclass(frozen=True)
 class Column:
     header: str

@@ -134,9 +134,14 @@ def test_data_into_a_non_empty_folder_needs_force(tmp_path):
     assert str(out) in line and "--force" in line
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # untouched
 
-    result = invoke("data", "fashion-mnist", out, "--train-per-class", "1", "--test", "1", "--force")
+    line = _one_error_line(invoke("data", "fashion-mnist", out, "--train-per-class", "1", "--test", "1", "--force"))
+    assert str(out) in line and "not a competition written by" in line
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # --force replaces only ledger's competitions
+
+    (out / "keep.txt").unlink()
+    assert invoke("data", "fashion-mnist", out, "--train-per-class", "1", "--test", "1").exit_code == 0
+    result = invoke("data", "fashion-mnist", out, "--train-per-class", "2", "--test", "1", "--force")
     assert result.exit_code == 0, result.output
-    assert not (out / "keep.txt").exists()
     assert (out / "sample_submission.csv").is_file()
 
 

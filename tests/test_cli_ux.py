@@ -129,7 +129,7 @@ def test_runs_table_fits_80_columns_with_whole_ids_and_accuracy():
     text = "\n".join(lines)
     for run_id in ids:
         assert run_id in text  # on one line, never cut
-    assert "accuracy" in text and "0.9688" in text and "error" not in lines[2]  # header line: no "error" column
+    assert "acc no TTA" in text and "0.9688" in text and "error" not in lines[2]  # header line: no "error" column
     assert "not shown at this width" in text
     # A wide terminal shows every column and no caption.
     wide = "\n".join(_render(_runs_table(rows, Console(width=300)), width=300))
@@ -182,9 +182,11 @@ def test_submit_hands_the_file_to_kaggle_and_records_it(setup, tmp_path, monkeyp
                     "--home", setup["home"])
     assert result.exit_code == 0, result.output
     assert "Successfully submitted" in result.stdout
-    row = Store(setup["home"]).submissions()[0]
+    store = Store(setup["home"])
+    row = store.submissions()[0]
     args = (bin_dir / "args").read_text().splitlines()
-    assert args == ["competitions", "submit", "-c", "paddy", "-f", row["path"], "-m", "two convnexts and a vit"]
+    assert args == ["competitions", "submit", "-c", "paddy", "-f", str(store.submission_path(row)), "-m",
+                    "two convnexts and a vit"]
     assert (row["message"], row["competition"], row["kaggle_exit"]) == ("two convnexts and a vit", "paddy", 0)
 
 

@@ -207,8 +207,34 @@ def test_csv_row_with_empty_label(tmp_path):
     root = _csv_competition(tmp_path / "comp", with_extension=True)
     _csv(root / "train.csv", "image_id,label\nimg_a.jpg,horse\nimg_b.png,\n")
     message = _one_line_error(DataSpec(root=root, labels="train.csv"))
-    assert message.startswith(f"{root / 'train.csv'}: 1 row(s) with an empty 'label'")
+    assert message.startswith(f"{root / 'train.csv'}: 1 row(s) with a missing 'label' (empty, NaN, null or N/A)")
     assert "img_b.png" in message
+
+
+@pytest.mark.parametrize("missing", ["NaN", "nan", "null", "N/A", "NA", "None", " #N/A"])
+def test_csv_labels_that_mean_missing_are_never_classes(tmp_path, missing):
+    root = _csv_competition(tmp_path / "comp", with_extension=True)
+    _csv(root / "train.csv", f"image_id,label\nimg_a.jpg,horse\nimg_b.png,{missing}\nimg_c.png,zebra\n")
+    message = _one_line_error(DataSpec(root=root, labels="train.csv"))
+    assert message.startswith(f"{root / 'train.csv'}: 1 row(s) with a missing 'label'")
+    assert f"img_b.png ({missing!r})" in message
+
+
+def test_a_single_class_is_refused_from_a_csv_or_folders(tmp_path):
+    root = _csv_competition(tmp_path / "comp", with_extension=True)
+    _csv(root / "train.csv", "image_id,label\nimg_a.jpg,horse\nimg_b.png,horse\n")
+    message = _one_line_error(DataSpec(root=root, labels="train.csv"))
+    assert message == f"{root / 'train.csv'}: every training image has the label 'horse'; a classifier needs two " \
+                      f"classes or more"
+    folders = _folder_competition(tmp_path / "folders", {"cat": ["c1.png", "c2.png"]})
+    assert _one_line_error(DataSpec(root=folders)).startswith(f"{folders / 'train_images'}: every training image")
+
+
+def test_an_empty_label_csv_says_so(tmp_path):
+    root = _csv_competition(tmp_path / "comp", with_extension=True)
+    _csv(root / "train.csv", "image_id,label\n")
+    assert _one_line_error(DataSpec(root=root, labels="train.csv")) == \
+        f"{root / 'train.csv'}: no rows under its header; the label file lists no training image"
 
 
 def test_test_image_missing_for_a_sample_submission_id(tmp_path):

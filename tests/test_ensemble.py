@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ledger import ensemble
+from ledger import matching
 from ledger.artifacts import Predictions
-from ledger.ensemble import RunInput, align, bag, normalise_weights, remove_stale_temporaries, write_submission
+from ledger.ensemble import RunInput, align, bag, normalise_weights
+from ledger.submission_csv import remove_stale_temporaries, write_submission
 from ledger.errors import LedgerError
 from ledger.metrics import metric_by_name
 from ledger.submission_shape import submission_shape
@@ -128,8 +129,8 @@ def test_ids_match_with_extensions_stripped_only_as_a_fallback():
 
 def test_index_is_computed_once_per_distinct_id_order(monkeypatch):
     calls = []
-    real_lookup = ensemble._lookup
-    monkeypatch.setattr(ensemble, "_lookup", lambda *args: calls.append(1) or real_lookup(*args))
+    real_lookup = matching.lookup
+    monkeypatch.setattr(matching, "lookup", lambda *args: calls.append(1) or real_lookup(*args))
     ids = ["x1", "x2"]
     runs = [run(f"r{i}", "m", ids, [[1, 0], [0, 1]]) for i in range(5)] + [run("rev", "m", ids[::-1], [[0, 1], [1, 0]])]
     result = bag(runs, {r.run_id: 1.0 for r in runs}, ids)

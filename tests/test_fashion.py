@@ -128,8 +128,14 @@ def test_non_empty_folder_refused_unless_force(tmp_path):
         write_competition(out, **SMALL)
     assert (out / "keep.txt").read_text() == "precious"
 
-    write_competition(out, force=True, **SMALL)
-    assert not (out / "keep.txt").exists() and (out / "train.csv").is_file()
+    with pytest.raises(LedgerError, match="not a competition written by `ledger data`"):
+        write_competition(out, force=True, **SMALL)  # --force replaces only a competition ledger wrote
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    (out / "keep.txt").unlink()
+    write_competition(out, **SMALL)
+    write_competition(out, force=True, seed=5, **SMALL)
+    assert (out / "train.csv").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["comp"]
 
 

@@ -99,3 +99,21 @@ def test_one_image_with_tta(trained):
     assert frame.iloc[0, 2:].astype(float).sum() == pytest.approx(1, abs=1e-5)
     missing = invoke("predict", row["id"], trained["folder"] / "nope", "--out", out, "--home", trained["home"])
     assert missing.exit_code == 1 and "nope: no such image file or folder" in missing.stderr
+
+
+def test_a_truncated_weights_file_and_an_out_folder_are_one_line_errors(trained):
+    row = next(r for r in trained["rows"] if r["model"] == "convnext")
+    weights = trained["home"] / row["artifact_dir"] / artifacts.WEIGHTS
+    whole = weights.read_bytes()
+    try:
+        weights.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+        result = invoke("predict", row["id"], trained["images"], "--out", trained["folder"] / "cut.csv",
+                        "--home", trained["home"])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        [line] = result.stderr.splitlines()
+        assert str(weights) in line and "unreadable weights file" in line
+    finally:
+        weights.write_bytes(whole)
+    result = invoke("predict", row["id"], trained["images"], "--out", trained["folder"], "--home", trained["home"])
+    [line] = result.stderr.splitlines()
+    assert result.exit_code == 2 and str(trained["folder"]) in line and "is a folder" in line

@@ -71,7 +71,8 @@ def test_stages_without_a_terminal_are_one_line_each_and_validation_none():
     for name in ("decoding train images", "validation", "tta test"):
         for done in range(1, 4):
             run.stage(name, done, 3)
-    assert out.getvalue().splitlines() == ["[1/1] convnext decoding train images: 3 done", "[1/1] convnext tta test: 3 done"]
+    assert out.getvalue().splitlines() == ["[1/1] convnext decoding train images: 3/3 images",
+                                           "[1/1] convnext tta test: 3/3 batches"]
 
 
 def test_stages_on_a_terminal_are_transient_bars():
@@ -83,7 +84,7 @@ def test_stages_on_a_terminal_are_transient_bars():
         assert [t.description for t in events.bar.tasks][-1] == "[1/1] m tta test"
         run.stage("tta test", 3, 3)
         assert all("tta" not in t.description for t in events.bar.tasks)  # gone when done
-    assert "tta test: 3 done" not in out.getvalue()
+    assert "tta test: 3/3" not in out.getvalue()
 
 
 def test_probe_display_keeps_one_line_per_trial():
@@ -106,4 +107,32 @@ def test_stage_display_draws_nothing_from_the_library_side():
     with StageDisplay(console) as stage:
         for done in range(1, 5):
             stage("decoding", done, 4)
-    assert out.getvalue().splitlines() == ["decoding: 4 done"]
+    assert out.getvalue().splitlines() == ["decoding: 4/4 images"]
+
+
+def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
+    from ledger.train import EpochMetrics
+
+    console, out = _console(False)
+    plans = [SimpleNamespace(model=SimpleNamespace(epochs=3, freeze_epochs=1, finetune=True, name="m"))] * 2
+    with ConsoleEvents(console, plans) as events:  # 2 runs of 1 frozen + 3 epochs: 8 epochs
+        run = RunProgress(events, "[1/2] m")
+        for epoch, seconds in ((1, 10.0), (2, 20.0)):
+            run.start("train", epoch - 1, 4, steps=5)
+            run.end(EpochMetrics("train", epoch, 0.5, None, None, 100, seconds, 0.01))
+    lines = out.getvalue().splitlines()
+    # Mean epoch 10 s then 15 s, times the epochs left: 7 x 10 = 70 s, 6 x 15 = 90 s.
+    assert lines[0].startswith("[1/2] m train epoch 1/4: ") and lines[0].endswith("ETA 1m10s (7 epochs left)")
+    assert lines[1].startswith("[1/2] m train epoch 2/4: ") and lines[1].endswith("ETA 1m30s (6 epochs left)")
+
+
+def test_off_a_terminal_a_long_stage_prints_its_progress_with_a_unit(monkeypatch):
+    import ledger.progress as progress
+
+    clock = iter([0.0, 31.0, 32.0, 70.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    console, out = _console(False)
+    run = RunProgress(ConsoleEvents(console, []), "[1/1] m")
+    for done in (1, 6, 7, 12):
+        run.stage("tta test", done, 12)
+    assert out.getvalue().splitlines() == ["[1/1] m tta test: 6/12 batches", "[1/1] m tta test: 12/12 batches"]

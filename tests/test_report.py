@@ -175,7 +175,7 @@ def test_cli_report(tmp_path, tiny_competition):
                                       "--home", str(store.home), "--top-losses", "2"])
     assert result.exit_code == 0, result.output
     assert f"wrote {tmp_path / 'out' / 'report.html'}" in " ".join(result.stdout.split())
-    assert f"run {ids[0]}: accuracy" in result.stdout and "bag" not in result.stdout
+    assert f"run {ids[0]}: TTA accuracy" in result.stdout and "bag" not in result.stdout
     result = CliRunner().invoke(app, ["report", str(spec.path), "--out", str(tmp_path / "out"), "--run", "x",
                                       "--home", str(store.home)])
     assert result.exit_code == 1 and result.stderr.startswith("error: run 'x': no run id starts with it") and "Traceback" not in result.output

@@ -101,8 +101,10 @@ def test_bags_only_the_current_spec_version_and_records_its_provenance(setup):
     assert out.is_absolute() and out.parent == (setup["home"] / "submissions").absolute()
     assert out.name.startswith("tiny-") and out.is_file()
     assert data["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
-    [row] = Store(setup["home"]).submissions("tiny")
-    assert row["path"] == str(out) and row["runs"] == ["c0", "c1", "v0"] and row["sha256"] == data["sha256"]
+    store = Store(setup["home"])
+    [row] = store.submissions("tiny")
+    assert row["path"] == f"submissions/{out.name}" and store.submission_path(row).resolve() == out.resolve()
+    assert row["runs"] == ["c0", "c1", "v0"] and row["sha256"] == data["sha256"]
     assert (row["oob_accuracy"], row["oob_images"], row["train_images"]) == (0.0, 60, 60)
     assert json.loads(row["excluded"]) == data["excluded"] and row["weights"] == data["weights"]
 

@@ -10,6 +10,7 @@ predict, report), `ledger_cmds` (runs, submissions, submit).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -61,6 +62,25 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
          "--set models.vit.epochs=5 --set augment.do_flip=false.")]
 
 
+def unwrap_help(doc: str | None) -> str | None:
+    """A docstring as paragraphs of one line each (`Example:` lines kept apart): Typer keeps the
+    source's line breaks and rich wraps again at the terminal's width, which left every other
+    line a few words long."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            line = line.strip()
+            if lines and not line.startswith("Example:") and not lines[-1].startswith("Example:"):
+                lines[-1] += " " + line
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
 def friendly_errors(command):
     """One clear line and the error's exit code instead of a traceback, for errors a user can fix."""
 
@@ -72,6 +92,7 @@ def friendly_errors(command):
             err_console.print(f"error: {error}", style="red", markup=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
 
+    wrapper.__doc__ = unwrap_help(command.__doc__)
     return wrapper
 
 

@@ -117,7 +117,7 @@ def _print_submission(submission) -> None:
 @friendly_errors
 def ensemble(
     spec_path: SpecArg,
-    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: <ledger home>/submissions/<experiment>-<time>.csv).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: a new file in <home>/submissions/ named <experiment>-<time>.csv).")] = None,
     weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")] = None,
     run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
     tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
@@ -168,10 +168,12 @@ def report(
     from ledger.report import write_report
     from ledger.store import Store
 
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"--out {out}: is a file; report --out takes a folder (report.html and its pictures go in it)")
     spec = _load(spec_path, check_models=False, overrides=overrides)
     result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
     for section in result.sections:
-        console.print(f"{section.heading}: {section.figures} on {len(section.interp.ids)} images")
+        console.print(f"{section.heading}: TTA {section.figures} on {len(section.interp.ids)} held-out images")
     console.print(f"wrote {result.html}")
 
 
@@ -201,6 +203,8 @@ def predict(
     from ledger.progress import StageDisplay
     from ledger.store import Store
 
+    if out.is_dir():
+        raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")
     store = Store(home, existing=True)
     is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
     members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store) if is_spec \

@@ -17,13 +17,16 @@ def _runs_table(rows: list[dict], console_: Console) -> Table:
     from ledger.tables import Column, fit_table
 
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    from ledger.tables import shorten
+
+    # The accuracy is the last epoch's, without TTA (`report` shows the TTA'd one): so labelled.
     columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("model"), Column("arch", drop=4),
                Column("size", drop=2), Column("seed", drop=6), Column("k", drop=5), Column("epochs", drop=5),
-               Column("status"), Column("valid loss", drop=4), Column("accuracy"), Column("img/s", drop=6),
+               Column("status"), Column("valid loss", drop=4), Column("acc no TTA"), Column("img/s", drop=6),
                Column("peak", drop=5), Column("device", drop=7)]
     table_rows = []
     for r in rows:
-        status = r.status if r.status != "failed" else f"failed: {r.error or ''}"[:60]
+        status = r.status if r.status not in ("failed", "missing") else shorten(f"{r.status}: {r.error or ''}", 60)
         table_rows.append([r.id, r.experiment, r.model, r.arch, r.size, str(r.split_seed),
                            str(r.accum), str(r.epochs), status, fmt(r.valid_loss, ".4f"), fmt(r.accuracy, ".4f"),
                            fmt(r.images_per_s, ".0f"), "" if r.peak_bytes is None else format_size(r.peak_bytes),

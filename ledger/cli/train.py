@@ -54,8 +54,9 @@ def _results_table(plans, results, console_: Console) -> Table:
     from ledger.memory import format_size
     from ledger.tables import Column, fit_table
 
-    columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("accuracy"),
-               Column("time", drop=1), Column("peak", drop=2)]
+    # Both accuracies, each labelled: the last epoch's plain one and the held-out TTA'd one.
+    columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("acc no TTA"),
+               Column("TTA acc"), Column("time", drop=1), Column("peak", drop=2)]
     by_id, rows = {r.run_id: r for r in results}, []
     for p in plans:
         r = by_id.get(p.run_id)
@@ -63,8 +64,9 @@ def _results_table(plans, results, console_: Console) -> Table:
             continue
         s = r.summary  # None unless the run is done
         accuracy = "" if s is None or s.accuracy is None else f"{s.accuracy:.4f}"
+        tta_accuracy = "" if s is None or s.tta_accuracy is None else f"{s.tta_accuracy:.4f}"
         rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
-                     accuracy, "" if s is None else f"{s.train_seconds:.0f}s",
+                     accuracy, tta_accuracy, "" if s is None else f"{s.train_seconds:.0f}s",
                      "" if s is None else format_size(s.peak_bytes)])
     return fit_table(console_, columns, rows, title="runs trained")
 
@@ -79,9 +81,9 @@ class Executor(str, enum.Enum):
 def train(
     spec_path: SpecArg,
     model: ModelOpt = None,
-    runs: Annotated[Optional[int], typer.Option(min=1, help="Runs per model, overriding the spec.")] = None,
+    runs: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Runs per model, overriding the spec.")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs, overriding the spec.")] = None,
-    more: Annotated[int, typer.Option(min=0, help="Runs to add per model beyond what the spec asks for.")] = 0,
+    more: Annotated[int, typer.Option(min=0, max=1000, help="Runs to add per model beyond what the spec asks for.")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (runs owed, splits, seeds, accum); train nothing.")] = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
@@ -101,10 +103,11 @@ def train(
     Example: ledger train experiments/fashion.yaml --model convnext --more 2
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
-    from ledger.experiment import plan_experiment, train_experiment
+    from ledger.experiment import plan_experiment
     from ledger.probe import accum_resolver
-    from ledger.progress import ConsoleEvents, ProbeDisplay
-    from ledger.store import Store
+    from ledger.lock import experiment_lock
+    from ledger.progress import ProbeDisplay
+    from ledger.store import Store, now
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
     models = _override(spec.select(model), runs, epochs)
@@ -112,10 +115,20 @@ def train(
     torch_device = _device(device)
     if dry_run:
         plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
-                                                                    may_probe=False), more)
+                                                                    may_probe=False), more, dry_run=True)
         console.print(_plan_table(plans, console))
         console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
         return
+    with experiment_lock(store.home, spec.name, now()):
+        _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run)
+
+
+def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run) -> None:
+    """`train` once it holds the experiment's lock: housekeeping, plan, execute, record."""
+    from ledger.experiment import plan_experiment, train_experiment
+    from ledger.probe import accum_resolver
+    from ledger.progress import ConsoleEvents, ProbeDisplay
+
     # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
     resolver = accum_resolver(spec, store, ProbeDisplay(console), torch_device,
                               may_probe=executor is Executor.local)
@@ -136,8 +149,10 @@ def train(
                 results = train_experiment(spec, plans, store, events, torch_device)
     except KeyboardInterrupt:
         done = len([r for r in store.runs(spec.name, status="done")])
-        console.print(f"interrupted: {done} done run(s) kept; the run in progress resumes from its last finished "
-                      f"epoch when you run the same command again")
+        stopped = store.runs(spec.name, status="interrupted", ids=[p.run_id for p in plans])
+        # Each row's reason says whether it resumes or starts again (it may not have finished an epoch).
+        notes = "".join(f"\nrun {r.id}: {r.error or 'interrupted'}" for r in stopped)
+        console.print(f"interrupted: {done} done run(s) kept; run the same command again to go on{notes}")
         raise typer.Exit(130)
     console.print(_results_table(plans, results, console))
     failed = [r for r in results if r.status != "done"]
@@ -245,7 +260,7 @@ def _lr_find_progress(console_: Console, model: str):
 def lr_find_command(
     spec_path: SpecArg,
     model: Annotated[Optional[str], typer.Option("--model", help="Model entry to test (may be left out when the spec has one).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: <home>/<experiment>/lr_find/<id>-<model>.png).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: in <home>/<experiment>/lr_find/ named <id>-<model>.png).")] = None,
     num_it: Annotated[int, typer.Option("--num-it", min=6, help="Mini-batches (effective batches) to try.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help='Print only {"suggestions": {...}, "plot": PATH}.')] = False,
     device: DeviceOpt = None,
