@@ -295,6 +295,7 @@ def test_a_lost_worker_node_costs_its_run_an_epoch_and_epochs_are_drawn_as_they_
     cluster.add_node(**NODE)  # a replacement, as a spot fleet brings one (and the next tests find two nodes)
     driver.join(timeout=150)
     assert not driver.is_alive()
+    assert sorted((r.run_id, r.status) for r in results) == sorted((p.run_id, "done") for p in plans)
 
     rows = store.runs("tiny")
     assert sorted(r["id"] for r in rows) == sorted(p.run_id for p in plans)  # one row a run, no duplicate
