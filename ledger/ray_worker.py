@@ -129,13 +129,21 @@ def run(plan: RunPlan, home: str, cpus: float, queue=None) -> RunResult:
 
     import torch
 
+    from ledger import artifacts
     from ledger.checkpoint import CHECKPOINT
     from ledger.execute import cached_images, execute, run_folders
+    from ledger.record import RunResult
 
     # Ray exports OMP_NUM_THREADS for the task, but torch may already have read it: runs sharing a
     # node must not each use every core.
     torch.set_num_threads(max(1, int(cpus)))
-    partial, _ = run_folders(Path(home), plan)
+    partial, final = run_folders(Path(home), plan)
+    if (final / artifacts.SUMMARY).is_file():
+        # An earlier attempt committed the run (the folder's rename is its last step) and its
+        # worker died before returning: the run is done, not to be trained again nor failed.
+        summary = artifacts.read_json(final / artifacts.SUMMARY)
+        return RunResult(plan.run_id, "done", folder=final, summary=summary,
+                         resumed_epochs=summary.get("resumed_epochs", 0), host=socket.gethostname(), pid=os.getpid())
     if not plan.resume and (partial / CHECKPOINT).is_file():
         # Only an earlier attempt of this task can have left it: a new run's id is new, and the
         # driver's housekeeping removed every partial folder it did not plan to resume. So this is

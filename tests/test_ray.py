@@ -312,3 +312,19 @@ def test_a_lost_worker_node_costs_its_run_an_epoch_and_epochs_are_drawn_as_they_
         # Every epoch of every run came through (the killed run's second epoch once or twice: it
         # may have ended before the node went, and then been trained again from the checkpoint).
         assert sorted(set(epochs)) == [1, 2] and all(ips > 0 for _, ips, _ in progress.ended), run_id
+
+
+def test_a_retry_that_finds_its_run_committed_reports_it_done(tmp_path, tiny_competition):
+    from ledger.ray_worker import run
+
+    spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 1, accum: 1")))
+    store = Store(tmp_path / "home")
+    [plan] = plan_experiment(spec, spec.models, store, lambda model: model.accum)
+    # The task's body, in this process: the first attempt commits the run, and its worker then dies
+    # before returning; Ray's retry runs the same task again.
+    first = run(plan, str(store.home), 1)
+    assert first.status == "done"
+    again = run(plan, str(store.home), 1)
+    assert (again.status, again.folder, again.error) == ("done", first.folder, None)
+    assert again.summary["error_rate"] == first.summary["error_rate"]
+    assert again.summary["train_seconds"] == first.summary["train_seconds"]  # read back, not trained again
