@@ -1,11 +1,15 @@
-"""The same 4 tiny runs with the local executor and with the Ray executor (2 CPU workers, 1 CPU and
-one torch thread each), on this machine; one JSON line to bench/results/ray.jsonl.
+"""What a fresh process per run (`max_calls=1`) costs the Ray executor, against runs as long as this
+machine affords; one JSON line to bench/results/ray.jsonl.
 
     .venv/bin/python bench/bench_ray.py            # needs the extra: uv sync --extra ray --group dev
 
-The local executor trains the runs one after another with torch's threads over every core (what
-`ledger train` does); Ray trains two at a time, one core each. Ray's wall time is given with and
-without starting Ray itself, which a cluster that is already up does not pay.
+Three measurements, on a local Ray of 2 one-core workers:
+1. the bare cost: a task that imports torch, timm and ledger's training code, in a fresh process
+   (what every run pays) and in a reused one (what a process kept across runs would pay);
+2. a run's set-up, from its start until its first epoch begins: with the local executor (in this
+   process, one thread) and as a Ray task (submission to the worker's first epoch event); the
+   difference is what a process kept per device could save;
+3. that difference as a share of each Ray run's wall time, for runs of `--epochs` epochs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -23,17 +28,71 @@ from common import RESULTS_DIR, append_record, load_average, machine, now
 TINY_CONVNEXT = {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}
 
 
-class Quiet:
-    """ExperimentEvents that show nothing: only wall time is measured."""
+class Timed:
+    """ExperimentEvents that keep, per run, when it started, when its first epoch began and when it ended."""
+
+    def __init__(self):
+        self.started, self.first_epoch, self.finished = {}, {}, {}
 
     def run_started(self, index, total, plan):
-        return None
+        self.started[plan.run_id] = time.perf_counter()
+        events = self
+
+        class FirstEpoch:
+            def start(self, phase, epoch, epochs, steps):
+                events.first_epoch.setdefault(plan.run_id, time.perf_counter())
+
+            def step(self, step, loss, images_per_s):
+                return None
+
+            def end(self, metrics):
+                return None
+
+        return FirstEpoch()
 
     def run_finished(self, index, total, plan, result):
-        return None
+        self.finished[plan.run_id] = time.perf_counter()
+
+    def setup_seconds(self) -> list[float]:
+        return [round(self.first_epoch[r] - self.started[r], 2) for r in self.started]
+
+    def wall_seconds(self) -> list[float]:
+        return [round(self.finished[r] - self.started[r], 2) for r in self.started]
 
 
-def _spec(folder: Path, root: Path, epochs: int) -> Path:
+def _imports() -> float:
+    """Seconds importing torch, timm and ledger's training code (none in a process that already has)."""
+    started = time.perf_counter()
+    import timm  # noqa: F401
+    import torch  # noqa: F401
+
+    import ledger.execute  # noqa: F401
+
+    return time.perf_counter() - started
+
+
+def bare_cost(rounds: int = 3) -> dict:
+    """A task that only imports, one at a time: in a fresh process each time, then in one reused process."""
+    import ray
+
+    fresh = ray.remote(max_calls=1, num_cpus=1)(_imports)
+    reused = ray.remote(max_calls=0, num_cpus=1)(_imports)
+    figures = {}
+    for name, task in (("fresh", fresh), ("reused", reused)):
+        walls, imports = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            seconds = ray.get(task.remote())
+            walls.append(time.perf_counter() - started)
+            imports.append(seconds)
+        # The reused process's first call is a fresh process's: only the later ones show reuse.
+        kept = walls if name == "fresh" else walls[1:]
+        figures[f"task_seconds_{name}"] = round(statistics.median(kept), 2)
+        figures[f"import_seconds_{name}"] = round(statistics.median(imports if name == "fresh" else imports[1:]), 2)
+    return figures
+
+
+def _spec(folder: Path, root: Path, epochs: int, size: int) -> Path:
     path = folder / "bench-ray.yaml"
     path.write_text(
         f"name: bench-ray\n"
@@ -41,7 +100,7 @@ def _spec(folder: Path, root: Path, epochs: int) -> Path:
         f"train: {{batch_size: 32, epochs: {epochs}, lr: 0.002}}\n"
         f"tta: {{n: 2, beta: 0.25}}\n"
         f"models:\n"
-        f"  - {{name: convnext, arch: convnext_atto, size: 32, runs: 4, accum: 1,"
+        f"  - {{name: convnext, arch: convnext_atto, size: {size}, runs: 2, accum: 1,"
         f" model_kwargs: {json.dumps(TINY_CONVNEXT)}}}\n")
     return path
 
@@ -53,12 +112,12 @@ def _plans(spec, home: Path):
     from ledger.store import Store
 
     store = Store(home)
-    # Decoded before the clock starts, for both executors alike: the bench measures training.
+    # Decoded before the clock starts, for both executors alike: the bench measures runs, not decoding.
     cached_images(load_competition(spec.data), spec.models[0], home / "cache")
     return store, plan_experiment(spec, spec.models, store, lambda model: model.accum)
 
 
-def measure(train_per_class: int, epochs: int) -> dict:
+def measure(train_per_class: int, epochs: int, size: int) -> dict:
     import ray
     import torch
 
@@ -70,64 +129,58 @@ def measure(train_per_class: int, epochs: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     root = folder / "competition"
     write_competition(root, seed=0, train_per_class=train_per_class, test=200)
-    spec = load_spec(_spec(folder, root, epochs))
+    spec = load_spec(_spec(folder, root, epochs, size))
 
-    local, local_seconds = {}, {}
-    for threads in (1, torch.get_num_threads()):  # one thread, as each Ray worker has; then torch's default
-        torch.set_num_threads(threads)
-        store, plans = _plans(spec, folder / f"local-{threads}")
-        started = time.perf_counter()
-        local[threads] = train_experiment(spec, plans, store, Quiet(), torch.device("cpu"))
-        local_seconds[threads] = time.perf_counter() - started
+    # One run in this process with one thread, as a Ray worker has: the in-process set-up.
+    torch.set_num_threads(1)
+    store, plans = _plans(spec, folder / "local")
+    local_events = Timed()
+    local = train_experiment(spec, plans[:1], store, local_events, torch.device("cpu"))
 
-    store, plans = _plans(spec, folder / "ray")
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_start_seconds = time.perf_counter() - started
-    remote = train_on_ray(spec, plans, store, Quiet(), RayOptions(cpus_per_run=1))
-    ray_seconds = time.perf_counter() - started
+    bare = bare_cost()
+    store, plans = _plans(spec, folder / "ray")
+    ray_events = Timed()
+    remote = train_on_ray(spec, plans, store, ray_events, RayOptions(cpus_per_run=1))  # 2 runs, 2 slots: no queueing
     ray.shutdown()
 
-    results = [r for rs in local.values() for r in rs] + remote
-    assert all(r.status == "done" for r in results), [r.error for r in results]
-    ray_train = sum(r.summary["train_seconds"] for r in remote)
-    base = local_seconds[1]
+    assert all(r.status == "done" for r in local + remote), [r.error for r in local + remote]
+    local_setup = local_events.setup_seconds()[0]
+    ray_setup, ray_wall = ray_events.setup_seconds(), ray_events.wall_seconds()
+    extra = [round(s - local_setup, 2) for s in ray_setup]  # what a process kept across runs could save
     return {
-        "runs": len(plans), "train_per_class": train_per_class, "epochs": epochs,
-        "local_seconds_1_thread": round(base, 2),
-        f"local_seconds_{max(local_seconds)}_threads": round(local_seconds[max(local_seconds)], 2),
-        "ray_seconds": round(ray_seconds, 2),
-        "ray_start_seconds": round(ray_start_seconds, 2),
-        "ray_seconds_without_start": round(ray_seconds - ray_start_seconds, 2),
-        "ratio_ray_over_local": round(ray_seconds / base, 3),
-        "ratio_ray_without_start_over_local": round((ray_seconds - ray_start_seconds) / base, 3),
-        "ratio_ray_over_local_all_threads": round(ray_seconds / local_seconds[max(local_seconds)], 3),
-        "train_seconds_per_run_local_1_thread": [round(r.summary["train_seconds"], 2) for r in local[1]],
-        "train_seconds_per_run_ray": [round(r.summary["train_seconds"], 2) for r in remote],
-        # What a run costs Ray beyond its training loop, with 2 runs at a time: process start, imports,
-        # data and model set-up, TTA, the home check's worker.
-        "ray_overhead_seconds_per_run": round(((ray_seconds - ray_start_seconds) * 2 - ray_train) / len(remote), 2),
-        "ray_workers": len({r.pid for r in remote}),
+        "train_per_class": train_per_class, "epochs": epochs, "size": size, "ray_start_seconds": round(ray_start_seconds, 2),
+        **bare,
+        "local_setup_seconds": local_setup, "local_wall_seconds": local_events.wall_seconds()[0],
+        "local_train_seconds": round(local[0].summary["train_seconds"], 2),
+        "ray_setup_seconds": ray_setup, "ray_wall_seconds": ray_wall,
+        "ray_train_seconds": [round(r.summary["train_seconds"], 2) for r in remote],
+        "fresh_process_seconds_per_run": extra,
+        "fresh_process_share_of_run": [round(e / w, 3) for e, w in zip(extra, ray_wall)],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-per-class", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-per-class", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ray.jsonl")
     args = parser.parse_args()
 
-    figures = measure(args.train_per_class, args.epochs)
-    line = {"benchmark": "ray", **figures, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average": load_average(), "machine": machine(), "date": now()}
+    figures = measure(args.train_per_class, args.epochs, args.size)
+    line = {"benchmark": "ray_startup", **figures, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "load_average": load_average(), "machine": machine(), "date": now(),
+            "command": "bench/bench_ray.py " + " ".join(sys.argv[1:])}
+    share = statistics.median(figures["fresh_process_share_of_run"])
     line["note"] = (
-        f"Ray with 2 one-core workers took {figures['ratio_ray_over_local']:.2f}x the wall time of the local executor "
-        f"with one thread ({figures['ratio_ray_without_start_over_local']:.2f}x without starting Ray). What limits it "
-        f"here: Ray's start-up ({figures['ray_start_seconds']:.0f} s), a fresh process per run (max_calls=1) that imports "
-        f"torch and timm and sets its run up again (about {figures['ray_overhead_seconds_per_run']:.0f} s a run beyond "
-        f"its training loop, against runs that train for seconds), and two cores shared with everything else on this "
-        f"machine (load average {line['load_average']}), so two workers can at best halve the time.")
+        f"A fresh process per run costs {statistics.median(figures['fresh_process_seconds_per_run']):.1f} s of "
+        f"set-up more than the same run in a live process ({figures['local_setup_seconds']:.1f} s there), "
+        f"{share:.0%} of a Ray run of {statistics.median(figures['ray_wall_seconds']):.0f} s here; the bare task: "
+        f"{figures['task_seconds_fresh']:.1f} s in a fresh process (imports {figures['import_seconds_fresh']:.1f} s) "
+        f"against {figures['task_seconds_reused']:.2f} s in a reused one. Load average {line['load_average']}.")
     append_record(line, args.out.parent, args.out.stem)
     sys.stdout.write(json.dumps(line, indent=2) + "\n")
 

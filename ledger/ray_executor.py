@@ -1,10 +1,14 @@
 """The Ray executor: the runs of an experiment as Ray tasks, one task per run, on a laptop or a cluster.
 
 Same interface as the local `train_experiment`. Each task runs `execute` in a fresh worker process
-(`max_calls=1`: the process, and with it its GPU memory, ends with the run) and returns the small
-`RunResult`; the driver alone writes the ledger (`record_start` when it submits a run, `record`
-as each one finishes, in whatever order they finish). Workers write their run folders under the
-ledger home, so the home must be on a filesystem every node sees: checked before anything runs.
+(`ray_worker.run`) and returns the small `RunResult`; the driver alone writes the ledger
+(`record_start` when it submits a run, `record` as each one finishes, in whatever order they
+finish). Workers write their run folders under the ledger home, so the home must be on a
+filesystem every node sees: checked before anything runs.
+
+A task whose worker or node dies is retried by Ray and resumes from the run's last checkpoint
+there; the driver sees one result and records the run once. Workers' progress events come back
+through a queue that lives beside the driver, and are drawn as they arrive.
 
 Ray is an optional extra (`pip install 'ledger[ray]'`): this module imports it only when called.
 """
@@ -22,6 +26,7 @@ from typing import Sequence
 from typing import TYPE_CHECKING
 
 from ledger.errors import LedgerError, first_line
+from ledger.ray_worker import TASK_OPTIONS, run, worker_facts
 
 if TYPE_CHECKING:
     from ledger.experiment import ExperimentEvents
@@ -38,66 +43,6 @@ class RayOptions:
     address: str | None = None  # None: the Ray this process already joined, $RAY_ADDRESS, or a new local one
     gpus_per_run: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_run: float = 1
-
-
-# ---------------------------------------------------------------- what runs on a worker
-
-
-def _device():
-    import ray
-    import torch
-
-    # Ray sets CUDA_VISIBLE_DEVICES to the task's GPUs, so "cuda" is the one it was given.
-    return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
-
-
-def _worker_facts(home: str, token: str, precisions: Sequence[str]) -> dict:
-    """Where this worker is, whether it sees the driver's ledger home (the driver's token file is
-    there and a file can be written beside it), its device and what `precision: auto` becomes on it."""
-    import ray
-
-    host, node = socket.gethostname(), ray.get_runtime_context().get_node_id()
-    folder = Path(home).resolve()
-    problem = None
-    if not (folder / token).is_file():
-        problem = "no such folder there" if not folder.is_dir() else "a different folder of the same name"
-    else:
-        try:
-            written = folder / f"{token}.{host}.{os.getpid()}"
-            written.write_text(host)
-            written.unlink()
-        except OSError as error:
-            problem = f"cannot write there: {error.strerror}"
-    if problem:
-        return dict(host=host, node=node, problem=problem)  # before torch is imported: the answer comes fast
-
-    from ledger.memory import device_name
-    from ledger.device import resolve_precision
-
-    device = _device()
-    resolved = {}
-    for precision in precisions:
-        try:
-            resolved[precision] = resolve_precision(precision, device).name
-        except LedgerError:
-            resolved[precision] = precision  # fp16 on a CPU worker: the run itself fails with the reason
-    return dict(host=host, node=node, problem=None, device=device_name(device), precisions=resolved)
-
-
-def _run(plan: RunPlan, home: str, cpus: float) -> RunResult:
-    from ledger.data import load_competition
-
-    competition = load_competition(plan.data)  # before torch is imported: a missing folder fails fast
-
-    import torch
-
-    from ledger.execute import cached_images, execute
-
-    # Ray exports OMP_NUM_THREADS for the task, but torch may already have read it: runs sharing a
-    # node must not each use every core.
-    torch.set_num_threads(max(1, int(cpus)))
-    images = cached_images(competition, plan.model, Path(home) / "cache")
-    return execute(plan, competition, images, Path(home), _device())
 
 
 # ---------------------------------------------------------------- the driver
@@ -153,7 +98,7 @@ def check_workers(home: Path, resources: dict, precisions: Sequence[str]) -> dic
 
     token = f".ray-visible-{uuid.uuid4().hex}"
     _leave_token(home, token)
-    facts = ray.remote(max_calls=1, max_retries=0)(_worker_facts)
+    facts = ray.remote(max_calls=1, max_retries=0)(worker_facts)
     try:
         answers = [ray.get(facts.options(**resources).remote(str(home), token, list(precisions)))]
         # The other nodes too, taking no resources: a run may land on any of them.
@@ -225,18 +170,47 @@ def train_on_ray(spec: Spec, plans: Sequence[RunPlan], store: Store, events: Exp
 
     home = Path(os.path.abspath(store.home))  # workers have another cwd
     started_here = _connect(options)
+    queue = None
     try:
         resources, slots = _resources(options)
         worker = check_workers(home, resources, sorted({p.model.precision for p in plans}))
         plans = worker_accum(spec, store, plans, worker["device"])
-        task = ray.remote(max_calls=1, max_retries=0)(_run).options(**resources)
-        return _submit_and_record(plans, store, events, home, task, slots, worker, options.cpus_per_run)
+        queue = _progress_queue()
+        task = ray.remote(**TASK_OPTIONS)(run).options(**resources)
+        launch = lambda plan: task.remote(plan, str(home), options.cpus_per_run, queue)  # noqa: E731
+        return _submit_and_record(plans, store, events, launch, slots, worker, queue)
     finally:
+        if queue is not None:
+            queue.shutdown(force=True)
         if started_here:
             ray.shutdown()
 
 
-def _submit_and_record(plans, store, events, home, task, slots, worker, cpus) -> list[RunResult]:
+def _progress_queue():
+    """The queue workers report progress to, on the driver's node: a lost worker node must not take
+    it along, and it takes no CPU a run could use."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options=dict(num_cpus=0, scheduling_strategy=here))
+
+
+def _show_progress(queue, progress_of: dict) -> None:
+    """Hand the workers' queued events to their runs' progress objects, in the order they were sent.
+    A method the progress object lacks (they are optional: `placed`, `resumed`, `stage`) is skipped."""
+    if queue is None:
+        return
+    waiting = queue.qsize()
+    for run_id, name, args in queue.get_nowait_batch(waiting) if waiting else []:
+        method = getattr(progress_of.get(run_id), name, None)
+        if method is not None:
+            method(*args)
+
+
+def _submit_and_record(plans, store, events, launch, slots, worker, queue=None) -> list[RunResult]:
+    """`launch(plan)` submits a run's task and returns its ObjectRef; `queue`, the workers' progress."""
     import ray
 
     from ledger.execute import run_folders
@@ -244,6 +218,7 @@ def _submit_and_record(plans, store, events, home, task, slots, worker, cpus) ->
 
     waiting = list(enumerate(plans))
     in_flight: dict = {}  # ObjectRef -> (index, plan)
+    progress_of: dict = {}  # run id -> the Progress its events go to
     results = []
     try:
         while waiting or in_flight:
@@ -251,25 +226,28 @@ def _submit_and_record(plans, store, events, home, task, slots, worker, cpus) ->
             # that is running (or about to), as with the local executor.
             while waiting and len(in_flight) < slots:
                 index, plan = waiting.pop(0)
-                events.run_started(index, len(plans), plan)  # epochs are not streamed back from workers
+                progress_of[plan.run_id] = events.run_started(index, len(plans), plan)
                 record_start(store, plan, worker["device"], worker["precisions"].get(plan.model.precision, ""),
                              socket.gethostname(), os.getpid())  # the driver's: a dead driver ends its runs
-                in_flight[task.remote(plan, str(home), cpus)] = (index, plan)
-            # A timeout so that Ctrl-C and SIGTERM are seen within a second.
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                in_flight[launch(plan)] = (index, plan)
+            # A short timeout: workers' events are drawn within a quarter second, and Ctrl-C and
+            # SIGTERM are seen as fast.
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
+            _show_progress(queue, progress_of)  # a finished run's last events come before its end
             for ref in ready:
                 index, plan = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - a dead worker fails its run; the others go on
+                except Exception as error:  # noqa: BLE001 - a failed task fails its run; the others go on
                     result = _failed(plan, error)
                 record(store, result)
                 events.run_finished(index, len(plans), plan, result)
+                progress_of.pop(plan.run_id, None)
                 results.append(result)
     except KeyboardInterrupt:
         for ref, (index, plan) in in_flight.items():
             ray.cancel(ref, force=True)  # the worker process goes; its partial folder and checkpoint stay
-            partial, _ = run_folders(home, plan)
+            partial, _ = run_folders(store.home, plan)
             record(store, RunResult(plan.run_id, "interrupted", error=INTERRUPTED if partial.exists()
                                     else "interrupted before it started"))
         raise

@@ -1,11 +1,15 @@
-"""The Ray executor on a local Ray instance started once for the module: runs of a tiny spec
-trained as Ray tasks and recorded by the driver, a failing and a crashing run among good ones,
-the shared-home check, and `accum: auto` looked up for the workers' device."""
+"""The Ray executor on a simulated cluster started once for the module (a head node that takes no
+runs, two worker nodes of one CPU each): runs of a tiny spec trained as Ray tasks and recorded by
+the driver, a failing and a crashing run among good ones, the shared-home check, `accum: auto`
+looked up for the workers' device, a lost worker node that costs its run an epoch and not the run,
+and the workers' epochs drawn by the driver while they train."""
 
 import dataclasses
 import json
 import os
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY_CONVNEXT, write_spec
@@ -32,12 +36,22 @@ def entry(fields: str) -> str:
     return f"  - {{{fields}, {CONVNEXT}}}\n"
 
 
+NODE = dict(num_cpus=1, object_store_memory=80 * 1024 * 1024)
+
+
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray for the module (it takes ~10 s to start); the executor joins it."""
-    ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False, log_to_driver=False)
-    yield
+def cluster():
+    """Three Ray nodes on this machine, started once for the module (about 16 s); the executor joins
+    them. The head has no CPU, so every run lands on a worker node, which a test may take away."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(NODE, num_cpus=0))
+    for _ in range(2):
+        cluster.add_node(**NODE)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
 
 
 def invoke(*args):
@@ -68,6 +82,9 @@ def test_train_on_ray_records_both_runs_done_and_they_bag(tmp_path, tiny_competi
 
     result = invoke("train", spec_path, "--home", home, "--executor", "ray", "--cpus-per-run", 1)
     assert result.exit_code == 0, result.output
+    # Off a terminal, each worker's epoch is a plain line, as the local executor prints it.
+    for number in (1, 2):
+        assert f"[{number}/2] convnext train epoch 1: train_loss " in result.output
     rows = json.loads(invoke("runs", "--home", home, "--json").output)["runs"]
     assert [(r["model"], r["status"], r["accum"]) for r in rows] == [("convnext", "done", 2)] * 2
     # Recorded by this process, trained by Ray workers: each row carries its worker's pid.
@@ -159,10 +176,10 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
     run_folders(store.home, first)[0].mkdir(parents=True)  # as `execute` leaves it, with its checkpoint
     # A task that would hold its CPU for a minute: cancelled, it frees it at once. (A lambda, so
     # that Ray ships it by value: workers cannot import this test module.)
-    sleeper = ray.remote(max_calls=1, num_cpus=1)(lambda plan, home, cpus: __import__("time").sleep(60))
+    sleeper = ray.remote(max_calls=1, num_cpus=1)(lambda plan: __import__("time").sleep(60))
     worker = dict(device="cpu: test", precisions={})
     with pytest.raises(KeyboardInterrupt):
-        _submit_and_record([first, second], store, InterruptedAtSecond(), store.home, sleeper, 2, worker, 1)
+        _submit_and_record([first, second], store, InterruptedAtSecond(), sleeper.remote, 2, worker)
     rows = store.runs("tiny")
     assert [(r.id, r.status) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
     assert "resumes from its last finished epoch" in rows[0].error
@@ -170,3 +187,144 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2  # the cancelled task's worker is gone
+
+
+def test_a_task_is_retried_when_its_worker_dies_but_not_when_it_raises(tmp_path):
+    from ledger.ray_worker import TASK_OPTIONS
+
+    # Each attempt leaves a file, so the attempts are counted across processes. (Lambdas, so that
+    # Ray ships them by value: workers cannot import this test module.)
+    def attempt(folder) -> int:
+        """Which attempt this is (1, 2, ...), counted by the files the earlier ones left."""
+        path = Path(folder)
+        path.mkdir(exist_ok=True)
+        number = len(list(path.iterdir())) + 1
+        (path / str(number)).touch()
+        return number
+
+    # The first attempt's process dies as a lost node's would; the retry returns its number.
+    dies_once = ray.remote(**TASK_OPTIONS)(
+        lambda folder, attempt=attempt: (lambda number: number if number > 1 else os._exit(1))(attempt(folder)))
+    raises = ray.remote(**TASK_OPTIONS)(lambda folder, attempt=attempt: attempt(folder) / 0)
+    assert ray.get(dies_once.remote(str(tmp_path / "dies"))) == 2
+    with pytest.raises(ZeroDivisionError):
+        ray.get(raises.remote(str(tmp_path / "raises")))
+    assert len(list((tmp_path / "raises").iterdir())) == 1  # an error of its own: run once, not again
+
+
+@pytest.fixture(scope="module")
+def slower_competition(tmp_path_factory):
+    """Enough images that an epoch of the tiny model takes seconds: a node can be lost mid-epoch."""
+    from ledger.fashion import write_competition
+
+    root = tmp_path_factory.mktemp("competition") / "fashion"
+    write_competition(root, seed=1, train_per_class=200, test=12)
+    return root
+
+
+class Watched(Finished):
+    """ExperimentEvents whose runs' progress objects keep what came from the workers, as it came."""
+
+    def __init__(self, home):
+        super().__init__()
+        self.home, self.progress = home, {}
+
+    def run_started(self, index, total, plan):
+        self.progress[plan.run_id] = progress = Kept(self.home, plan)
+        return progress
+
+
+class Kept:
+    """A run's progress on the driver: the node each attempt reported from, and each epoch's end
+    with whether the run's folder was committed yet when it arrived."""
+
+    def __init__(self, home, plan):
+        from ledger.execute import run_folders
+
+        self.partial, self.final = run_folders(home, plan)
+        self.nodes, self.ended, self.resumed_after = [], [], None
+
+    def placed(self, host, pid, node):
+        self.nodes.append(node)
+
+    def resumed(self, epochs):
+        self.resumed_after = epochs
+
+    def start(self, phase, epoch, epochs, steps):
+        return None
+
+    def step(self, step, loss, images_per_s):
+        return None
+
+    def end(self, metrics):
+        self.ended.append((metrics.epoch, metrics.images_per_s, self.final.exists()))
+
+
+def test_a_lost_worker_node_costs_its_run_an_epoch_and_epochs_are_drawn_as_they_end(tmp_path, slower_competition,
+                                                                                   cluster):
+    from ledger.checkpoint import CHECKPOINT
+    from ledger.data import load_competition
+    from ledger.execute import cached_images
+
+    home = tmp_path / "home"
+    path = write_spec(tmp_path / "tiny.yaml", slower_competition,
+                      entry("name: convnext, runs: 4, accum: 1").replace("size: 32", "size: 96"))
+    path.write_text(path.read_text().replace("epochs: 1,", "epochs: 2,"))
+    spec = load_spec(path)
+    assert spec.models[0].epochs == 2 and spec.models[0].size == (96, 96)
+    store = Store(home)
+    plans = plan_experiment(spec, spec.models, store, lambda model: model.accum)
+    cached_images(load_competition(spec.data), spec.models[0], home / "cache")  # decoded once, not by each worker
+    events, results = Watched(home), []
+    # The driver in a thread (with its own connection to the ledger), so that this one can kill a node.
+    driver = threading.Thread(target=lambda: results.extend(
+        train_on_ray(spec, plans, Store(home), events, RayOptions(cpus_per_run=1))))
+    driver.start()
+
+    victim, deadline = None, time.time() + 90
+    while victim is None and time.time() < deadline and driver.is_alive():
+        for run_id, progress in list(events.progress.items()):
+            # Its first epoch was drawn here and its checkpoint is saved: the run is in its second epoch.
+            if progress.ended and progress.nodes and (progress.partial / CHECKPOINT).is_file():
+                victim = run_id
+                break
+        time.sleep(0.05)
+    assert victim is not None, "no run reached its second epoch"
+    [node] = [n for n in cluster.worker_nodes if n.node_id == events.progress[victim].nodes[0]]
+    cluster.remove_node(node)  # every process of the node goes, the run's worker with it
+    cluster.add_node(**NODE)  # a replacement, as a spot fleet brings one (and the next tests find two nodes)
+    driver.join(timeout=150)
+    assert not driver.is_alive()
+    assert sorted((r.run_id, r.status) for r in results) == sorted((p.run_id, "done") for p in plans)
+
+    rows = store.runs("tiny")
+    assert sorted(r["id"] for r in rows) == sorted(p.run_id for p in plans)  # one row a run, no duplicate
+    assert [r["status"] for r in rows] == ["done"] * 4
+    killed = {r["id"]: r for r in rows}[victim]
+    assert killed["resumed_epochs"] >= 1
+    assert [r["resumed_epochs"] for r in rows if r["id"] != victim] == [0] * 3
+    assert events.progress[victim].resumed_after == killed["resumed_epochs"]  # the retry said so, as it happened
+    assert len(events.progress[victim].nodes) == 2 and events.progress[victim].nodes[1] != node.node_id
+    # The driver drew the killed run's first epoch before its run ended: its folder was not committed yet.
+    assert events.progress[victim].ended[0][0] == 1 and events.progress[victim].ended[0][2] is False
+    for run_id, progress in events.progress.items():
+        epochs = [epoch for epoch, _, _ in progress.ended]
+        # Every epoch of every run came through (the killed run's second epoch once or twice: it
+        # may have ended before the node went, and then been trained again from the checkpoint).
+        assert sorted(set(epochs)) == [1, 2] and all(ips > 0 for _, ips, _ in progress.ended), run_id
+
+
+def test_a_retry_that_finds_its_run_committed_reports_it_done(tmp_path, tiny_competition):
+    from ledger.ray_worker import run
+
+    spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 1, accum: 1")))
+    store = Store(tmp_path / "home")
+    [plan] = plan_experiment(spec, spec.models, store, lambda model: model.accum)
+    # The task's body, in this process: the first attempt commits the run, and its worker then dies
+    # before returning; Ray's retry runs the same task again.
+    first = run(plan, str(store.home), 1)
+    assert first.status == "done"
+    again = run(plan, str(store.home), 1)
+    assert (again.status, again.folder, again.error) == ("done", first.folder, None)
+    assert again.summary["error_rate"] == first.summary["error_rate"]
+    assert again.summary["train_seconds"] == first.summary["train_seconds"]  # read back, not trained again
