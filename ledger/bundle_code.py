@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # the bundle's own code, also under `python -I` (no script folder on the path)
+sys.dont_write_bytecode = True  # the folder keeps exactly the files its manifest lists
 
 from {code}.bundle import main  # noqa: E402
 
