@@ -53,6 +53,8 @@ def check_files(root: Path) -> dict:
     """Every file the manifest lists is there with its sha256; returns the manifest. A missing run or
     a corrupted weights file fails here, naming the file, before anything is computed."""
     manifest = read_json(root / MANIFEST)
+    if not isinstance(manifest.get("files"), dict):
+        raise LedgerError(f"{root / MANIFEST}: lists no files; export the bag again")
     for name, expected in manifest["files"].items():
         path = root / name
         if not path.is_file():

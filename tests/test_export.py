@@ -239,3 +239,19 @@ def test_what_cannot_go_into_a_bundle_is_refused():
         check_imports("import os\nimport yaml\n", "x.py")
     with pytest.raises(LedgerError, match=r"imports .store, which the bundle does not carry"):
         check_imports("def f():\n    from .store import Store\n", "x.py")
+
+
+def test_the_bag_is_chosen_as_ensemble_chooses_it(exported):
+    home, spec, folder = exported["home"], exported["spec"], exported["folder"]
+    # The two runs with weights, named: greedy selection could otherwise pick `plain`, which has none.
+    named = [arg for run_id in exported["ensemble"]["weights"] for arg in ("--run", run_id)]
+    tuned = json.loads(invoke("ensemble", spec, "--home", home, "--use-tuned", *named, "--dry-run", "--json").stdout)
+    assert invoke("export", spec, "--home", home, "--out", folder / "tuned", "--use-tuned", *named).exit_code == 0
+    entries = {p.parent.name: json.loads(p.read_text()) for p in (folder / "tuned" / "runs").glob("*/entry.json")}
+    assert {run_id: entry["weight"] for run_id, entry in entries.items()} == pytest.approx(tuned["weights"])
+    assert json.loads((folder / "tuned" / "bag.json").read_text())["weights"] == "tuned"
+
+    one = next(iter(exported["ensemble"]["weights"]))
+    assert invoke("export", spec, "--home", home, "--out", folder / "one", "--run", one).exit_code == 0
+    assert json.loads((folder / "one" / "bag.json").read_text())["runs"] == [one]
+    assert json.loads((folder / "one" / "runs" / one / "entry.json").read_text())["weight"] == 1.0
