@@ -32,6 +32,7 @@ from ledger import artifacts
 from ledger.bundle import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, library_versions, sha256_file
 from ledger.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
+from ledger.rows import RunRow
 
 DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
@@ -41,7 +42,7 @@ FORMAT = 1  # of the manifest, for bundles read by a later ledger
 class Member:
     """A run of the bag: its ledger row, its folder and its normalised weight."""
 
-    row: object  # rows.RunRow
+    row: RunRow
     entry: str
     folder: Path
     weight: float
@@ -79,9 +80,8 @@ def check_weights(members: list[Member]) -> None:
                           f"again, then export")
 
 
-def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, dict[str, str] | None]:
-    """The run's entry as the bundle keeps it, and the torch and timm versions that trained it
-    (None for runs trained before they were recorded)."""
+def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
+    """The run's entry as the bundle keeps it, and its resolved spec.yaml as the run wrote it."""
     spec_file = member.folder / artifacts.SPEC
     try:
         resolved = yaml.safe_load(spec_file.read_text())
@@ -97,7 +97,7 @@ def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, d
                      model=model | {"pretrained": False},  # its own weights replace any starting weights
                      tta_n=int(tta.get("n", 0)), tta_beta=float(tta.get("beta", 0.0)),
                      tta_seed=int(tta.get("seed", 0)), vocab=vocab, head_sizes=sizes)
-    return entry, resolved.get("versions")
+    return entry, resolved
 
 
 def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
@@ -120,8 +120,8 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
     notes = [f"run {e.run_id} was trained before its TTA seed was recorded: the bundle's {e.tta_n} augmented "
              f"passes are not the run's own, so a few labels may differ from its submission"
-             for (e, _), m in zip(entries, members) if e.tta_n and "seed" not in _tta_of(m)]
-    versions, version_notes = _training_versions([v for _, v in entries])
+             for e, resolved in entries if e.tta_n and "seed" not in (resolved.get("tta") or {})]
+    versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
 
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
@@ -129,11 +129,10 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
     try:
         partial.mkdir(parents=True)
         write_code(partial)
-        for entry, _ in entries:
+        for member, (entry, _) in zip(members, entries):
             folder = partial / RUNS / entry.run_id
             folder.mkdir(parents=True)
-            shutil.copyfile(next(m.folder for m in members if m.row.id == entry.run_id) / artifacts.WEIGHTS,
-                            folder / WEIGHTS)
+            shutil.copyfile(member.folder / artifacts.WEIGHTS, folder / WEIGHTS)
             _write_json(folder / ENTRY, dataclasses.asdict(entry))
         _write_json(partial / BAG, {"experiment": spec.name, "runs": [e.run_id for e, _ in entries],
                                     "vocab": entries[0][0].vocab, "spec": str(spec.path) if spec.path else None,
@@ -153,10 +152,6 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, len(files) + 1, versions, notes)
-
-
-def _tta_of(member: Member) -> dict:
-    return (yaml.safe_load((member.folder / artifacts.SPEC).read_text()).get("tta") or {})
 
 
 def _training_versions(recorded: list[dict[str, str] | None]) -> tuple[dict[str, str], list[str]]:
