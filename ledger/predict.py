@@ -116,18 +116,17 @@ def run_model(folder: Path):
     return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head
 
 
+def tta_seed(folder: Path) -> int:
+    """The seed of the run's TTA generator, from its resolved spec.yaml (0 when it predates it)."""
+    return int((yaml.safe_load((folder / artifacts.SPEC).read_text()).get("tta") or {}).get("seed", 0))
+
+
 def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
                    stage: Stage | None = None) -> Prediction:
     """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from ledger.batches import Batches
+    from ledger.bundle import predict_run
     from ledger.data import load_images
-    from ledger.device import Runtime, model_on_device, resolve_precision
-    from ledger.inference import tta
     from ledger.memory import release_memory
-    from ledger.probe import micro_batch_size
 
     check_weights(members)
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
@@ -144,25 +143,14 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
                                        progress=None if stage is None else
                                        (lambda done, count: stage("decoding", done, count)))
         images = decoded[key]
-        net, transform = model_on_device(model, head, device)
-        weights_file = member.folder / artifacts.WEIGHTS
-        try:
-            net.load_state_dict(load_file(str(weights_file), device=str(device)))
-        except RuntimeError as e:
-            raise LedgerError(f"{weights_file}: does not fit {model.arch} with {head} outputs ({first_line(e)})") from None
-        except Exception as e:  # noqa: BLE001 - safetensors' own error for a truncated or corrupt file
-            raise LedgerError(f"{weights_file}: unreadable weights file ({type(e).__name__}: {first_line(e)})") from None
-        # Batches no larger than a training micro-batch: what the run's memory probe said fits.
-        accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
-        generator = torch.Generator().manual_seed(0)  # the same images give the same answer
-        runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform, generator)
-        batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum))
         label = f"run {member.row.id}" + (" (tta)" if use_tta and n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
-        sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else None
-        probs = tta(net, batches, runtime, n if use_tta else 0, beta, head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
+        sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else (len(vocab),)
+        # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
+        # (0 for runs trained before it was recorded), so the same images give the same answer.
+        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n if use_tta else 0,
+                            beta, tta_seed(member.folder), progress)
         total = probs * member.weight if total is None else total + probs * member.weight
-        del net
         release_memory()
     weight_sum = sum(m.weight for m in members)
     return Prediction([p.name for p in paths], vocab, (total / weight_sum).astype(np.float32),

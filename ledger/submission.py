@@ -231,3 +231,22 @@ def _estimate(held: HeldOut, entry_weights: Mapping[str, float], metric: Metric)
         return Estimate(metric.name, float("nan"), float("nan"), 0, held.train_images), None
     gain = by_runs(held, weighted, metric)
     return estimate(held, weighted, metric=metric), None if gain.empty else gain
+
+
+def read_vocab(spec) -> tuple[str, ...]:
+    """The competition's classes, from its training labels."""
+    from ledger.data import load_competition
+
+    return tuple(load_competition(spec.data).vocab)
+
+
+def check_spec_shape(spec) -> Shape | None:
+    """`ledger check`: the spec's metric can score the CSV its sample submission asks for, and its
+    class_order names the competition's classes. None when the folder has no sample submission yet."""
+    sample = spec.data.root / spec.data.sample_submission
+    if not sample.is_file():
+        return None
+    vocab = read_vocab(spec)
+    metric = spec_metric(spec, vocab)
+    frame, _, _ = read_sample_submission(sample)
+    return submission_shape(sample, list(frame.columns), vocab, metric)

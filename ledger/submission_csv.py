@@ -15,7 +15,7 @@ from ledger.ensemble import BagResult
 from ledger.errors import LedgerError
 from ledger.matching import IdMatcher, as_str, check_unique, few
 from ledger.processes import process_alive
-from ledger.submission_shape import LABEL, Shape, fill, spec_metric, submission_shape
+from ledger.submission_shape import LABEL, Shape, fill
 
 
 def read_sample_submission(
@@ -123,22 +123,3 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
             _unlink(path)
             removed.append(path)
     return removed
-
-
-def read_vocab(spec) -> tuple[str, ...]:
-    """The competition's classes, from its training labels."""
-    from ledger.data import load_competition
-
-    return tuple(load_competition(spec.data).vocab)
-
-
-def check_spec_shape(spec) -> Shape | None:
-    """`ledger check`: the spec's metric can score the CSV its sample submission asks for, and its
-    class_order names the competition's classes. None when the folder has no sample submission yet."""
-    sample = spec.data.root / spec.data.sample_submission
-    if not sample.is_file():
-        return None
-    vocab = read_vocab(spec)
-    metric = spec_metric(spec, vocab)
-    frame, _, _ = read_sample_submission(sample)
-    return submission_shape(sample, list(frame.columns), vocab, metric)

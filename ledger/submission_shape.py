@@ -24,7 +24,9 @@ from ledger.errors import LedgerError, SpecError
 from ledger.matching import few
 from ledger.metrics import Metric, metric_by_name
 
-LABEL, PER_CLASS, POSITIVE = "label", "per_class", "positive"
+LABEL = "label"
+PER_CLASS = "per_class"
+POSITIVE = "positive"
 DIGITS = "%.9g"  # enough to give back every float32 probability exactly
 
 

@@ -15,6 +15,7 @@ import torch
 from ledger import artifacts
 from ledger.artifacts import Predictions
 from ledger.batches import Batches
+from ledger.bundle import library_versions
 from ledger.checkpoint import Checkpoint
 from ledger.data import Competition, fold_indices, split_indices
 from ledger.device import Runtime, model_on_device, resolve_precision
@@ -92,11 +93,14 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
                  progress=progress, checkpoint=checkpoint, metric=metric)
 
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
-    test_probs = tta(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
+    # TTA draws from a generator of its own, seeded with the run's seed (recorded as tta.seed): the
+    # exported bundle and `ledger predict` then repeat these test predictions exactly.
+    tta_runtime = dataclasses.replace(runtime, generator=torch.Generator().manual_seed(plan.train_seed))
+    test_probs = tta(fitted.net, test_batches, tta_runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
                      progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
+        valid_probs = tta(fitted.net, valid, tta_runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
                           progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read())
 
@@ -150,6 +154,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=dict(n=plan.tta_n, beta=plan.tta_beta), fingerprint=plan.fingerprint)
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed), fingerprint=plan.fingerprint,
+                    versions=library_versions())
     (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
     return summary

@@ -24,7 +24,7 @@ from ledger.errors import LedgerError
 
 # `--help` lists the commands in the order of a competitor's week, not in registration order
 # (Typer puts every group after every command).
-WORKFLOW = ("data", "check", "probe-memory", "lr-find", "train", "ensemble", "predict", "report", "runs",
+WORKFLOW = ("data", "check", "probe-memory", "lr-find", "train", "ensemble", "export", "predict", "report", "runs",
             "submissions", "submit", "score")
 
 
@@ -136,3 +136,4 @@ def _coverage(images: int | None, train_images: int | None) -> str:
 
 # The commands register themselves on `app` when imported; last, since they import from here.
 from ledger.cli import basics, ensemble, ledger_cmds, train  # noqa: E402, F401
+from ledger.cli import export  # noqa: E402, F401

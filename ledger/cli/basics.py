@@ -45,7 +45,7 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
     Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
     """
     from ledger.spec import dump_yaml
-    from ledger.submission_csv import check_spec_shape
+    from ledger.submission import check_spec_shape
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
     shape = check_spec_shape(spec)  # None without a sample submission: nothing to check yet
