@@ -40,6 +40,7 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
     assert result.exit_code == 0, result.output
     # convnext has accum auto and no probe on record: train probes first and says so.
     assert "no probe is on record" in result.output and "convnext: accum 1" in result.output
+    assert "out-of-bag f1_macro of the spec's bag: " in result.output  # what the runs are worth together
 
     ledger = json.loads(invoke("runs", "--home", home, "--json").output)
     rows = ledger["runs"]

@@ -56,7 +56,7 @@ def _results_table(plans, results, console_: Console) -> Table:
 
     # Both accuracies, each labelled: the last epoch's plain one and the held-out TTA'd one.
     columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("acc no TTA"),
-               Column("TTA acc"), Column("time", drop=1), Column("peak", drop=2)]
+               Column("TTA acc"), Column("TTA metric", drop=3), Column("time", drop=1), Column("peak", drop=2)]
     by_id, rows = {r.run_id: r for r in results}, []
     for p in plans:
         r = by_id.get(p.run_id)
@@ -65,8 +65,9 @@ def _results_table(plans, results, console_: Console) -> Table:
         s = r.summary  # None unless the run is done
         accuracy = "" if s is None or s.accuracy is None else f"{s.accuracy:.4f}"
         tta_accuracy = "" if s is None or s.tta_accuracy is None else f"{s.tta_accuracy:.4f}"
+        metric = "" if s is None or s.tta_metric is None else f"{s.metric} {s.tta_metric:.4f}"
         rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
-                     accuracy, tta_accuracy, "" if s is None else f"{s.train_seconds:.0f}s",
+                     accuracy, tta_accuracy, metric, "" if s is None else f"{s.train_seconds:.0f}s",
                      "" if s is None else format_size(s.peak_bytes)])
     return fit_table(console_, columns, rows, title="runs trained")
 
@@ -157,8 +158,27 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
     console.print(_results_table(plans, results, console))
     failed = [r for r in results if r.status != "done"]
     console.print(f"{len(results) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
+    if results and not failed:
+        _print_bag_estimate(spec, store)
     if failed:
         raise typer.Exit(1)
+
+
+def _print_bag_estimate(spec, store) -> None:
+    """The spec's bag as `ledger ensemble` would make it, judged out of bag on the competition's
+    metric: what the runs just trained are worth together. Nothing when there is no bag to judge yet."""
+    from ledger.errors import LedgerError
+    from ledger.metrics import format_score
+    from ledger.submission import make_submission
+
+    try:
+        figure = make_submission(spec, store, dry_run=True).estimate
+    except LedgerError:
+        return  # no sample submission yet, or runs of an older recipe: `ledger ensemble` says why
+    if figure.images:
+        accuracy = "" if figure.metric == "accuracy" else f" (accuracy {format_score(figure.accuracy)})"
+        console.print(f"out-of-bag {figure.metric} of the spec's bag: {format_score(figure.score)}{accuracy} on "
+                      f"{figure.images} of {figure.train_images} training images; `ledger ensemble` writes it")
 
 # ---------------------------------------------------------------- probe-memory
 
