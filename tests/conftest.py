@@ -49,7 +49,7 @@ def ledger_at_version(home: Path, version: int):
     connection in autocommit mode for the test to add rows, which it closes."""
     import sqlite3
 
-    from ledger.store import _MIGRATIONS
+    from ledger.migrations import _MIGRATIONS
 
     home.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(home / "ledger.db", isolation_level=None)

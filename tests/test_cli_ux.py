@@ -220,7 +220,7 @@ def test_commands_are_listed_in_workflow_order_and_completion_is_on():
 
 
 def test_a_v3_ledger_gains_the_submit_columns_and_keeps_its_submissions(tmp_path):
-    from ledger.store import SCHEMA_VERSION
+    from ledger.migrations import SCHEMA_VERSION
 
     from conftest import ledger_at_version
 

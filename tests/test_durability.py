@@ -14,7 +14,8 @@ from conftest import TINY_CONVNEXT, write_spec
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.experiment import housekeeping
-from ledger.store import _SCHEMA_V1, SCHEMA_VERSION, Store
+from ledger.migrations import _SCHEMA_V1, SCHEMA_VERSION
+from ledger.store import Store
 
 
 def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path):

@@ -75,7 +75,7 @@ def test_a_moved_home_submits_its_own_file_and_a_copy_never_the_original(setup, 
 def test_a_v4_ledger_gets_relative_submission_paths_and_the_missing_status(tmp_path):
     from conftest import ledger_at_version
 
-    from ledger.store import SCHEMA_VERSION
+    from ledger.migrations import SCHEMA_VERSION
 
     home = tmp_path / "home"
     db = ledger_at_version(home, 4)

@@ -245,7 +245,8 @@ def test_cli_needs_model_when_the_spec_has_several(tmp_path, tiny_competition):
 
 
 def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
-    from ledger.store import SCHEMA_VERSION, Store
+    from ledger.migrations import SCHEMA_VERSION
+    from ledger.store import Store
 
     from conftest import ledger_at_version
 
