@@ -303,7 +303,7 @@ def _free_disk_bytes(folder: Path) -> int:
 
 def _check_room(needed: int, size: tuple[int, int], label: str, cache_file: Path | None) -> None:
     """Fail in one line before decoding, not with an OOM kill or a full disk an hour later."""
-    from ledger.memory import format_size  # imports torch: only when there is something to decode
+    from ledger.units import format_size
 
     h, w = size
     what = f"{label} {h if h == w else f'{h}x{w}'}"

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from ledger.memory import format_size
+from ledger.units import format_size
 from ledger.train import EpochMetrics
 
 

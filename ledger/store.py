@@ -161,6 +161,24 @@ def _migrate_v4_submit(db: sqlite3.Connection, home: Path) -> None:
         db.execute(f"ALTER TABLE submissions ADD COLUMN {column} {kind}")
 
 
+def _migrate_v5_targets(db: sqlite3.Connection, home: Path) -> None:
+    # Target cards (ledger.targets): a probe records the card it answered for and the precision
+    # `auto` resolved to; its trials the allocator's peaks and retries (CUDA) and their timings; a
+    # run the probe's predicted peak for its configuration, beside the peak it measured.
+    for column, kind in (("predicted_peak_bytes", "INTEGER"), ("peak_vs_prediction", "TEXT"),
+                         ("peak_over_prediction", "INTEGER")):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+    for column in ("target", "precision"):
+        db.execute(f"ALTER TABLE probe_choices ADD COLUMN {column} TEXT")
+    for column, kind in _PROBE_TRIAL_V5_COLUMNS:
+        db.execute(f"ALTER TABLE probe_trials ADD COLUMN {column} {kind}")
+
+
+_PROBE_TRIAL_V5_COLUMNS = (("allocated_peak_bytes", "INTEGER"), ("reserved_peak_bytes", "INTEGER"),
+                           ("alloc_retries", "INTEGER"), ("step_seconds", "REAL"),
+                           ("predict_seconds_per_image", "REAL"), ("augmented_seconds_per_image", "REAL"))
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -168,6 +186,7 @@ _MIGRATIONS = [
     _migrate_v2,
     _migrate_v3_lr_finds,
     _migrate_v4_submit,
+    _migrate_v5_targets,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -301,21 +320,24 @@ class Store:
     # ------------------------------------------------------------ probes
 
     def record_probe(self, experiment: str, model: str, probe_key: str, size: str, device: str, budget_bytes: int,
-                     margin: float, chosen_k: int | None, trials: list) -> str:
+                     margin: float, chosen_k: int | None, trials: list, target: str | None = None,
+                     precision: str | None = None) -> str:
         probe_id = new_id()
+        extra = [column for column, _ in _PROBE_TRIAL_V5_COLUMNS]
         with self.db:  # one transaction: a probe is recorded whole or not at all
             self.db.execute("BEGIN")
             self.db.execute(
                 "INSERT INTO probe_choices (id, experiment, model, probe_key, size, device, budget_bytes, margin,"
-                " chosen_k, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now()),
+                " chosen_k, created_at, target, precision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now(), target,
+                 precision),
             )
             limit = int(budget_bytes * (1 - margin))
             self.db.executemany(
                 "INSERT INTO probe_trials (probe_id, k, micro_batch, peak_bytes, fits, out_of_memory, seconds,"
-                " startup_seconds, error) VALUES (?,?,?,?,?,?,?,?,?)",
+                f" startup_seconds, error, {', '.join(extra)}) VALUES ({', '.join('?' * (9 + len(extra)))})",
                 [(probe_id, t.k, t.micro_batch, t.peak_bytes, int(t.fits(limit)), int(t.out_of_memory), t.seconds,
-                  t.startup_seconds, t.error) for t in trials],
+                  t.startup_seconds, t.error, *(getattr(t, column, None) for column in extra)) for t in trials],
             )
         return probe_id
 

@@ -21,6 +21,7 @@ from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
 from ledger.models import create_model, freeze_body, parameter_groups
 from ledger.schedule import OneCycle, Phase
+from ledger.targets import precision_for
 
 
 # ---------------------------------------------------------------- batches
@@ -86,8 +87,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     float32 on CPU. T4, P100 and V100 only emulate bf16 (slowly), and they are the 16 GB cards
     the probe budgets for, so emulation does not count."""
     if device.type == "cuda":
-        if precision == "auto":
-            precision = "bf16" if native_bf16(device) else "fp16"
+        precision = precision_for(precision, torch.cuda.get_device_capability(device))  # as the probe's target
     elif precision == "auto":
         precision = "fp32"
     elif precision == "fp16":

@@ -5,7 +5,8 @@ import pytest
 from conftest import TINY_CONVNEXT
 
 from ledger.data import load_competition, load_images, smallest_class_indices
-from ledger.probe import micro_batch_size, run_in_child, search_accum, training_trial
+from ledger.probe import micro_batch_size, run_in_child, search_accum
+from ledger.probe_trial import training_trial
 from ledger.spec import DataSpec, ModelSpec
 
 BATCH = 32
