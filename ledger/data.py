@@ -318,6 +318,11 @@ def _check_room(needed: int, size: tuple[int, int], label: str, cache_file: Path
                               f"{format_size(free)} free on {cache_file.parent}; use a smaller size or free some space")
 
 
+def is_cached(paths: tuple[Path, ...], size: tuple[int, int], method: str, cache_dir: Path) -> bool:
+    """Whether load_images would read these images from the cache instead of decoding them."""
+    return (Path(cache_dir) / f"images-{_cache_key(paths, size, method)}.npy").is_file()
+
+
 def load_images(
     paths: tuple[Path, ...],
     size: tuple[int, int],

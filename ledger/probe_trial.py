@@ -31,7 +31,8 @@ class TrialTarget:
 class _TimedBatches:
     """The trial's batches, noting the time each is asked for: step i ran between request i and i + 1.
     fit synchronises the device on the last step (its .item()), so the last interval ends on the
-    device's time, and the mean over all steps but the first (warm-up) is a step's time."""
+    device's time. A step's time is the median over all steps but the first (warm-up): on a shared
+    machine one step stalled by another process must not count three times over."""
 
     def __init__(self, batches):
         self.batches, self.times = batches, []
@@ -50,8 +51,11 @@ class _TimedBatches:
 
     def step_seconds(self) -> float | None:
         intervals = [b - a for a, b in zip(self.times, self.times[1:])]
-        later = intervals[1:] or intervals  # one step only: its time, warm-up and all
-        return sum(later) / len(later) if later else None
+        later = sorted(intervals[1:] or intervals)  # one step only: its time, warm-up and all
+        if not later:
+            return None
+        middle = len(later) // 2
+        return later[middle] if len(later) % 2 else (later[middle - 1] + later[middle]) / 2
 
 
 def _prediction_seconds(net, images, micro_batch: int, transform, device, precision, generator) -> tuple[float, float]:

@@ -214,3 +214,20 @@ def estimated_seconds(spec, store, plan, device, competition) -> float | None:
     timings = Timings(probed["step_seconds"], probed["predict_seconds_per_image"],
                       probed["augmented_seconds_per_image"])
     return run_seconds(timings, shape)
+
+
+def decoding_seconds(competition, model, cache_dir, sample: int = 64) -> float:
+    """The time to decode a model entry's train and test images at its item size, as the first run of
+    the entry will (the cache serves later runs and commands): nothing when they are cached, else the
+    time load_images takes over a sample of them, scaled to all of them."""
+    import time
+
+    from ledger.data import is_cached, load_images
+
+    paths = (tuple(competition.train_paths), tuple(competition.test_paths))
+    if all(is_cached(p, model.item_size, model.resize, cache_dir) for p in paths if p):
+        return 0.0
+    chosen = tuple(competition.train_paths[:sample])
+    started = time.perf_counter()
+    load_images(chosen, model.item_size, model.resize, cache_dir=None)
+    return (time.perf_counter() - started) / max(1, len(chosen)) * sum(len(p) for p in paths)
