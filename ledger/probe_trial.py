@@ -60,7 +60,8 @@ class _TimedBatches:
 
 def _prediction_seconds(net, images, micro_batch: int, transform, device, precision, generator) -> tuple[float, float]:
     """Seconds per image of a plain and of an augmented prediction pass over up to 8 micro-batches of
-    the probe images, after one warm-up batch (as validation and TTA run them)."""
+    the probe images (as validation and TTA run them), each after a warm-up batch of its own: the
+    augmentation's first batch sets up kernels a timed pass must not pay for."""
     import numpy as np
     import torch
 
@@ -71,9 +72,9 @@ def _prediction_seconds(net, images, micro_batch: int, transform, device, precis
         return 0.0, 0.0
     batches = Batches(images, None, np.arange(count), micro_batch)
     warm_up = Batches(images, None, np.arange(min(count, micro_batch)), micro_batch)
-    predict(net, warm_up, transform, device, precision)
     timings = []
     for augment in (None, lambda x: transform.random(x, generator)):
+        predict(net, warm_up, transform, device, precision, augment)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
