@@ -123,7 +123,7 @@ def check_probe_against_run(work: Path, root: Path, device: str, budget: str, na
 
 def check_resume(work: Path, root: Path, device: str) -> dict:
     home = work / "resume"
-    spec = _spec(work / "resume.yaml", root, epochs=4, accum=1)
+    spec = _spec(work / "resume.yaml", root, epochs=12, accum=1)  # long enough to stop after the first epoch
     script = Path(sys.executable).parent / "ledger"
     process = subprocess.Popen([str(script), "train", str(spec), "--home", str(home), "--device", device],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
