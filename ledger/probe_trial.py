@@ -18,6 +18,12 @@ from pathlib import Path
 from ledger.probe import Trial
 
 
+# A step's time needs more steps than its memory does: the first steps of a fresh process pay for
+# kernel and allocator set-up, and on a shared machine single steps stall. The trial runs at least
+# this many steps and takes the median after the first (same shapes, so the peak is unchanged).
+TIMING_STEPS = 10
+
+
 @dataclass(frozen=True)
 class TrialTarget:
     """What the trial imitates: the target's capacity (None: no cap), its capability (None: the local
@@ -85,8 +91,8 @@ def _prediction_seconds(net, images, micro_batch: int, transform, device, precis
 
 def training_trial(model, paths: tuple, num_classes: int, steps: int, device: str, cache_dir: str,
                    target: TrialTarget | None = None, *, k: int, micro_batch: int) -> Trial:
-    """Runs in the child: `steps` optimizer steps of the real training loop for `model` with
-    accumulation factor k, all layers trainable (the worst case), on the probe images."""
+    """Runs in the child: `steps` optimizer steps (at least TIMING_STEPS) of the real training loop for
+    `model` with accumulation factor k, all layers trainable (the worst case), on the probe images."""
     import numpy as np
     import torch
 
@@ -122,7 +128,8 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
                                                        torch_device)
     # Random weights: loading pretrained ones would change nothing in memory and need the hub.
     net, transform = model_on_device(dataclasses.replace(model, pretrained=False), num_classes, torch_device)
-    # The smallest class repeated as needed: `steps` full effective batches of the real size.
+    # The smallest class repeated as needed: full effective batches of the real size.
+    steps = max(steps, TIMING_STEPS)
     indices = np.resize(np.arange(len(images)), steps * model.batch_size)
     labels = np.zeros(len(images), dtype=np.int64)
     batches = _TimedBatches(Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k))

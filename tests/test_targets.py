@@ -171,3 +171,17 @@ def test_probe_for_a_t4_then_train_carries_predicted_and_measured_peaks(tmp_path
     relative = (row["peak_bytes"] - row["predicted_peak_bytes"]) / row["predicted_peak_bytes"]
     assert row["peak_vs_prediction"].startswith(f"{abs(relative):.1%} {'over' if relative >= 0 else 'under'}")
     assert row["peak_over_prediction"] == int(relative > 0.05)
+
+
+def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_competition):
+    from ledger.data import load_competition, load_images
+    from ledger.probing import decoding_seconds
+    from ledger.spec import DataSpec
+
+    competition = load_competition(DataSpec(root=tiny_competition, labels="train.csv"))
+    model = ModelSpec(name="m", arch="convnext_atto", size=(24, 24))
+    cache = tmp_path / "cache"
+    assert decoding_seconds(competition, model, cache) > 0  # nothing cached: a sample is decoded and timed
+    for paths in (competition.train_paths, competition.test_paths):
+        load_images(tuple(paths), model.item_size, model.resize, cache)
+    assert decoding_seconds(competition, model, cache) == 0.0
