@@ -8,7 +8,7 @@ SPEC ?= experiments/fashion.yaml
 DATA ?= data/fashion
 SUBMISSION ?= submissions/fashion.csv
 
-.PHONY: install install-ray test data probe train ensemble submission bench bench-peer clean
+.PHONY: install install-ray test data probe train ensemble submission bench bench-peer gpu-check clean
 
 # uv installs the locked CUDA-enabled torch + torchvision from PyPI (they run on CPU too) and ignores
 # pip's configuration, so a local CPU-only torch wheel can never be picked; bytecode is compiled at
@@ -56,6 +56,10 @@ submission: data
 
 bench: data
 	$(PYTHON) bench/run.py
+
+# Every CUDA claim on one GPU in about 5 minutes (bench/results/gpu.jsonl); one line and exit 0 without CUDA.
+gpu-check: install
+	$(PYTHON) bench/gpu_check.py
 
 # fastai lives only in this benchmark's own environment, never in ledger's: same torch, torchvision and
 # timm as .venv (read from it), so the two sides differ only in their own code; ledger is installed too

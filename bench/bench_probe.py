@@ -40,7 +40,7 @@ def run_probe(context: Context) -> dict:
         return context.shared["probe"]
     import torch
 
-    from ledger.probe import probe_models
+    from ledger.probing import probe_models
     from ledger.store import Store
 
     spec, models = _models(context)
@@ -54,7 +54,7 @@ def run_probe(context: Context) -> dict:
 
 
 def probe_time(context: Context) -> Result:
-    from ledger.memory import format_size
+    from ledger.units import format_size
 
     probe = run_probe(context)
     rows = []
@@ -114,7 +114,7 @@ def _train_one(context: Context, spec_file: Path, model_name: str) -> dict:
 
 
 def probe_accuracy(context: Context) -> Result:
-    from ledger.memory import format_size
+    from ledger.units import format_size
 
     probe = run_probe(context)
     chosen = {p.model.name: p.result.chosen_k for p in probe["probes"]}

@@ -317,7 +317,7 @@ def _free_disk_bytes(folder: Path) -> int:
 
 def _check_room(needed: int, size: tuple[int, int], label: str, cache_file: Path | None) -> None:
     """Fail in one line before decoding, not with an OOM kill or a full disk an hour later."""
-    from ledger.memory import format_size  # imports torch: only when there is something to decode
+    from ledger.units import format_size
 
     h, w = size
     what = f"{label} {h if h == w else f'{h}x{w}'}"
@@ -330,6 +330,11 @@ def _check_room(needed: int, size: tuple[int, int], label: str, cache_file: Path
         if needed > free:
             raise LedgerError(f"{what}: the image cache needs {format_size(needed)}, more than the "
                               f"{format_size(free)} free on {cache_file.parent}; use a smaller size or free some space")
+
+
+def is_cached(paths: tuple[Path, ...], size: tuple[int, int], method: str, cache_dir: Path) -> bool:
+    """Whether load_images would read these images from the cache instead of decoding them."""
+    return (Path(cache_dir) / f"images-{_cache_key(paths, size, method)}.npy").is_file()
 
 
 def load_images(

@@ -22,6 +22,7 @@ from ledger.data import load_competition
 from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, keep_promise, plan, promise
+from ledger.probing import record_peak_check, recorded_trial
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
@@ -116,8 +117,9 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
         progress = events.run_started(index, len(plans), run)
         if run.model.name not in images:  # one entry's images at a time; decoding shows on the run's display
             images = {run.model.name: cached_images(competition, run.model, store.home / "cache", progress)}
+        probed = recorded_trial(store, spec, run.model, device, run.accum)  # the probe's prediction for this run
         record_start(store, run, device_name(device), resolve_precision(run.model.precision, device).name,
-                     socket.gethostname(), os.getpid())
+                     socket.gethostname(), os.getpid(), probed and probed["peak_bytes"])
         try:
             result = execute(run, competition, images[run.model.name], store.home, device, progress)
         except KeyboardInterrupt:
@@ -126,6 +128,9 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
         finally:
             release_memory()  # this run's model, optimizer and cached blocks, before the next run
         record(store, result)
+        if result.status == "done":
+            record_peak_check(store, run.run_id, probed and probed["peak_bytes"], result.summary.peak_bytes,
+                              spec.probe.margin)
         events.run_finished(index, len(plans), run, result)
         results.append(result)
     return results

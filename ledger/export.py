@@ -105,7 +105,7 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
                max_size: int | None = None, force: bool = False) -> Bundle:
     """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
     written when the weights alone exceed it."""
-    from ledger.memory import format_size
+    from ledger.units import format_size
     from ledger.submission import check_spec_shape
 
     members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps)

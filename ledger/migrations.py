@@ -196,6 +196,24 @@ def _migrate_v7_missing(db: sqlite3.Connection, home: Path) -> None:
             db.execute("UPDATE submissions SET path=? WHERE id=?", (path_in_home(Path(path), home), submission_id))
 
 
+def _migrate_v8_targets(db: sqlite3.Connection, home: Path) -> None:
+    # Target cards (ledger.targets): a probe records the card it answered for and the precision
+    # `auto` resolved to; its trials the allocator's peaks and retries (CUDA) and their timings; a
+    # run the probe's predicted peak for its configuration, beside the peak it measured.
+    for column, kind in (("predicted_peak_bytes", "INTEGER"), ("peak_vs_prediction", "TEXT"),
+                         ("peak_over_prediction", "INTEGER")):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+    for column in ("target", "precision"):
+        db.execute(f"ALTER TABLE probe_choices ADD COLUMN {column} TEXT")
+    for column, kind in PROBE_TRIAL_V8_COLUMNS:
+        db.execute(f"ALTER TABLE probe_trials ADD COLUMN {column} {kind}")
+
+
+PROBE_TRIAL_V8_COLUMNS = (("allocated_peak_bytes", "INTEGER"), ("reserved_peak_bytes", "INTEGER"),
+                          ("alloc_retries", "INTEGER"), ("step_seconds", "REAL"),
+                          ("predict_seconds_per_image", "REAL"), ("augmented_seconds_per_image", "REAL"))
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -206,6 +224,7 @@ _MIGRATIONS = [
     _migrate_v5_metric,
     _migrate_v6_run_metric,
     _migrate_v7_missing,
+    _migrate_v8_targets,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.memory import format_size, is_out_of_memory
+from ledger.memory import is_out_of_memory
+from ledger.units import format_size
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,14 @@ class Trial:
     seconds: float  # the trial itself, in the child: model, data and steps
     error: str | None = None  # one line; also set for out-of-memory failures, to say which
     startup_seconds: float = 0.0  # starting the child process and importing, before the trial
+    # CUDA only: the caching allocator's peaks and how often it freed its cache and retried
+    allocated_peak_bytes: int | None = None
+    reserved_peak_bytes: int | None = None
+    alloc_retries: int | None = None
+    # timings on the probing device, for ledger.estimate
+    step_seconds: float | None = None
+    predict_seconds_per_image: float | None = None
+    augmented_seconds_per_image: float | None = None
 
     def fits(self, limit_bytes: int) -> bool:
         return (
@@ -231,155 +240,3 @@ def _one_line(exc: BaseException, max_chars: int = 240) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"
-
-
-# ---------------------------------------------------------------- the real trial, and the probe of a spec
-
-
-def training_trial(model, paths: tuple, num_classes: int, steps: int, device: str, cache_dir: str, *,
-                   k: int, micro_batch: int) -> Trial:
-    """Runs in the child: `steps` optimizer steps of the real training loop for `model` with
-    accumulation factor k, all layers trainable (the worst case), on the probe images."""
-    import numpy as np
-    import torch
-
-    from ledger.batches import Batches
-    from ledger.data import load_images
-    from ledger.device import Runtime, model_on_device, resolve_precision
-    from ledger.loss import Criterion
-    from ledger.memory import PeakMemory
-    from ledger.spec import check_model
-    from ledger.step import StepSettings, loop_parts, train_step
-
-    torch_device = torch.device(device)
-    # `ledger train` builds and runs every model on the meta device when it checks the spec, which
-    # maps the same library code into memory; doing it here too, before the meter starts, keeps those
-    # pages out of the probe's peak exactly as they are out of a real run's.
-    check_model(Path("probe"), 0, model)
-    # A cache hit (the parent decoded them), copied into memory before the meter starts: pages of a
-    # memory-mapped file read during the steps would count as resident memory, as a real run's
-    # decoded images (already in memory when its meter starts) do not.
-    images = np.array(load_images(paths, model.item_size, model.resize, Path(cache_dir)))
-    meter = PeakMemory(torch_device)  # from here on, as in a real run: model, optimizer, activations
-    # Random weights: loading pretrained ones would change nothing in memory and need the hub.
-    net, transform = model_on_device(dataclasses.replace(model, pretrained=False), num_classes, torch_device)
-    # The smallest class repeated as needed: `steps` full effective batches of the real size.
-    indices = np.resize(np.arange(len(images)), steps * model.batch_size)
-    labels = np.zeros(len(images), dtype=np.int64)
-    batches = Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k)
-    runtime = Runtime(torch_device, resolve_precision(model.precision, torch_device), k, transform,
-                      torch.Generator().manual_seed(k))
-    # The run's own training step (its loss, mixing, clipping and weight average), every layer
-    # trainable: the unfrozen phase is the worst case.
-    settings = StepSettings.of(model)
-    parts = loop_parts(net, batches, runtime, settings)
-    criterion = Criterion(num_classes, model.label_smoothing, model.mixup, model.cutmix)
-    net.train()
-    for step, (batch, targets) in enumerate(batches):
-        if step == steps:
-            break
-        for group in parts.optimizer.param_groups:
-            group["lr"] = model.lr
-        train_step(parts, batch.to(torch_device), targets.to(torch_device), runtime, criterion, settings)
-    return Trial(k=k, micro_batch=micro_batch, peak_bytes=meter.read(), out_of_memory=False, seconds=0.0)
-
-
-def probe_key(model) -> str:
-    """What a probe's answer depends on, besides device and budget: model, input and batch, precision."""
-    import json
-
-    return json.dumps(dict(arch=model.arch, size=list(model.size), model_kwargs=model.model_kwargs,
-                           batch_size=model.batch_size, precision=model.precision), sort_keys=True)
-
-
-@dataclass(frozen=True)
-class ModelProbe:
-    model: object  # ModelSpec
-    device: str
-    budget_bytes: int
-    result: SearchResult
-
-    @property
-    def label(self) -> str:
-        return f"{self.model.arch} at {self.model.size_label}"
-
-
-def probe_models(spec, models, store, budget_bytes: int | None = None, device=None, display=None) -> list[ModelProbe]:
-    """Probe each model on the smallest class and record every trial and the choice in the ledger.
-    `display` (optional; the command line's progress.ProbeDisplay) is told of decoding and of each
-    trial as it starts and ends: nothing here prints."""
-    from ledger.data import load_competition, load_images, smallest_class_indices
-    from ledger.memory import device_name
-    from ledger.device import default_device
-
-    device = device or default_device()
-    budget_bytes = budget_bytes or spec.probe.budget_bytes
-    limit = usable_bytes(budget_bytes, spec.probe.margin)
-    competition = load_competition(spec.data)
-    subset = smallest_class_indices(competition.train_labels)
-    paths = tuple(competition.train_paths[i] for i in subset)
-    cache_dir = store.home / "cache"
-    probes = []
-    for model in models:
-        # Decoded once here (no torch device touched), then read from the cache by every child.
-        load_images(paths, model.item_size, model.resize, cache_dir,
-                    progress=None if display is None else (lambda done, total, name=model.name:
-                                                           display.decoding(name, done, total)))
-
-        def trial(k: int, model=model) -> Trial:
-            micro_batch = micro_batch_size(model.batch_size, k)
-            if display is not None:
-                display.trial_started(model.name, k, micro_batch)
-            result = run_in_child(training_trial, model, paths, sum(competition.head_sizes), spec.probe.steps,
-                                  device.type, str(cache_dir), k=k, micro_batch=micro_batch)
-            if display is not None:
-                peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)
-                verdict = "fits" if result.fits(limit) else ("out of memory" if result.out_of_memory else
-                                                             (result.error or "too big"))
-                display.trial_finished(model.name, f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak "
-                                                   f"{peak}: {verdict}  {result.seconds + result.startup_seconds:.1f}s")
-            return result
-
-        result = search_accum(model.batch_size, trial, limit)
-        name = device_name(device)
-        store.record_probe(spec.name, model.name, probe_key(model), model.size_label, name, budget_bytes,
-                           spec.probe.margin, result.chosen_k, result.trials)
-        probes.append(ModelProbe(model, name, budget_bytes, result))
-    return probes
-
-
-def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
-    """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
-    with no probe on record, probe first (and say so through `display`, a progress.ProbeDisplay),
-    or, with `may_probe=False`, answer 0 (unknown)."""
-    from ledger.errors import LedgerError
-    from ledger.memory import device_name
-    from ledger.device import default_device
-
-    device = device or default_device()
-
-    def resolve(model) -> int:
-        if model.accum != "auto":
-            return model.accum
-        budget = spec.probe.budget_bytes
-        latest = store.latest_probe(probe_key(model), device_name(device), budget, spec.probe.margin)
-        if latest is None and not may_probe:
-            return 0
-        if latest is None:
-            display.say(f"{model.name}: accum is auto and no probe is on record for {format_size(budget)} on "
-                        f"{device_name(device)}; probing first")
-            probe = probe_models(spec, [model], store, budget, device, display)[0]
-            chosen, trials = probe.result.chosen_k, probe.result.trials
-        else:
-            chosen, trials = latest["chosen_k"], None
-        if chosen is None:
-            if trials is None:
-                rows = store.probe_trials(latest["id"])
-                trials = [Trial(r["k"], r["micro_batch"], r["peak_bytes"], bool(r["out_of_memory"]), r["seconds"],
-                                r["error"]) for r in rows]
-            raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label})", trials,
-                                                   budget, usable_bytes(budget, spec.probe.margin)))
-        display.say(f"{model.name}: accum {chosen} (from the memory probe, budget {format_size(budget)})")
-        return chosen
-
-    return resolve

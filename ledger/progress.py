@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from ledger.memory import format_size
 from ledger.hooks import EpochMetrics
+from ledger.units import format_size
 
 
 # Off a terminal a long stage prints a line at most this often (and when it ends).

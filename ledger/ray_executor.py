@@ -120,22 +120,23 @@ def worker_accum(spec: Spec, store: Store, plans: Sequence[RunPlan], device: str
     the driver probes first when it has the same kind of device (a local Ray, a head node that is
     also a worker), and otherwise stops with an error that says what to do."""
     from ledger.memory import device_name
-    from ledger.probe import probe_key, probe_models
     from ledger.device import default_device
+    from ledger.probing import probe_key, probe_models, probe_setting
 
     plans, chosen = list(plans), {}
     budget, margin = spec.probe.budget_bytes, spec.probe.margin
+    setting = probe_setting(spec, default_device())  # a bare-size budget resolves precision as this device
     for index, plan in enumerate(plans):
         model = plan.model
         if model.accum != "auto":
             continue
-        key = probe_key(model)
+        key = probe_key(model, setting)
         if key not in chosen:
             latest = store.latest_probe(key, device, budget, margin)
             if latest is not None:
                 chosen[key] = latest["chosen_k"]
             elif device_name(default_device()) == device:
-                chosen[key] = probe_models(spec, [model], store, budget, default_device())[0].result.chosen_k
+                chosen[key] = probe_models(spec, [model], store, None, default_device())[0].result.chosen_k
             else:
                 raise LedgerError(f"{model.name}: accum is auto and no memory probe is on record for the Ray "
                                   f"workers' device ({device}); run `ledger probe-memory` on a worker node with "

@@ -27,10 +27,11 @@ class RunResult:
     pid: int | None = None
 
 
-def record_start(store: Store, plan: RunPlan, device: str, precision: str, host: str, pid: int) -> None:
+def record_start(store: Store, plan: RunPlan, device: str, precision: str, host: str, pid: int,
+                 predicted_peak_bytes: int | None = None) -> None:
     """A `running` row, with the host and pid that let a later command see the process is gone."""
     row = dict(status="running", started_at=now(), finished_at=None, error=None, device=device, precision=precision,
-               host=host, pid=pid, accum=plan.accum)
+               host=host, pid=pid, accum=plan.accum, predicted_peak_bytes=predicted_peak_bytes)
     if plan.resume and store.runs(ids=[plan.run_id]):
         store.update_run(plan.run_id, row)
         return

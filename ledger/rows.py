@@ -96,6 +96,9 @@ class RunRow:
     valid_metric: float | None = None  # that metric, the last epoch's, plain
     tta_metric: float | None = None  # that metric on the held-out images, TTA'd
     tta_accuracy: float | None = None  # accuracy on the held-out images, TTA'd
+    predicted_peak_bytes: int | None = None  # the memory probe's prediction for the run's configuration
+    peak_vs_prediction: str | None = None  # how the measured peak compares with it, in words
+    peak_over_prediction: int | None = None  # 1 when the peak went over it by more than the probe's margin
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "RunRow":

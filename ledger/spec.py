@@ -103,15 +103,20 @@ class TtaSpec:
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    budget: str = "16GiB"
+    budget: str = "t4"  # a target card (ledger.targets) or a size such as 16GiB
     steps: int = 3
     margin: float = 0.05
 
     @property
-    def budget_bytes(self) -> int:
-        from ledger.memory import parse_size
+    def target(self):
+        """The budget as a ledger.targets.Budget: capacity, and the card's capability if it names one."""
+        from ledger.targets import parse_budget
 
-        return parse_size(self.budget)
+        return parse_budget(self.budget)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.target.capacity_bytes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,7 +379,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
     probe_c.reject_unknown({"budget", "steps", "margin"})
     probe = ProbeSpec(
-        budget=probe_c.get("budget", "budget", "16GiB"),
+        budget=probe_c.get("budget", "budget", "t4"),
         steps=probe_c.get("steps", "int", 3, min=1),
         margin=probe_c.get("margin", "float", 0.05, min=0.0, below=1.0),
     )

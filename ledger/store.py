@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ledger.errors import LedgerError
-from ledger.migrations import SCHEMA_VERSION, migrate, path_in_home
+from ledger.migrations import PROBE_TRIAL_V8_COLUMNS, SCHEMA_VERSION, migrate, path_in_home
 from ledger.processes import process_alive
 from ledger.rows import RunRow
 
@@ -208,21 +208,24 @@ class Store:
     # ------------------------------------------------------------ probes
 
     def record_probe(self, experiment: str, model: str, probe_key: str, size: str, device: str, budget_bytes: int,
-                     margin: float, chosen_k: int | None, trials: list) -> str:
+                     margin: float, chosen_k: int | None, trials: list, target: str | None = None,
+                     precision: str | None = None) -> str:
         probe_id = new_id()
+        extra = [column for column, _ in PROBE_TRIAL_V8_COLUMNS]
         with self.db:  # one transaction: a probe is recorded whole or not at all
             self.db.execute("BEGIN")
             self.db.execute(
                 "INSERT INTO probe_choices (id, experiment, model, probe_key, size, device, budget_bytes, margin,"
-                " chosen_k, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now()),
+                " chosen_k, created_at, target, precision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now(), target,
+                 precision),
             )
             limit = int(budget_bytes * (1 - margin))
             self.db.executemany(
                 "INSERT INTO probe_trials (probe_id, k, micro_batch, peak_bytes, fits, out_of_memory, seconds,"
-                " startup_seconds, error) VALUES (?,?,?,?,?,?,?,?,?)",
+                f" startup_seconds, error, {', '.join(extra)}) VALUES ({', '.join('?' * (9 + len(extra)))})",
                 [(probe_id, t.k, t.micro_batch, t.peak_bytes, int(t.fits(limit)), int(t.out_of_memory), t.seconds,
-                  t.startup_seconds, t.error) for t in trials],
+                  t.startup_seconds, t.error, *(getattr(t, column, None) for column in extra)) for t in trials],
             )
         return probe_id
 

@@ -235,3 +235,18 @@ def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the trial child outlived its parent")
+
+
+def test_timed_batches_give_the_median_step_after_the_first():
+    from ledger.probe_trial import _TimedBatches
+
+    timed = _TimedBatches([1, 2, 3])
+    assert [item for item in timed] == [1, 2, 3] and len(timed) == 3
+    timed.times = [10.0, 12.0, 12.5, 13.5]  # steps of 2.0 (warm-up), 0.5 and 1.0 seconds
+    assert timed.step_seconds() == pytest.approx(0.75)
+    timed.times = [10.0, 12.0, 12.5, 13.5, 13.9]  # then 0.5, 1.0 and 0.4: the median, 0.5, not the mean
+    assert timed.step_seconds() == pytest.approx(0.5)
+    timed.times = [10.0, 12.0]  # a single step: its own time, warm-up and all
+    assert timed.step_seconds() == pytest.approx(2.0)
+    timed.times = []
+    assert timed.step_seconds() is None

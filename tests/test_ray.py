@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_CONVNEXT, write_spec
+import torch
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
@@ -23,7 +24,8 @@ from ledger.cli import app  # noqa: E402
 from ledger.errors import LedgerError  # noqa: E402
 from ledger.experiment import plan_experiment  # noqa: E402
 from ledger.memory import device_name  # noqa: E402
-from ledger.probe import Trial, probe_key  # noqa: E402
+from ledger.probe import Trial  # noqa: E402
+from ledger.probing import probe_key, probe_setting  # noqa: E402
 from ledger.ray_executor import RayOptions, train_on_ray, worker_accum  # noqa: E402
 from ledger.spec import load_spec  # noqa: E402
 from ledger.store import Store, new_id  # noqa: E402
@@ -78,7 +80,7 @@ def test_train_on_ray_records_both_runs_done_and_they_bag(tmp_path, tiny_competi
     # A probe on record for the workers' device (this machine's CPU): the runs take its choice.
     spec = load_spec(spec_path)
     store = Store(home)
-    store.record_probe("tiny", "convnext", probe_key(spec.models[0]), "32", device_name("cpu"),
+    store.record_probe("tiny", "convnext", probe_key(spec.models[0], probe_setting(spec, torch.device("cpu"))), "32", device_name("cpu"),
                        spec.probe.budget_bytes, spec.probe.margin, 2, [Trial(2, 4, 1000, False, 0.1)])
 
     result = invoke("train", spec_path, "--home", home, "--executor", "ray", "--cpus-per-run", 1)
@@ -152,7 +154,7 @@ def test_accum_auto_is_looked_up_for_the_workers_device(tmp_path, tiny_competiti
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 1, accum: auto")))
     store = Store(tmp_path / "home")
     [plan] = plan_experiment(spec, spec.models, store, lambda model: 1)  # the driver's (CPU) answer
-    store.record_probe("tiny", "convnext", probe_key(spec.models[0]), "32", "cuda: Worker GPU",
+    store.record_probe("tiny", "convnext", probe_key(spec.models[0], probe_setting(spec, torch.device("cpu"))), "32", "cuda: Worker GPU",
                        spec.probe.budget_bytes, spec.probe.margin, 4, [Trial(4, 2, 1000, False, 0.1)])
     assert [p.accum for p in worker_accum(spec, store, [plan], "cuda: Worker GPU")] == [4]
     with pytest.raises(LedgerError, match="no memory probe is on record for the Ray workers' device"):

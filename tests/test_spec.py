@@ -81,8 +81,8 @@ def test_defaults(tmp_path):
     assert spec.train.precision == "auto"
     assert spec.tta == TtaSpec(n=4, beta=0.25)
     assert spec.augment == AugmentSpec()
-    assert spec.probe == ProbeSpec(budget="16GiB", steps=3, margin=0.05)
-    assert spec.probe.budget_bytes == 16 * 1024**3
+    assert spec.probe == ProbeSpec(budget="t4", steps=3, margin=0.05)
+    assert spec.probe.budget_bytes == 15_828_320_256  # the T4's total_memory (15,095 MiB and 64 KiB)
 
     (model,) = spec.models
     assert isinstance(model, ModelSpec)

@@ -135,5 +135,4 @@ def _coverage(images: int | None, train_images: int | None) -> str:
 
 
 # The commands register themselves on `app` when imported; last, since they import from here.
-from ledger.cli import basics, ensemble, ledger_cmds, train  # noqa: E402, F401
-from ledger.cli import export  # noqa: E402, F401
+from ledger.cli import basics, ensemble, export, ledger_cmds, probe, train  # noqa: E402, F401

@@ -41,7 +41,7 @@ def export(
     Example: ledger export experiments/fashion.yaml --out bundles/fashion
     """
     from ledger.export import export_bag
-    from ledger.memory import format_size, parse_size
+    from ledger.units import format_size, parse_size
     from ledger.store import Store
 
     try:

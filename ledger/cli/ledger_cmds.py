@@ -10,28 +10,46 @@ from rich.table import Table
 
 from ledger.cli import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
 from ledger.errors import LedgerError
+from ledger.rows import RunRow
 
-def _runs_table(rows: list[dict], console_: Console) -> Table:
+
+def _runs_table(rows: list[RunRow], console_: Console) -> Table:
     """Accuracy (1 - error rate), the one name the console uses for the metric everywhere."""
-    from ledger.memory import format_size
-    from ledger.tables import Column, fit_table
+    from ledger.tables import Column, fit_table, shorten
 
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
-    from ledger.tables import shorten
 
     # The accuracy is the last epoch's, without TTA (`report` shows the TTA'd one): so labelled.
     columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("model"), Column("arch", drop=4),
                Column("size", drop=2), Column("seed", drop=6), Column("k", drop=5), Column("epochs", drop=5),
                Column("status"), Column("valid loss", drop=4), Column("acc no TTA"), Column("img/s", drop=6),
-               Column("peak", drop=5), Column("device", drop=7)]
+               Column("peak", drop=5), Column("predicted", drop=5), Column("device", drop=7)]
     table_rows = []
     for r in rows:
         status = r.status if r.status not in ("failed", "missing") else shorten(f"{r.status}: {r.error or ''}", 60)
         table_rows.append([r.id, r.experiment, r.model, r.arch, r.size, str(r.split_seed),
                            str(r.accum), str(r.epochs), status, fmt(r.valid_loss, ".4f"), fmt(r.accuracy, ".4f"),
-                           fmt(r.images_per_s, ".0f"), "" if r.peak_bytes is None else format_size(r.peak_bytes),
-                           r.device or ""])
+                           fmt(r.images_per_s, ".0f"), _peak(r), _predicted(r), r.device or ""])
     return fit_table(console_, columns, table_rows, title="runs")
+
+
+def _peak(row: RunRow) -> str:
+    """The measured peak; flagged when it went over the probe's prediction by more than the margin."""
+    from ledger.units import format_size
+
+    if row.peak_bytes is None:
+        return ""
+    return format_size(row.peak_bytes) + (" (over the probe)" if row.peak_over_prediction else "")
+
+
+def _predicted(row: RunRow) -> str:
+    """The probe's predicted peak for the run's configuration, and how far the measured one is from it."""
+    from ledger.units import format_size
+
+    if not row.predicted_peak_bytes:
+        return ""
+    text = format_size(row.predicted_peak_bytes)
+    return f"{text}: {row.peak_vs_prediction}" if row.peak_vs_prediction else text
 
 
 def _oob(row: dict) -> tuple[str, float | None]:
@@ -84,13 +102,15 @@ def runs_command(
         return
     console.print(_runs_table(rows, console))
     if probes:
-        from ledger.memory import format_size
+        from ledger.units import format_size
         from ledger.tables import Column, fit_table
 
         columns = [Column("experiment", drop=2), Column("model"), Column("size"), Column("device", drop=3),
-                   Column("budget"), Column("chosen k"), Column("trials", drop=4), Column("created", drop=5)]
+                   Column("budget"), Column("precision", drop=4), Column("chosen k"), Column("trials", drop=4),
+                   Column("created", drop=5)]
         console.print(fit_table(console, columns, [
-            [p["experiment"], p["model"], p["size"], p["device"], format_size(p["budget_bytes"]),
+            [p["experiment"], p["model"], p["size"], p["device"],
+             (f"{p['target']} " if p.get("target") else "") + format_size(p["budget_bytes"]), p.get("precision") or "",
              "nothing fits" if p["chosen_k"] is None else str(p["chosen_k"]), str(len(p["trials"])), p["created_at"]]
             for p in probes], title="memory probes"))
     if submissions:

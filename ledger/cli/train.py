@@ -1,4 +1,4 @@
-"""`ledger probe-memory`, `lr-find` and `train`: everything that trains a model."""
+"""`ledger lr-find` and `train`: everything that trains a model (the probe: cli/probe.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.cli import (DeviceOpt, HomeOpt, JsonOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
+from ledger.cli import (DeviceOpt, HomeOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
                         console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
@@ -39,19 +39,66 @@ def _sigterm_as_interrupt():
 
 
 
-def _plan_table(plans, console_: Console) -> Table:
+def _plan_table(plans, console_: Console, precisions: dict | None = None, estimates: dict | None = None) -> Table:
+    from ledger.estimate import format_duration
     from ledger.tables import Column, fit_table
 
+    precisions, estimates = precisions or {}, estimates or {}
     columns = [Column("run", is_id=True), Column("model"), Column("arch", drop=3), Column("size", drop=2),
                Column("split", drop=4), Column("train seed", drop=5), Column("accum"), Column("epochs", drop=1),
-               Column("resume")]
+               Column("precision"), Column("estimate"), Column("resume")]
     rows = [[p.run_id, p.model.name, p.model.arch, p.model.size_label, p.split.describe(), str(p.train_seed),
-             str(p.accum) if p.accum else "auto", str(p.model.epochs), "yes" if p.resume else ""] for p in plans]
+             str(p.accum) if p.accum else "auto", str(p.model.epochs), precisions.get(p.run_id, ""),
+             "?" if estimates.get(p.run_id) is None else format_duration(estimates[p.run_id]),
+             "yes" if p.resume else ""] for p in plans]
     return fit_table(console_, columns, rows, title="plan")
 
 
+def _dry_run(spec, plans, store, torch_device) -> None:
+    """The plan with each run's precision and its time on this device (from the probe's timings), and the
+    total: does the spec fit a 12-hour Kaggle session?"""
+    from ledger.data import load_competition
+    from ledger.estimate import format_duration
+    from ledger.probing import decoding_seconds, estimated_seconds
+    from ledger.device import resolve_precision
+
+    competition = load_competition(spec.data)
+    precisions = {p.run_id: resolve_precision(p.model.precision, torch_device).name for p in plans}
+    estimates = {p.run_id: estimated_seconds(spec, store, p, torch_device, competition) for p in plans}
+    # An entry's first run decodes its images (the cache serves the others): charged to that run.
+    first_runs = {}
+    for p in plans:
+        first_runs.setdefault(p.model.name, p)
+    for name, p in first_runs.items():
+        if estimates[p.run_id] is not None:
+            estimates[p.run_id] += decoding_seconds(competition, p.model, store.home / "cache")
+    console.print(_plan_table(plans, console, precisions, estimates))
+    known = [seconds for seconds in estimates.values() if seconds is not None]
+    if known:
+        missing = len(plans) - len(known)
+        console.print(f"estimated time on this device: {format_duration(sum(known))} for {len(known)} run(s)"
+                      + (f"; {missing} run(s) without probe timings (run `ledger probe-memory` first)" if missing
+                         else ""))
+    elif plans:
+        console.print("no time estimate: no probe timings on record for these runs on this device "
+                      "(run `ledger probe-memory` first)")
+    console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
+
+
+def _over_prediction(store, results, console_: Console) -> None:
+    """A run whose peak went over the probe's prediction by more than the margin says so in the log."""
+    from ledger.units import format_size
+
+    done = [r.run_id for r in results if r.status == "done"]
+    for row in store.runs(ids=done) if done else []:
+        if row.peak_over_prediction:
+            console_.print(f"warning: run {row.id} ({row.model}): peak {format_size(row.peak_bytes)} is "
+                           f"{row.peak_vs_prediction} ({format_size(row.predicted_peak_bytes)})",
+                           style="yellow", markup=False, soft_wrap=True)
+
+
 def _results_table(plans, results, console_: Console) -> Table:
-    from ledger.memory import format_size
+    from ledger.units import format_size
     from ledger.tables import Column, fit_table
 
     # Both accuracies, each labelled: the last epoch's plain one and the held-out TTA'd one.
@@ -105,8 +152,8 @@ def train(
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
     from ledger.experiment import plan_experiment
-    from ledger.probe import accum_resolver
     from ledger.lock import experiment_lock
+    from ledger.probing import accum_resolver
     from ledger.progress import ProbeDisplay
     from ledger.store import Store, now
 
@@ -117,8 +164,7 @@ def train(
     if dry_run:
         plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
                                                                     may_probe=False), more, dry_run=True)
-        console.print(_plan_table(plans, console))
-        console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
+        _dry_run(spec, plans, store, torch_device)
         return
     with experiment_lock(store.home, spec.name, now()):
         _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run)
@@ -127,7 +173,7 @@ def train(
 def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run) -> None:
     """`train` once it holds the experiment's lock: housekeeping, plan, execute, record."""
     from ledger.experiment import plan_experiment, train_experiment
-    from ledger.probe import accum_resolver
+    from ledger.probing import accum_resolver
     from ledger.progress import ConsoleEvents, ProbeDisplay
 
     # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
@@ -156,6 +202,7 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
         console.print(f"interrupted: {done} done run(s) kept; run the same command again to go on{notes}")
         raise typer.Exit(130)
     console.print(_results_table(plans, results, console))
+    _over_prediction(store, results, console)
     failed = [r for r in results if r.status != "done"]
     console.print(f"{len(results) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
     if results and not failed:
@@ -179,78 +226,6 @@ def _print_bag_estimate(spec, store) -> None:
         accuracy = "" if figure.metric == "accuracy" else f" (accuracy {format_score(figure.accuracy)})"
         console.print(f"out-of-bag {figure.metric} of the spec's bag: {format_score(figure.score)}{accuracy} on "
                       f"{figure.images} of {figure.train_images} training images; `ledger ensemble` writes it")
-
-# ---------------------------------------------------------------- probe-memory
-
-
-def _budget(text: str | None) -> int | None:
-    from ledger.memory import parse_size
-
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise SpecError(f"--budget: {e}") from None
-
-
-@app.command("probe-memory")
-@friendly_errors
-def probe_memory(
-    spec_path: SpecArg,
-    model: ModelOpt = None,
-    budget: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 16GiB, 15.9GB, 800MiB (default: the spec's probe.budget).")] = None,
-    as_json: JsonOpt = False,
-    device: DeviceOpt = None,
-    overrides: SetOpt = None,
-    home: HomeOpt = None,
-) -> None:
-    """Measure peak training memory on the smallest class and pick each model's accumulation factor.
-
-    Each trial trains probe.steps real steps in a fresh child process, for k = 1, 2, 4, ... and stops at
-    the first k whose peak fits the budget less probe.margin. `accum: auto` in train uses the choice.
-
-    Example: ledger probe-memory experiments/fashion.yaml --budget 16GiB
-    """
-    from ledger.memory import format_size
-    from ledger.probe import micro_batch_size, nothing_fits_message, probe_models, usable_bytes
-    from ledger.progress import ProbeDisplay
-    from ledger.store import Store
-
-    spec = _load(spec_path, overrides=overrides, check_data=True)
-    budget_bytes = _budget(budget) or spec.probe.budget_bytes
-    store = Store(home)
-    # With --json, stdout carries only the JSON: the trials show on stderr.
-    probes = probe_models(spec, spec.select(model), store, budget_bytes, device=_device(device),
-                          display=ProbeDisplay(err_console if as_json else console))
-    limit = usable_bytes(budget_bytes, spec.probe.margin)
-    if as_json:
-        _print_json([
-            {"model": p.model.name, "arch": p.model.arch, "size": p.model.size_label, "device": p.device,
-             "budget_bytes": p.budget_bytes, "limit_bytes": limit, "chosen_k": p.result.chosen_k,
-             "trials": [dataclasses.asdict(t) | {"fits": t.fits(limit)} for t in p.result.trials]}
-            for p in probes])
-    else:
-        table = Table("model", "size", "k", "micro-batch", "peak", "fits", "seconds", "start-up s",
-                      title=f"memory probe, budget {format_size(budget_bytes)} "
-                            f"({format_size(limit)} usable), {probes[0].device if probes else ''}")
-        for p in probes:
-            for t in p.result.trials:
-                verdict = "yes" if t.fits(limit) else ("OOM" if t.out_of_memory else ("error" if t.error else "no"))
-                table.add_row(p.model.name, p.model.size_label, str(t.k), str(t.micro_batch),
-                              "-" if t.peak_bytes is None else format_size(t.peak_bytes), verdict,
-                              f"{t.seconds:.1f}", f"{t.startup_seconds:.1f}")
-        console.print(table)
-        for p in probes:
-            if p.result.chosen_k is not None:
-                console.print(f"{p.model.name}: accum {p.result.chosen_k} "
-                              f"(micro-batch {micro_batch_size(p.model.batch_size, p.result.chosen_k)})")
-    failed = [p for p in probes if p.result.chosen_k is None]
-    for p in failed:
-        err_console.print(nothing_fits_message(f"{p.model.name} ({p.label})", p.result.trials, budget_bytes, limit),
-                          style="red", markup=False, soft_wrap=True)
-    if failed:
-        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- lr-find
@@ -296,7 +271,7 @@ def lr_find_command(
     Example: ledger lr-find experiments/fashion.yaml --model convnext --json
     """
     from ledger.lr_find_run import lr_find
-    from ledger.probe import accum_resolver
+    from ledger.probing import accum_resolver
     from ledger.progress import ProbeDisplay
     from ledger.store import Store
 

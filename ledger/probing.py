@@ -1,0 +1,233 @@
+"""The probe of a spec, for a target card: what a probe answers for (its key), running it over the
+spec's models, and reading its answers back (`accum: auto`, a run's predicted peak and timings).
+
+The search and the child runner are ledger.probe; the trial itself is ledger.probe_trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ledger.probe import (SearchResult, Trial, micro_batch_size, nothing_fits_message, run_in_child, search_accum,
+                          usable_bytes)
+from ledger.units import format_size
+
+
+
+@dataclass(frozen=True)
+class ProbeSetting:
+    """What a probe answers for besides the model: the budget (a target card or a size), the margin,
+    the probing device's capability (None on a CPU) and the library versions it measured with."""
+
+    budget: object  # ledger.targets.Budget
+    margin: float
+    local_capability: tuple[int, int] | None
+    versions: dict
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        """The target's, or with a bare size the probing device's: it decides precision and kernels."""
+        return self.budget.target.capability if self.budget.target is not None else self.local_capability
+
+    def precision(self, model) -> str:
+        from ledger.targets import precision_for
+
+        return precision_for(model.precision, self.capability)
+
+
+def library_versions() -> dict:
+    """torch's and cuDNN's versions and the allocator settings: a probe measured with others does not
+    answer for this process."""
+    import torch
+
+    from ledger.probe_trial import allocator_config
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return dict(torch=torch.__version__, cudnn=cudnn, alloc_conf=allocator_config())
+
+
+def probe_setting(spec, device, budget=None) -> ProbeSetting:
+    """The setting of a probe on `device` (torch.device) for the spec's budget, or `budget` (a Budget)."""
+    import torch
+
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, library_versions())
+
+
+def probe_key(model, setting: ProbeSetting) -> str:
+    """What a probe's answer depends on, besides device, budget and margin (their own columns): the
+    model, its input (size, presize, resize) and batch, the target and the precision it resolves to,
+    and the versions it ran with. A probe of one key never answers for another."""
+    import json
+
+    return json.dumps(dict(arch=model.arch, size=list(model.size), presize=model.presize and list(model.presize),
+                           resize=model.resize, model_kwargs=model.model_kwargs, batch_size=model.batch_size,
+                           target=setting.budget.target_name, precision=setting.precision(model),
+                           **setting.versions), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    model: object  # ModelSpec
+    device: str
+    budget: object  # ledger.targets.Budget
+    precision: str  # what `auto` resolved to for the target
+    result: SearchResult
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.budget.capacity_bytes
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.arch} at {self.model.size_label}"
+
+
+def probe_models(spec, models, store, budget=None, device=None, display=None) -> list[ModelProbe]:
+    """Probe each model on the smallest class for `budget` (a ledger.targets.Budget; default the spec's)
+    and record every trial and the choice in the ledger. `display` (optional; the command line's
+    progress.ProbeDisplay) is told of decoding and of each trial as it starts and ends: nothing here prints."""
+    from ledger.data import load_competition, load_images, smallest_class_indices
+    from ledger.memory import device_name
+    from ledger.probe_trial import TrialTarget, training_trial
+    from ledger.device import default_device
+
+    device = device or default_device()
+    setting = probe_setting(spec, device, budget)
+    budget_bytes = setting.budget.capacity_bytes
+    limit = usable_bytes(budget_bytes, spec.probe.margin)
+    competition = load_competition(spec.data)
+    subset = smallest_class_indices(competition.train_labels)
+    paths = tuple(competition.train_paths[i] for i in subset)
+    cache_dir = store.home / "cache"
+    probes = []
+    for model in models:
+        # Decoded once here (no torch device touched), then read from the cache by every child.
+        load_images(paths, model.item_size, model.resize, cache_dir,
+                    progress=None if display is None else (lambda done, total, name=model.name:
+                                                           display.decoding(name, done, total)))
+        precision = setting.precision(model)
+        # On CUDA the trial runs as the target will; on a CPU as training there does (float32 for auto).
+        target = (TrialTarget(budget_bytes if setting.budget.target else None, setting.capability, precision)
+                  if device.type == "cuda" else TrialTarget(precision=model.precision))
+
+        def trial(k: int, model=model, target=target) -> Trial:
+            micro_batch = micro_batch_size(model.batch_size, k)
+            if display is not None:
+                display.trial_started(model.name, k, micro_batch)
+            result = run_in_child(training_trial, model, paths, sum(competition.head_sizes), spec.probe.steps,
+                                  str(device), str(cache_dir), target, k=k, micro_batch=micro_batch)
+            if display is not None:
+                peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)
+                verdict = "fits" if result.fits(limit) else ("out of memory" if result.out_of_memory else
+                                                             (result.error or "too big"))
+                display.trial_finished(model.name, f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak "
+                                                   f"{peak}: {verdict}  {result.seconds + result.startup_seconds:.1f}s")
+            return result
+
+        result = search_accum(model.batch_size, trial, limit)
+        name = device_name(device)
+        store.record_probe(spec.name, model.name, probe_key(model, setting), model.size_label, name, budget_bytes,
+                           spec.probe.margin, result.chosen_k, result.trials, target=setting.budget.target_name,
+                           precision=precision)
+        probes.append(ModelProbe(model, name, setting.budget, precision, result))
+    return probes
+
+
+def recorded_trial(store, spec, model, device, accum: int) -> dict | None:
+    """The latest probe's trial of `model` at factor `accum` on `device`, for the spec's budget: its
+    peak is the run's predicted peak, its timings the run's estimate. None when nothing is on record."""
+    from ledger.memory import device_name
+
+    setting = probe_setting(spec, device)
+    latest = store.latest_probe(probe_key(model, setting), device_name(device), setting.budget.capacity_bytes,
+                                spec.probe.margin)
+    if latest is None:
+        return None
+    return next((row for row in store.probe_trials(latest["id"]) if row["k"] == accum and row["error"] is None), None)
+
+
+def record_peak_check(store, run_id: str, predicted_bytes: int | None, measured_bytes: int | None,
+                      margin: float) -> None:
+    """A done run's measured peak against the probe's prediction, in its row: how far apart they are,
+    and whether the peak went over the prediction by more than the margin (the train log says so)."""
+    from ledger.targets import check_peak
+
+    check = check_peak(predicted_bytes, measured_bytes, margin)
+    if check is not None:
+        store.update_run(run_id, {"peak_vs_prediction": check.describe(), "peak_over_prediction": int(check.exceeds)})
+
+
+def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
+    """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
+    with no probe on record, probe first (and say so through `display`, a progress.ProbeDisplay),
+    or, with `may_probe=False`, answer 0 (unknown)."""
+    from ledger.errors import LedgerError
+    from ledger.memory import device_name
+    from ledger.device import default_device
+
+    device = device or default_device()
+    setting = probe_setting(spec, device)
+    budget = setting.budget.capacity_bytes
+    described = f"{setting.budget.target_name or format_size(budget)}"
+
+    def resolve(model) -> int:
+        if model.accum != "auto":
+            return model.accum
+        latest = store.latest_probe(probe_key(model, setting), device_name(device), budget, spec.probe.margin)
+        if latest is None and not may_probe:
+            return 0
+        if latest is None:
+            display.say(f"{model.name}: accum is auto and no probe is on record for {described} on "
+                        f"{device_name(device)}; probing first")
+            probe = probe_models(spec, [model], store, setting.budget, device, display)[0]
+            chosen, trials = probe.result.chosen_k, probe.result.trials
+        else:
+            chosen, trials = latest["chosen_k"], None
+        if chosen is None:
+            if trials is None:
+                rows = store.probe_trials(latest["id"])
+                trials = [Trial(r["k"], r["micro_batch"], r["peak_bytes"], bool(r["out_of_memory"]), r["seconds"],
+                                r["error"]) for r in rows]
+            raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label})", trials,
+                                                   budget, usable_bytes(budget, spec.probe.margin)))
+        display.say(f"{model.name}: accum {chosen} (from the memory probe, budget {described})")
+        return chosen
+
+    return resolve
+
+
+def estimated_seconds(spec, store, plan, device, competition) -> float | None:
+    """A planned run's time on `device` from its probe's timings (ledger.estimate); None when no probe
+    with timings is on record for its factor on this device."""
+    from ledger.estimate import RunShape, Timings, run_seconds
+    from ledger.execute import split_of
+
+    probed = recorded_trial(store, spec, plan.model, device, plan.accum) if plan.accum else None
+    if probed is None or probed.get("step_seconds") is None:
+        return None
+    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    model = plan.model
+    shape = RunShape(train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
+                     batch_size=model.batch_size, epochs=model.epochs,
+                     frozen_epochs=model.freeze_epochs if model.finetune else 0, tta_n=plan.tta_n)
+    timings = Timings(probed["step_seconds"], probed["predict_seconds_per_image"],
+                      probed["augmented_seconds_per_image"])
+    return run_seconds(timings, shape)
+
+
+def decoding_seconds(competition, model, cache_dir, sample: int = 64) -> float:
+    """The time to decode a model entry's train and test images at its item size, as the first run of
+    the entry will (the cache serves later runs and commands): nothing when they are cached, else the
+    time load_images takes over a sample of them, scaled to all of them."""
+    import time
+
+    from ledger.data import is_cached, load_images
+
+    paths = (tuple(competition.train_paths), tuple(competition.test_paths))
+    if all(is_cached(p, model.item_size, model.resize, cache_dir) for p in paths if p):
+        return 0.0
+    chosen = tuple(competition.train_paths[:sample])
+    started = time.perf_counter()
+    load_images(chosen, model.item_size, model.resize, cache_dir=None)
+    return (time.perf_counter() - started) / max(1, len(chosen)) * sum(len(p) for p in paths)
