@@ -37,11 +37,22 @@ class Competition:
     test_paths: tuple[Path, ...]
     sample_submission: Path
     extra: tuple["ExtraTarget", ...] = ()  # data.extra_targets, in the spec's order
+    label_csv: Path | None = None  # the label CSV (None: labels from class folders)
 
     @property
     def head_sizes(self) -> tuple[int, ...]:
         """Classes of each target, the submission's first: one head holds them all, in this order."""
         return (len(self.vocab), *(len(t.vocab) for t in self.extra))
+
+    def train_column(self, column: str, key: str = "split.group") -> np.ndarray:
+        """Another column of the label CSV, one value per train image (in `train_ids` order): what
+        `key` names, e.g. the group each image belongs to."""
+        if self.label_csv is None:
+            raise LedgerError(f"{key}: {column!r} needs a label CSV (data.labels), not class folders")
+        table = _read_csv(self.label_csv)
+        if column not in table.columns:
+            raise LedgerError(f"{self.label_csv}: no column {column!r} ({key}; columns: {', '.join(table.columns)})")
+        return table[column].to_numpy()  # load_competition keeps the CSV's row order
 
     def target_labels(self) -> np.ndarray:
         """(N,) int64 for one target; (N, 1 + extra) with the extra targets' columns after it."""
@@ -185,6 +196,7 @@ def load_competition(data: DataSpec) -> Competition:
         test_paths=tuple(test_paths),
         sample_submission=sample_path,
         extra=tuple(extra),
+        label_csv=None if data.labels == "folders" else root / data.labels,
     )
 
 
@@ -213,19 +225,40 @@ def split_indices(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[np.n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
 
 
-def fold_indices(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def fold_indices(labels: np.ndarray, folds: int, fold: int, seed: int,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fold `fold` of a stratified K-fold split: (train, valid) indices, sorted.
 
     Each class's members, permuted with `seed`, are dealt round-robin into the K folds, continuing
     from class to class, so every fold has each class's share to within one image (and the folds'
     sizes differ by at most one). Over fold = 0..K-1 every index is in exactly one valid set.
+
+    With `groups` (one value per image), every group lies inside one fold, so a model is never
+    validated on a source (patient, plant, photographer) it trained on; scikit-learn's
+    StratifiedGroupKFold keeps the folds' class shares as close as whole groups allow.
     """
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    if groups is not None:
+        return _group_fold_indices(labels, folds, fold, seed, groups)
     rng = np.random.default_rng(seed)
     dealt = np.concatenate([rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)])
     in_fold = np.arange(len(dealt)) % folds == fold
     return np.sort(dealt[~in_fold]), np.sort(dealt[in_fold])
+
+
+def _group_fold_indices(labels: np.ndarray, folds: int, fold: int, seed: int,
+                        groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.model_selection import StratifiedGroupKFold
+    except ImportError:
+        raise LedgerError("split.group needs scikit-learn (pip install scikit-learn)") from None
+    distinct = len(set(groups))
+    if distinct < folds:
+        raise LedgerError(f"split.group: {distinct} group(s) cannot fill {folds} folds (split.folds)")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, valid = list(splitter.split(np.zeros(len(labels)), labels, groups))[fold]
+    return np.sort(train), np.sort(valid)
 
 
 def smallest_class_indices(labels: np.ndarray) -> np.ndarray:

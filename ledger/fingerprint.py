@@ -18,6 +18,14 @@ from ledger.spec import DataSpec, ModelSpec, Spec, _plain
 
 # ModelSpec fields that do not change what a run predicts.
 _NOT_PREDICTIVE = {"name", "runs", "weight", "accum", "save_weights"}
+# Settings added after runs were on record, with the value that means "off": left out of the hash
+# while off, so runs trained before a setting existed keep their fingerprints (and are not retrained).
+_ADDED_OFF = {"model": {"clip_grad": None, "ema": None}, "split": {"group": None}, "tta": {"size": None}}
+
+
+def _without_added_off(section: str, fields: dict) -> dict:
+    off = _ADDED_OFF[section]
+    return {k: v for k, v in fields.items() if not (k in off and v == off[k])}
 
 
 @functools.lru_cache(maxsize=16)
@@ -50,8 +58,9 @@ def data_digest(data: DataSpec) -> str:
 
 def fingerprint_fields(spec: Spec, model: ModelSpec) -> dict:
     fields = {k: v for k, v in _plain(dataclasses.asdict(model)).items() if k not in _NOT_PREDICTIVE}
-    split = dataclasses.asdict(spec.split)
-    return fields | {"split": split, "tta": dataclasses.asdict(spec.tta), "data": data_digest(spec.data)}
+    split, tta = _plain(dataclasses.asdict(spec.split)), _plain(dataclasses.asdict(spec.tta))
+    return _without_added_off("model", fields) | {
+        "split": _without_added_off("split", split), "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
 
 
 def run_fingerprint(spec: Spec, model: ModelSpec) -> str:

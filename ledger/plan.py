@@ -25,10 +25,12 @@ class SplitPlan:
     valid_pct: float = 0.2
     fold: int | None = None
     folds: int | None = None
+    group: str | None = None  # a label-CSV column whose values each stay inside one fold
 
     def describe(self) -> str:
         if self.folds:
-            return f"fold {self.fold + 1}/{self.folds} seed {self.seed}"
+            by = f" by {self.group}" if self.group else ""
+            return f"fold {self.fold + 1}/{self.folds}{by} seed {self.seed}"
         return f"random {self.valid_pct:.0%} seed {self.seed}"
 
 
@@ -48,6 +50,7 @@ class RunPlan:
     data: DataSpec | None = None  # where the competition is (a Ray worker loads it itself)
     tta_n: int = 4
     tta_beta: float = 0.25
+    tta_sizes: tuple[tuple[int, int], ...] = ()  # sizes to predict at (tta.size); (): the entry's size
 
 
 def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tuple[SplitPlan, int]:
@@ -60,7 +63,8 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
     if split.folds:
         base = split.seed or 0
         seed = base + run_number // split.folds
-        return SplitPlan(seed=seed, fold=run_number % split.folds, folds=split.folds), seed * 1000 + run_number
+        return (SplitPlan(seed=seed, fold=run_number % split.folds, folds=split.folds, group=split.group),
+                seed * 1000 + run_number)
     if split.seed is not None:
         return SplitPlan(seed=split.seed, valid_pct=split.valid_pct), split.seed + run_number
     seed = fresh_seed()
@@ -90,7 +94,7 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow],
         taken = {r.run_number for r in done if r.run_number is not None}
         for row in resumes[:owed]:
             split = SplitPlan(seed=row.split_seed, valid_pct=spec.split.valid_pct, fold=row.fold,
-                              folds=row.folds)
+                              folds=row.folds, group=spec.split.group if row.folds else None)
             plans.append(_run_plan(spec, model, row.id, row.run_number, split, row.train_seed,
                                    accum, fingerprint, resume=True))
             taken.add(row.run_number)
@@ -108,4 +112,5 @@ def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: Spl
               fingerprint: str, resume: bool = False) -> RunPlan:
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
-                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data)
+                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data,
+                   tta_sizes=spec.tta.sizes_for(model.size) if spec.tta.size else ())

