@@ -21,6 +21,7 @@ from ledger.data import load_competition
 from ledger.execute import PARTIAL_SUFFIX, cached_images, execute, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, plan
+from ledger.pseudo import teacher_runs
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
@@ -60,7 +61,7 @@ def plan_experiment(spec: Spec, models: Sequence[ModelSpec], store: Store, accum
                     more: int = 0) -> list[RunPlan]:
     housekeeping(store, spec.name)
     return plan(spec, models, store.runs(spec.name), accum_for, new_id, more=more,
-                resumable=lambda row: resumable(store, row))
+                resumable=lambda row: resumable(store, row), teachers=teacher_runs(spec, store))
 
 
 def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,

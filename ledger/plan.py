@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ledger.fingerprint import run_fingerprint
+from ledger.pseudo import PseudoPlan, TeacherRun, pseudo_plan
 from ledger.rows import RunRow
 from ledger.spec import DataSpec, ModelSpec, Spec
 
@@ -51,6 +52,7 @@ class RunPlan:
     tta_n: int = 4
     tta_beta: float = 0.25
     tta_sizes: tuple[tuple[int, int], ...] = ()  # sizes to predict at (tta.size); (): the entry's size
+    pseudo: PseudoPlan | None = None  # the teacher runs that held out this run's validation images
 
 
 def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tuple[SplitPlan, int]:
@@ -73,13 +75,14 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
 
 def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow], accum_for: Callable[[ModelSpec], int],
          new_id: Callable[[], str], more: int = 0, resumable: Callable[[RunRow], bool] = lambda row: False,
-         fresh_seed: Callable[[], int] | None = None) -> list[RunPlan]:
+         fresh_seed: Callable[[], int] | None = None, teachers: Sequence[TeacherRun] = ()) -> list[RunPlan]:
     """The runs `models` still owe, in spec order.
 
     `ledger_rows`: the experiment's rows from the ledger. `accum_for(model)` is asked only for
     entries that owe runs (it may have to probe memory). `resumable(row)`: whether an
     interrupted row left a checkpoint; such runs are planned again under their own id and numbers.
-    `more`: runs to add per entry beyond the spec's `runs`."""
+    `more`: runs to add per entry beyond the spec's `runs`. `teachers`: with `spec.pseudo`, the
+    teacher bag's runs (pseudo.teacher_runs); each run gets those that held out its split."""
     fresh_seed = fresh_seed or (lambda: random.SystemRandom().randrange(2**31))
     plans = []
     for model in models:
@@ -96,21 +99,22 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow],
             split = SplitPlan(seed=row.split_seed, valid_pct=spec.split.valid_pct, fold=row.fold,
                               folds=row.folds, group=spec.split.group if row.folds else None)
             plans.append(_run_plan(spec, model, row.id, row.run_number, split, row.train_seed,
-                                   accum, fingerprint, resume=True))
+                                   accum, fingerprint, teachers, resume=True))
             taken.add(row.run_number)
         number = 0
         for _ in range(owed - len(resumes[:owed])):
             while number in taken:
                 number += 1
             split, train_seed = split_for(spec, number, fresh_seed)
-            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accum, fingerprint))
+            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accum, fingerprint, teachers))
             taken.add(number)
     return plans
 
 
 def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: SplitPlan, train_seed: int, accum: int,
-              fingerprint: str, resume: bool = False) -> RunPlan:
+              fingerprint: str, teachers: Sequence[TeacherRun], resume: bool = False) -> RunPlan:
+    pseudo = pseudo_plan(spec.pseudo, split, teachers) if spec.pseudo is not None else None
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
                    tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data,
-                   tta_sizes=spec.tta.sizes_for(model.size) if spec.tta.size else ())
+                   tta_sizes=spec.tta.sizes_for(model.size) if spec.tta.size else (), pseudo=pseudo)

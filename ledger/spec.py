@@ -18,6 +18,7 @@ import yaml
 
 from ledger.errors import SpecError
 from ledger.overrides import apply_overrides, blame
+from ledger.pseudo import PseudoSpec, check_pseudo_models, parse_pseudo
 from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -166,6 +167,7 @@ class Spec:
     tta: TtaSpec = TtaSpec()
     probe: ProbeSpec = ProbeSpec()
     augment: AugmentSpec | None = AugmentSpec()  # what model entries inherit; None: off
+    pseudo: PseudoSpec | None = None  # pseudo-labelled test images from a teacher (see pseudo.py)
     path: Path | None = None
 
     def model(self, name: str) -> ModelSpec:
@@ -398,12 +400,13 @@ def parse_spec(
 
 def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top = Checker(file, "", raw)
-    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models"})
+    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "pseudo"})
     name = _check_name(top)
     # The data root is checked last: a typo in a key is the more useful error to see first.
     data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
     _check_group_column(file, data, split)
+    pseudo = parse_pseudo(file, top.get("pseudo", "dict?", None), data, split)
 
     train_c = Checker(file, "train", top.get("train", "dict", {}))
     train_c.reject_unknown(_TRAIN_KEYS)
@@ -440,13 +443,14 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         if data.extra_targets and (model.mixup or model.cutmix):
             key = "mixup" if model.mixup else "cutmix"
             raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
+    check_pseudo_models(file, pseudo, models)
     if check_data:
         _check_data_root(file, data, top.mapping["data"]["root"])
     if check_models:
         for i, model in enumerate(models):
             check_model(file, i, model)
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
-                augment=augment, path=file)
+                augment=augment, pseudo=pseudo, path=file)
 
 
 def load_spec(

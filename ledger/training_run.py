@@ -26,6 +26,7 @@ from ledger.memory import PeakMemory, device_name
 from ledger.models import save_weights
 from ledger.plan import RunPlan
 from ledger.probe import micro_batch_size
+from ledger.pseudo import pseudo_labels, training_set
 from ledger.rows import RunSummary
 from ledger.schedule import fit_phases
 from ledger.spec import dump_yaml, model_to_dict
@@ -53,6 +54,7 @@ class TrainedRun:
     test_probs: torch.Tensor  # every target's classes side by side, TTA'd
     valid_probs: torch.Tensor | None  # the same for the held-out images; None without any
     peak_bytes: int
+    pseudo_images: int = 0  # pseudo-labelled test images trained on
 
 
 def split_of(plan: RunPlan, competition: Competition) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +83,14 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
                       torch.Generator().manual_seed(plan.train_seed))
     micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
     labels = competition.target_labels()
-    batches = Batches(images.train, labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
+    train_images, train_labels, train_rows, pseudo_images = images.train, labels, train_idx, 0
+    if plan.pseudo is not None:  # only from teacher runs that held out this run's validation images
+        chosen, chosen_labels = pseudo_labels(plan.pseudo, competition, valid_idx)
+        train_images, train_labels, train_rows = training_set(
+            images.train, labels, train_idx, images.test, chosen, chosen_labels, plan.pseudo.weight, sizes[0],
+            model.label_smoothing)
+        pseudo_images = len(chosen)
+    batches = Batches(train_images, train_labels, train_rows, model.batch_size, shuffle=True, drop_last=True,
                       seed=plan.train_seed)
     valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
@@ -98,7 +107,8 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     if valid is not None:
         valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
                                    head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
-    return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read())
+    return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
+                      pseudo_images)
 
 
 @torch.no_grad()
@@ -167,5 +177,9 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
                     tta=dict(n=plan.tta_n, beta=plan.tta_beta, sizes=[list(s) for s in plan.tta_sizes] or None),
                     fingerprint=plan.fingerprint)
+    if plan.pseudo is not None:
+        resolved["pseudo"] = dict(teacher_runs=[t.run_id for t in plan.pseudo.teachers],
+                                  threshold=plan.pseudo.threshold, weight=plan.pseudo.weight,
+                                  images=trained.pseudo_images)
     (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
     return summary
