@@ -19,7 +19,8 @@ import yaml
 from ledger.errors import SpecError
 from ledger.overrides import apply_overrides, blame
 from ledger.pseudo import PseudoSpec, check_pseudo_models, parse_pseudo
-from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
+from ledger.spec_checks import (Checker, check_group_column, check_model, read_yaml, resolve_path, spec_error,
+                                tta_sizes)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHODS = ("squish", "crop", "pad")
@@ -313,46 +314,6 @@ def _parse_split(file: Path, raw: Any) -> SplitSpec:
     return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds, group=group)
 
 
-def _parse_tta_size(c: Checker) -> tuple | None:
-    """tta.size: one item or a list of them; an item is pixels (288, or [288, 320] as [height,
-    width] inside a list of sizes) or a positive factor of the entry's size (1.25)."""
-    raw = c.mapping.get("size")
-    if raw is None:
-        return None
-    items = raw if isinstance(raw, list) else [raw]
-    if not items:
-        c.fail("expected a size, a factor or a non-empty list of them", "size")
-    sizes = []
-    for item in items:
-        if isinstance(item, float) and not isinstance(item, bool) and 0 < item <= 16:
-            sizes.append(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
-            if item < 8:  # `size: 1` is one pixel: surely a factor written without its decimal point
-                c.fail(f"{item} pixels is too small; write a factor of the entry's size as {item}.0", "size")
-            sizes.append(item)
-        elif (isinstance(item, list) and len(item) == 2
-              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)):
-            sizes.append((item[0], item[1]))
-        else:
-            c.fail(f"expected pixels (288 or [height, width]) or a factor in (0, 16] (1.25), got {item!r}", "size")
-    return tuple(sizes)
-
-
-def _check_group_column(file: Path, data: DataSpec, split: SplitSpec) -> None:
-    """split.group must name a column of the label CSV (checked when the CSV is there to read)."""
-    if split.group is None:
-        return
-    if data.labels == "folders":
-        raise spec_error(file, "split.group", "needs a label CSV (data.labels: train.csv): class folders have no columns")
-    csv = Path(data.root) / data.labels
-    if csv.is_file():
-        import pandas as pd
-
-        columns = list(pd.read_csv(csv, nrows=0, dtype=str).columns)
-        if split.group not in columns:
-            raise spec_error(file, "split.group", f"{csv} has no column {split.group!r} (columns: {', '.join(columns)})")
-
-
 def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, split: SplitSpec) -> ModelSpec:
     c.reject_unknown(_MODEL_KEYS | _TRAIN_KEYS)
     model = ModelSpec(
@@ -405,7 +366,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     # The data root is checked last: a typo in a key is the more useful error to see first.
     data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
-    _check_group_column(file, data, split)
+    check_group_column(file, data, split)
     pseudo = parse_pseudo(file, top.get("pseudo", "dict?", None), data, split)
 
     train_c = Checker(file, "train", top.get("train", "dict", {}))
@@ -416,7 +377,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
     tta_c.reject_unknown({"n", "beta", "size"})
     tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0),
-                  size=_parse_tta_size(tta_c))
+                  size=tta_sizes(tta_c))
 
     probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
     probe_c.reject_unknown({"budget", "steps", "margin"})

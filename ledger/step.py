@@ -71,7 +71,9 @@ def loop_parts(net: nn.Module, batches: Batches, runtime: Runtime, settings: Ste
 
         # timm's warm-up: after optimizer step t the decay is min(ema, 1 - t^(-2/3)), 0 at step 1 (a
         # copy), so the random start fades fast; it reaches 0.99 only after 1,000 steps.
-        ema = ModelEmaV3(net, decay=settings.ema, use_warmup=True, device=runtime.device)
+        # No device: the copy stays where `net` is (naming `cuda` for a net on `cuda:0` would turn off
+        # timm's one-kernel update as if the devices differed).
+        ema = ModelEmaV3(net, decay=settings.ema, use_warmup=True)
     return LoopParts(net, optimizer, scaler, batches, runtime.generator, ema)
 
 
