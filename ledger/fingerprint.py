@@ -59,8 +59,8 @@ def data_digest(data: DataSpec) -> str:
 def fingerprint_fields(spec: Spec, model: ModelSpec) -> dict:
     fields = {k: v for k, v in _plain(dataclasses.asdict(model)).items() if k not in _NOT_PREDICTIVE}
     split, tta = _plain(dataclasses.asdict(spec.split)), _plain(dataclasses.asdict(spec.tta))
-    fields = _without_added_off("model", fields) | {
-        "split": _without_added_off("split", split), "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
+    fields = _without_added_off("model", fields) | {"split": _without_added_off("split", split),
+                                                   "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
     if spec.pseudo is not None:
         from ledger.pseudo import teacher_fingerprints
 
