@@ -99,7 +99,8 @@ def check_weights(members: list[Member]) -> None:
 
 
 def run_model(folder: Path):
-    """The run's ModelSpec, TTA settings, and head size, from its resolved spec.yaml and predictions."""
+    """The run's ModelSpec, TTA settings (n, beta), classes, head size and TTA sizes, from its
+    resolved spec.yaml and predictions."""
     from ledger.spec import model_from_dict
 
     path = folder / artifacts.SPEC
@@ -114,7 +115,8 @@ def run_model(folder: Path):
     # The head holds the submission's classes first, then any extra target's: its total size is
     # the sum over every test prediction file, whatever the targets' order.
     head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
-    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head
+    sizes = tuple(tuple(size) for size in tta.get("sizes") or ())  # tta.size, resolved: () for the run's own
+    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head, sizes
 
 
 def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
@@ -126,7 +128,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     from ledger.batches import Batches
     from ledger.data import load_images
     from ledger.device import Runtime, model_on_device, resolve_precision
-    from ledger.inference import tta
+    from ledger.inference import tta_at_sizes
     from ledger.memory import release_memory
     from ledger.probe import micro_batch_size
 
@@ -134,7 +136,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
     total, vocab = None, None
     for member in members:
-        model, n, beta, run_vocab, head = run_model(member.folder)
+        model, n, beta, run_vocab, head, tta_sizes = run_model(member.folder)
         if vocab is not None and run_vocab != vocab:
             raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
                               f"runs of one bag must share their classes")
@@ -159,7 +161,8 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
         label = f"run {member.row.id}" + (" (tta)" if use_tta and n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
         sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else None
-        probs = tta(net, batches, runtime, n if use_tta else 0, beta, head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
+        probs = tta_at_sizes(net, batches, runtime, n if use_tta else 0, beta, tta_sizes if use_tta else (),
+                             head_sizes=sizes, progress=progress)[:, : len(vocab)].numpy()
         total = probs * member.weight if total is None else total + probs * member.weight
         del net
         release_memory()

@@ -1,8 +1,10 @@
-"""Weight averaging and gradient clipping in the one training step, worked by hand on tiny nets."""
+"""Weight averaging and gradient clipping in the one training step (worked by hand on tiny nets),
+group-aware folds, test-time resolution, and the settings' place in the fingerprint."""
 
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -214,7 +216,10 @@ def test_tta_size_parses_pixels_factors_and_lists(tmp_path, tiny_competition):
 
     path = tmp_path / "t.yaml"
     path.write_text(_spec_text(tiny_competition, "{folds: 3}"))
-    sizes = lambda value: load_spec(path, check_models=False, overrides=[f"tta.size={value}"]).tta.sizes_for((32, 24))  # noqa: E731
+
+    def sizes(value):
+        return load_spec(path, check_models=False, overrides=[f"tta.size={value}"]).tta.sizes_for((32, 24))
+
     assert sizes(40) == ((40, 40),)
     assert sizes(1.25) == ((40, 30),)  # a factor of the entry's own (height, width)
     assert sizes("[1.0, 48, [40, 36]]") == ((32, 24), (48, 48), (40, 36))
@@ -320,3 +325,33 @@ def test_an_architecture_of_one_input_size_is_refused_before_training(tmp_path, 
     with pytest.raises(LedgerError, match="tta.size 24x24: this architecture cannot predict at that size"):
         train_run(run, competition, cached_images(competition, run.model, None), CPU, NoTraining(),
                   Checkpoint(tmp_path / "ck"))
+
+
+def test_ledger_predict_repeats_a_runs_test_time_sizes(tmp_path, tiny_competition):
+    # `ledger predict` rebuilds a run from its spec.yaml: it must predict at the run's tta.size too,
+    # giving back the probabilities the run wrote for the test images (n 0: no random passes).
+    import json
+
+    from conftest import write_spec
+    from typer.testing import CliRunner
+
+    from ledger import artifacts
+    from ledger.cli import app
+
+    models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, accum: 1, save_weights: true,"
+              " model_kwargs: {dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}}\n")
+    spec, home, runner = write_spec(tmp_path / "tiny.yaml", tiny_competition, models), tmp_path / "home", CliRunner()
+    result = runner.invoke(app, ["train", str(spec), "--home", str(home), "--set", "tta.n=0",
+                                 "--set", "tta.size=[1.0, 1.5]"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(runner.invoke(app, ["runs", "--home", str(home), "--json"]).stdout)["runs"]
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["predict", row["id"], str(tiny_competition / "test_images"), "--out", str(out),
+                                 "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    written = artifacts.load_predictions(home / row["artifact_dir"] / artifacts.TEST_PREDS)
+    frame = pd.read_csv(out, dtype={"id": str}).set_index("id")
+    stems = set(written.ids)
+    frame.index = [name.rsplit(".", 1)[0] if name.rsplit(".", 1)[0] in stems else name for name in frame.index]
+    got = frame.loc[list(written.ids), list(written.vocab)].to_numpy()
+    np.testing.assert_allclose(got, written.probs, atol=1e-5)
