@@ -123,6 +123,9 @@ def test_the_teacher_must_split_as_the_student_and_is_in_the_fingerprint(tmp_pat
     before = run_fingerprint(spec, spec.models[0])
     write(tmp_path / "teacher.yaml", tiny_competition, epochs=2)  # a changed teacher...
     assert run_fingerprint(load_spec(student, check_models=False), spec.models[0]) != before  # ...retrains students
+    write(tmp_path / "mixing.yaml", tiny_competition, pseudo="pseudo: {teacher: teacher.yaml, weight: 0.5}\n")
+    with pytest.raises(SpecError, match=r"pseudo.weight: a weight other than 1 cannot be used with mixing"):
+        load_spec(tmp_path / "mixing.yaml", check_models=False, overrides=["train.mixup=0.4"])
     write(tmp_path / "random.yaml", tiny_competition, split="{valid_pct: 0.2}",
           pseudo="pseudo: {teacher: teacher.yaml}\n")
     with pytest.raises(SpecError, match="pseudo.teacher: needs a fixed split"):
@@ -135,7 +138,7 @@ def test_a_student_trains_on_its_folds_teacher_run_end_to_end(tmp_path, tiny_com
     runner, home = CliRunner(), tmp_path / "home"
     teacher = write(tmp_path / "teacher.yaml", tiny_competition)
     student = write(tmp_path / "student.yaml", tiny_competition,
-                    pseudo="pseudo: {teacher: teacher.yaml, threshold: 0.0}\n")
+                    pseudo="pseudo: {teacher: teacher.yaml, threshold: 0.0, weight: 0.5}\n")  # soft targets
     result = runner.invoke(app, ["train", str(student), "--home", str(home)])
     assert result.exit_code != 0 and "no done teacher run held out fold 1/3 seed 0" in result.output
     assert runner.invoke(app, ["train", str(teacher), "--home", str(home)]).exit_code == 0
