@@ -16,7 +16,7 @@ from ledger import artifacts
 from ledger.artifacts import Predictions
 from ledger.batches import Batches
 from ledger.checkpoint import Checkpoint
-from ledger.data import Competition, fold_indices, split_indices
+from ledger.data import Competition
 from ledger.device import Runtime, model_on_device, resolve_precision
 from ledger.errors import LedgerError
 from ledger.hooks import Progress, stage_callback
@@ -30,6 +30,7 @@ from ledger.pseudo import pseudo_labels, training_set
 from ledger.rows import RunSummary
 from ledger.schedule import fit_phases
 from ledger.spec import dump_yaml, model_to_dict
+from ledger.splits import fold_indices, split_indices
 from ledger.step import StepSettings
 from ledger.train import FitResult, fit
 

@@ -119,7 +119,7 @@ def test_weight_average_follows_timms_warm_up_worked_by_hand():
 
 def test_group_folds_keep_every_group_inside_one_fold():
     pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
-    from ledger.data import fold_indices
+    from ledger.splits import fold_indices
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 4)  # 30 sources of 4 images each
@@ -137,7 +137,7 @@ def test_group_folds_keep_every_group_inside_one_fold():
 
 def test_group_folds_need_as_many_groups_as_folds():
     pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
-    from ledger.data import fold_indices
+    from ledger.splits import fold_indices
     from ledger.errors import LedgerError
 
     with pytest.raises(LedgerError, match="4 group"):

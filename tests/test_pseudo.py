@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ledger import artifacts
 from ledger.artifacts import Predictions
-from ledger.data import fold_indices
+from ledger.splits import fold_indices
 from ledger.errors import LedgerError, SpecError
 from ledger.loss import Criterion
 from ledger.plan import SplitPlan
