@@ -13,6 +13,7 @@ part of the one bilinear sample, without antialiasing (as fastai's).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -48,6 +49,12 @@ class BatchTransform:
         self.log_ratio = (math.log(crop_ratio[0]), math.log(crop_ratio[1]))
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def resized(self, size: tuple[int, int]) -> "BatchTransform":
+        """The same transform giving batches of `size` (test-time resolution)."""
+        other = copy.copy(self)
+        other.size = tuple(size)
+        return other
 
     def _normalise(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         mean, std = self.mean.to(x.device) * scale, self.std.to(x.device) * scale

@@ -10,6 +10,7 @@ each run, so the two predict alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -93,6 +94,7 @@ class RunEntry:
     tta_seed: int
     vocab: list[str]  # the submission's classes, in the head's order
     head_sizes: list[int]  # the submission's classes, then each extra target's
+    tta_sizes: list = dataclasses.field(default_factory=list)  # [[h, w], ...]: tta.size; []: the run's size
 
     @classmethod
     def read(cls, path: Path) -> "RunEntry":
@@ -104,7 +106,8 @@ class RunEntry:
 
 
 def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: np.ndarray, device,
-                tta_n: int, tta_beta: float, tta_seed: int, progress: Callable[[int, int], None] | None = None
+                tta_n: int, tta_beta: float, tta_seed: int, progress: Callable[[int, int], None] | None = None,
+                tta_sizes: tuple = ()
                 ) -> np.ndarray:
     """(N, C) float32 probabilities of the submission's classes from one run's saved weights, with
     fastai's TTA (`tta_n` 0: the plain pass). The batches are the run's training micro-batches and
@@ -116,7 +119,7 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
 
     from ledger.batches import Batches
     from ledger.device import Runtime, model_on_device, resolve_precision
-    from ledger.inference import tta
+    from ledger.inference import tta_at_sizes
     from ledger.probe import micro_batch_size
 
     net, transform = model_on_device(model, sum(head_sizes), device)
@@ -131,7 +134,9 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform,
                       torch.Generator().manual_seed(tta_seed))
     batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum))
-    probs = tta(net, batches, runtime, tta_n, tta_beta, head_sizes=tuple(head_sizes), progress=progress)
+    # At each of the run's test-time sizes (tta.size; none: its training size), averaged as the run did.
+    probs = tta_at_sizes(net, batches, runtime, tta_n, tta_beta, tuple(tuple(s) for s in tta_sizes),
+                         head_sizes=tuple(head_sizes), progress=progress)
     return probs[:, : head_sizes[0]].numpy()
 
 
@@ -170,7 +175,7 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
             decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None)
         say(f"run {run_id} ({entry.entry}, weight {entry.weight:.3f}, TTA n={entry.tta_n})")
         probs = predict_run(model, tuple(entry.head_sizes), folder / WEIGHTS, decoded[key], device,
-                            entry.tta_n, entry.tta_beta, entry.tta_seed)
+                            entry.tta_n, entry.tta_beta, entry.tta_seed, tta_sizes=tuple(entry.tta_sizes))
         runs.append(RunInput(run_id, entry.entry, Predictions(ids, probs, np.asarray(entry.vocab))))
         weights[run_id] = entry.weight
         release_memory()

@@ -2,10 +2,11 @@
 
 Saved after every epoch into the run's partial folder (written to a temporary name, then renamed,
 so a kill during the save leaves the previous checkpoint whole) and deleted when the run commits.
-It holds the model, optimizer, grad-scaler and weight-average states, the optimizer steps taken, the epochs' metrics, and every random
-generator the loop draws from: batch order (numpy), augmentation (a torch generator), the global
-torch generator (dropout, drop-path), numpy's and Python's global generators (timm's Mixup), and
-CUDA's. On CPU a resumed run therefore ends with bitwise the same weights as an uninterrupted one.
+It holds the model, optimizer, grad-scaler and weight-average states, the optimizer steps taken
+(which the average's warm-up counts), the epochs' metrics, and every random generator the loop
+draws from: batch order (numpy), augmentation (a torch generator), the global torch generator
+(dropout, drop-path), numpy's and Python's global generators (timm's Mixup), and CUDA's. On CPU
+a resumed run therefore ends with bitwise the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A Kaggle-style competition folder -> image ids, labels, vocab, splits and decoded image arrays.
+"""A Kaggle-style competition folder -> image ids, labels, vocab and decoded image arrays (the
+splits are in `splits.py`).
 
 Images are decoded and resized once to the model's item size and kept as one uint8 array
 (N, 3, H, W), cached on disk, so an epoch indexes memory instead of decoding files again. Random
@@ -37,11 +38,22 @@ class Competition:
     test_paths: tuple[Path, ...]
     sample_submission: Path
     extra: tuple["ExtraTarget", ...] = ()  # data.extra_targets, in the spec's order
+    label_csv: Path | None = None  # the label CSV (None: labels from class folders)
 
     @property
     def head_sizes(self) -> tuple[int, ...]:
         """Classes of each target, the submission's first: one head holds them all, in this order."""
         return (len(self.vocab), *(len(t.vocab) for t in self.extra))
+
+    def train_column(self, column: str, key: str = "split.group") -> np.ndarray:
+        """Another column of the label CSV, one value per train image (in `train_ids` order): what
+        `key` names, e.g. the group each image belongs to."""
+        if self.label_csv is None:
+            raise LedgerError(f"{key}: {column!r} needs a label CSV (data.labels), not class folders")
+        table = _read_csv(self.label_csv)
+        if column not in table.columns:
+            raise LedgerError(f"{self.label_csv}: no column {column!r} ({key}; columns: {', '.join(table.columns)})")
+        return table[column].to_numpy()  # load_competition keeps the CSV's row order
 
     def target_labels(self) -> np.ndarray:
         """(N,) int64 for one target; (N, 1 + extra) with the extra targets' columns after it."""
@@ -187,6 +199,7 @@ def load_competition(data: DataSpec) -> Competition:
         test_paths=tuple(test_paths),
         sample_submission=sample_path,
         extra=tuple(extra),
+        label_csv=None if data.labels == "folders" else root / data.labels,
     )
 
 
@@ -207,47 +220,6 @@ def _encode(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
     vocab = tuple(sorted(set(names)))
     index = {name: i for i, name in enumerate(vocab)}
     return vocab, np.array([index[n] for n in names], dtype=np.int64)
-
-
-# ---------------------------------------------------------------- splits
-
-
-def split_indices(labels: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A random split, stratified by class so that every class with 2+ images is in both parts."""
-    rng = np.random.default_rng(seed)
-    train, valid = [], []
-    for cls in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        n_valid = int(round(len(members) * valid_pct))
-        if valid_pct > 0 and len(members) >= 2:
-            n_valid = min(max(n_valid, 1), len(members) - 1)
-        valid.append(members[:n_valid])
-        train.append(members[n_valid:])
-    # Sorted so the order does not depend on the class loop; training shuffles anyway.
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
-
-
-def fold_indices(labels: np.ndarray, folds: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fold `fold` of a stratified K-fold split: (train, valid) indices, sorted.
-
-    Each class's members, permuted with `seed`, are dealt round-robin into the K folds, continuing
-    from class to class, so every fold has each class's share to within one image (and the folds'
-    sizes differ by at most one). Over fold = 0..K-1 every index is in exactly one valid set.
-    """
-    if folds < 2 or not 0 <= fold < folds:
-        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
-    rng = np.random.default_rng(seed)
-    dealt = np.concatenate([rng.permutation(np.flatnonzero(labels == cls)) for cls in np.unique(labels)])
-    in_fold = np.arange(len(dealt)) % folds == fold
-    return np.sort(dealt[~in_fold]), np.sort(dealt[in_fold])
-
-
-def smallest_class_indices(labels: np.ndarray) -> np.ndarray:
-    """The images of the least populated class (ties: the first in vocab order) for the memory
-    probe: same image size and batch size as the real run, so the same memory, in a fraction of
-    the time."""
-    classes, counts = np.unique(labels, return_counts=True)
-    return np.flatnonzero(labels == classes[np.argmin(counts)])
 
 
 # ---------------------------------------------------------------- decoding and the image cache

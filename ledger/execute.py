@@ -67,7 +67,7 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
         committed = committed_result(plan.run_id, final)
         return committed if committed is not None else \
             RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists without a summary", **where)
-    train_images = len(split_of(plan, competition.train_labels)[0])
+    train_images = len(split_of(plan, competition)[0])
     if plan.model.batch_size > train_images:
         # Batches would hold the whole set: one optimizer step an epoch, a run that learns nothing.
         return RunResult(plan.run_id, "failed", error=f"{plan.model.name}: batch_size {plan.model.batch_size} is "

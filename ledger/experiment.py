@@ -23,6 +23,7 @@ from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, exec
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, keep_promise, plan, promise
 from ledger.probing import record_peak_check, recorded_trial
+from ledger.pseudo import teacher_runs
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
@@ -91,7 +92,8 @@ def plan_experiment(spec: Spec, models: Sequence[ModelSpec], store: Store, accum
     `train` does."""
     housekeeping(store, spec.name)
     rows = store.runs(spec.name)
-    plans = plan(spec, models, rows, accum_for, new_id, more=more, resumable=lambda row: resumable(store, row))
+    plans = plan(spec, models, rows, accum_for, new_id, more=more, resumable=lambda row: resumable(store, row),
+                 teachers=teacher_runs(spec, store))
     promise_file = _promise_file(store, spec.name)
     try:
         promised = json.loads(promise_file.read_text())

@@ -96,7 +96,8 @@ def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, d
     entry = RunEntry(run_id=member.row.id, entry=member.entry, weight=member.weight,
                      model=model | {"pretrained": False},  # its own weights replace any starting weights
                      tta_n=int(tta.get("n", 0)), tta_beta=float(tta.get("beta", 0.0)),
-                     tta_seed=int(tta.get("seed", 0)), vocab=vocab, head_sizes=sizes)
+                     tta_seed=int(tta.get("seed", 0)), vocab=vocab, head_sizes=sizes,
+                     tta_sizes=[list(size) for size in tta.get("sizes") or []])
     return entry, resolved
 
 

@@ -14,10 +14,18 @@ import hashlib
 import json
 from pathlib import Path
 
-from ledger.spec import DataSpec, ModelSpec, Spec, _plain
+from ledger.spec import DataSpec, ModelSpec, Spec, _plain, load_spec
 
 # ModelSpec fields that do not change what a run predicts.
 _NOT_PREDICTIVE = {"name", "runs", "weight", "accum", "save_weights"}
+# Settings added after runs were on record, with the value that means "off": left out of the hash
+# while off, so runs trained before a setting existed keep their fingerprints (and are not retrained).
+_ADDED_OFF = {"model": {"clip_grad": None, "ema": None}, "split": {"group": None}, "tta": {"size": None}}
+
+
+def _without_added_off(section: str, fields: dict) -> dict:
+    off = _ADDED_OFF[section]
+    return {k: v for k, v in fields.items() if not (k in off and v == off[k])}
 
 
 @functools.lru_cache(maxsize=16)
@@ -50,11 +58,24 @@ def data_digest(data: DataSpec) -> str:
 
 def fingerprint_fields(spec: Spec, model: ModelSpec) -> dict:
     fields = {k: v for k, v in _plain(dataclasses.asdict(model)).items() if k not in _NOT_PREDICTIVE}
-    split = dataclasses.asdict(spec.split)
-    return fields | {"split": split, "tta": dataclasses.asdict(spec.tta), "data": data_digest(spec.data)}
+    split, tta = _plain(dataclasses.asdict(spec.split)), _plain(dataclasses.asdict(spec.tta))
+    fields = _without_added_off("model", fields) | {"split": _without_added_off("split", split),
+                                                   "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
+    if spec.pseudo is not None:
+
+        # The teacher's recipe, not its file's path: a changed teacher retrains its students.
+        fields["pseudo"] = dict(threshold=spec.pseudo.threshold, weight=spec.pseudo.weight,
+                                teacher=teacher_fingerprints(spec.pseudo))
+    return fields
 
 
 def run_fingerprint(spec: Spec, model: ModelSpec) -> str:
     """12 hex digits: short enough to read in a table, long enough never to collide in a ledger."""
     text = json.dumps(fingerprint_fields(spec, model), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def teacher_fingerprints(pseudo) -> list[str]:
+    """The teacher's current entries' fingerprints: a changed teacher changes its students'."""
+    taught = load_spec(pseudo.teacher, check_models=False)
+    return sorted(run_fingerprint(taught, model) for model in taught.models)

@@ -3,6 +3,7 @@ exported bundle alike."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -61,6 +62,23 @@ def tta(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
     augmented = torch.stack([predict(net, batches, runtime, augment, head_sizes, progress=pass_progress(i + 1))[0]
                              for i in range(n)])
     return torch.lerp(augmented.mean(0), plain, beta)
+
+
+def tta_at_sizes(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
+                 sizes: tuple[tuple[int, int], ...] = (), head_sizes: tuple[int, ...] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """`tta` at each of `sizes` (the transform's own size when empty), averaged: the stored pixels
+    are resampled to each size by the same transform, so a net trained at 224 can predict at 288
+    (timm's test_input_size) from the same image cache."""
+    if not sizes:
+        return tta(net, batches, runtime, n, beta, head_sizes=head_sizes, progress=progress)
+    total = []
+    for index, size in enumerate(sizes):
+        at_size = dataclasses.replace(runtime, transform=runtime.transform.resized(size))
+        step = None if progress is None else (
+            lambda done, count, i=index: progress(i * count + done, len(sizes) * count))
+        total.append(tta(net, batches, at_size, n, beta, head_sizes=head_sizes, progress=step))
+    return torch.stack(total).mean(0)
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, head_sizes: tuple[int, ...] | None = None

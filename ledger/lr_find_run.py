@@ -11,13 +11,14 @@ from pathlib import Path
 import torch
 
 from ledger.batches import Batches
-from ledger.data import load_competition, load_images, split_indices
+from ledger.data import load_competition, load_images
 from ledger.device import Runtime, default_device, model_on_device, resolve_precision
 from ledger.loss import Criterion
 from ledger.lr_find import NUM_IT, LrFindProgress, RangeTest, Suggestion, range_test, suggest
 from ledger.memory import device_name, release_memory
 from ledger.models import freeze_body
 from ledger.plots import plot_lr_find
+from ledger.splits import split_indices
 from ledger.step import StepSettings
 from ledger.store import new_id
 

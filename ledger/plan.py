@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 from ledger.fingerprint import run_fingerprint
+from ledger.pseudo import PseudoPlan, TeacherRun, pseudo_plan
 from ledger.rows import RunRow
 from ledger.spec import DataSpec, ModelSpec, Spec
 
@@ -26,10 +27,12 @@ class SplitPlan:
     valid_pct: float = 0.2
     fold: int | None = None
     folds: int | None = None
+    group: str | None = None  # a label-CSV column whose values each stay inside one fold
 
     def describe(self) -> str:
         if self.folds:
-            return f"fold {self.fold + 1}/{self.folds} seed {self.seed}"
+            by = f" by {self.group}" if self.group else ""
+            return f"fold {self.fold + 1}/{self.folds}{by} seed {self.seed}"
         return f"random {self.valid_pct:.0%} seed {self.seed}"
 
 
@@ -51,6 +54,8 @@ class RunPlan:
     tta_beta: float = 0.25
     metric: str = "accuracy"  # the competition's metric, scored after each epoch and on the TTA'd held-out images
     class_order: tuple[str, ...] | None = None  # the metric's class order (qwk)
+    tta_sizes: tuple[tuple[int, int], ...] = ()  # sizes to predict at (tta.size); (): the entry's size
+    pseudo: PseudoPlan | None = None  # the teacher runs that held out this run's validation images
 
 
 def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tuple[SplitPlan, int]:
@@ -63,7 +68,8 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
     if split.folds:
         base = split.seed or 0
         seed = base + run_number // split.folds
-        return SplitPlan(seed=seed, fold=run_number % split.folds, folds=split.folds), seed * 1000 + run_number
+        return (SplitPlan(seed=seed, fold=run_number % split.folds, folds=split.folds, group=split.group),
+                seed * 1000 + run_number)
     if split.seed is not None:
         return SplitPlan(seed=split.seed, valid_pct=split.valid_pct), split.seed + run_number
     seed = fresh_seed()
@@ -72,13 +78,14 @@ def split_for(spec: Spec, run_number: int, fresh_seed: Callable[[], int]) -> tup
 
 def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow], accum_for: Callable[[ModelSpec], int],
          new_id: Callable[[], str], more: int = 0, resumable: Callable[[RunRow], bool] = lambda row: False,
-         fresh_seed: Callable[[], int] | None = None) -> list[RunPlan]:
+         fresh_seed: Callable[[], int] | None = None, teachers: Sequence[TeacherRun] = ()) -> list[RunPlan]:
     """The runs `models` still owe, in spec order.
 
     `ledger_rows`: the experiment's rows from the ledger. `accum_for(model)` is asked only for
     entries that owe runs (it may have to probe memory). `resumable(row)`: whether an
     interrupted row left a checkpoint; such runs are planned again under their own id and numbers.
-    `more`: runs to add per entry beyond the spec's `runs`."""
+    `more`: runs to add per entry beyond the spec's `runs`. `teachers`: with `spec.pseudo`, the
+    teacher bag's runs (pseudo.teacher_runs); each run gets those that held out its split."""
     fresh_seed = fresh_seed or (lambda: random.SystemRandom().randrange(2**31))
     plans = []
     for model in models:
@@ -93,26 +100,28 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow],
         taken = {r.run_number for r in done if r.run_number is not None}
         for row in resumes[:owed]:
             split = SplitPlan(seed=row.split_seed, valid_pct=spec.split.valid_pct, fold=row.fold,
-                              folds=row.folds)
+                              folds=row.folds, group=spec.split.group if row.folds else None)
             plans.append(_run_plan(spec, model, row.id, row.run_number, split, row.train_seed,
-                                   accum, fingerprint, resume=True))
+                                   accum, fingerprint, teachers, resume=True))
             taken.add(row.run_number)
         number = 0
         for _ in range(owed - len(resumes[:owed])):
             while number in taken:
                 number += 1
             split, train_seed = split_for(spec, number, fresh_seed)
-            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accum, fingerprint))
+            plans.append(_run_plan(spec, model, new_id(), number, split, train_seed, accum, fingerprint, teachers))
             taken.add(number)
     return plans
 
 
 def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: SplitPlan, train_seed: int, accum: int,
-              fingerprint: str, resume: bool = False) -> RunPlan:
+              fingerprint: str, teachers: Sequence[TeacherRun], resume: bool = False) -> RunPlan:
+    pseudo = pseudo_plan(spec.pseudo, split, teachers) if spec.pseudo is not None else None
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
                    tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data, metric=spec.metric,
-                   class_order=spec.class_order)
+                   class_order=spec.class_order, tta_sizes=spec.tta.sizes_for(model.size) if spec.tta.size else (),
+                   pseudo=pseudo)
 
 
 def promise(plans: Sequence[RunPlan]) -> list[dict]:

@@ -98,7 +98,8 @@ def check_weights(members: list[Member]) -> None:
 
 
 def run_model(folder: Path):
-    """The run's ModelSpec, TTA settings, and head size, from its resolved spec.yaml and predictions."""
+    """The run's ModelSpec, TTA settings (n, beta), classes, head size and TTA sizes, from its
+    resolved spec.yaml and predictions."""
     from ledger.spec import model_from_dict
 
     path = folder / artifacts.SPEC
@@ -113,7 +114,8 @@ def run_model(folder: Path):
     # The head holds the submission's classes first, then any extra target's: its total size is
     # the sum over every test prediction file, whatever the targets' order.
     head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
-    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head
+    sizes = tuple(tuple(size) for size in tta.get("sizes") or ())  # tta.size, resolved: () for the run's own
+    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head, sizes
 
 
 def tta_seed(folder: Path) -> int:
@@ -132,7 +134,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
     total, vocab = None, None
     for member in members:
-        model, n, beta, run_vocab, head = run_model(member.folder)
+        model, n, beta, run_vocab, head, tta_sizes = run_model(member.folder)
         if vocab is not None and run_vocab != vocab:
             raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
                               f"runs of one bag must share their classes")
@@ -147,9 +149,9 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
         sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else (len(vocab),)
         # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
-        # (0 for runs trained before it was recorded), so the same images give the same answer.
+        # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
         probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n if use_tta else 0,
-                            beta, tta_seed(member.folder), progress)
+                            beta, tta_seed(member.folder), progress, tta_sizes if use_tta else ())
         total = probs * member.weight if total is None else total + probs * member.weight
         release_memory()
     weight_sum = sum(m.weight for m in members)

@@ -87,7 +87,8 @@ def probe_models(spec, models, store, budget=None, device=None, display=None) ->
     """Probe each model on the smallest class for `budget` (a ledger.targets.Budget; default the spec's)
     and record every trial and the choice in the ledger. `display` (optional; the command line's
     progress.ProbeDisplay) is told of decoding and of each trial as it starts and ends: nothing here prints."""
-    from ledger.data import load_competition, load_images, smallest_class_indices
+    from ledger.data import load_competition, load_images
+    from ledger.splits import smallest_class_indices
     from ledger.memory import device_name
     from ledger.probe_trial import TrialTarget, training_trial
     from ledger.device import default_device
@@ -201,12 +202,12 @@ def estimated_seconds(spec, store, plan, device, competition) -> float | None:
     """A planned run's time on `device` from its probe's timings (ledger.estimate); None when no probe
     with timings is on record for its factor on this device."""
     from ledger.estimate import RunShape, Timings, run_seconds
-    from ledger.execute import split_of
+    from ledger.training_run import split_of
 
     probed = recorded_trial(store, spec, plan.model, device, plan.accum) if plan.accum else None
     if probed is None or probed.get("step_seconds") is None:
         return None
-    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    train_idx, valid_idx = split_of(plan, competition)
     model = plan.model
     shape = RunShape(train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
                      batch_size=model.batch_size, epochs=model.epochs,

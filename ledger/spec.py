@@ -20,7 +20,9 @@ from ledger.errors import SpecError
 from ledger.metrics import NAMES as METRIC_NAMES
 from ledger.overrides import apply_overrides, blame
 from ledger.packaged import PACKAGED_WEIGHTS
-from ledger.spec_checks import Checker, check_model, read_yaml, resolve_path, spec_error
+from ledger.pseudo_spec import PseudoSpec, check_pseudo_models, parse_pseudo
+from ledger.spec_checks import (Checker, check_group_column, check_model, read_yaml, resolve_path, spec_error,
+                                tta_sizes)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_METHODS = ("squish", "crop", "pad")
@@ -46,6 +48,7 @@ class SplitSpec:
     valid_pct: float = 0.2
     seed: int | None = None  # None: a fresh random split for every run
     folds: int | None = None  # K: every entry's runs cycle through K stratified folds (seed fixed)
+    group: str | None = None  # a label-CSV column: each of its values stays inside one fold
 
 
 
@@ -99,6 +102,22 @@ class TrainSpec:
 class TtaSpec:
     n: int = 4
     beta: float = 0.25
+    # Sizes to predict at, the predictions averaged (timm's test_input_size: a net trained at 224
+    # often predicts better at 288). Each is pixels (an int or [height, width]) or a factor of the
+    # entry's own size (a float: 1.25). None: the entry's own size.
+    size: tuple[int | float | tuple[int, int], ...] | None = None
+
+    def sizes_for(self, model_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+        """The (height, width) sizes an entry of `model_size` predicts at."""
+        if not self.size:
+            return (tuple(model_size),)
+        return tuple(_tta_size(item, model_size) for item in self.size)
+
+
+def _tta_size(item: int | float | tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(item, float):
+        return (max(1, round(model_size[0] * item)), max(1, round(model_size[1] * item)))
+    return (item, item) if isinstance(item, int) else tuple(item)
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class Spec:
     augment: AugmentSpec | None = AugmentSpec()  # what model entries inherit; None: off
     metric: str = "accuracy"  # the competition's metric (ledger.metrics)
     class_order: tuple[str, ...] | None = None  # classes in order (qwk; the binary positive is last)
+    pseudo: PseudoSpec | None = None  # pseudo-labelled test images from a teacher (see pseudo.py)
     path: Path | None = None
 
     def model(self, name: str) -> ModelSpec:
@@ -286,17 +306,20 @@ def _parse_data(file: Path, raw: Any) -> DataSpec:
 
 def _parse_split(file: Path, raw: Any) -> SplitSpec:
     c = Checker(file, "split", raw)
-    c.reject_unknown({"valid_pct", "seed", "folds"})
+    c.reject_unknown({"valid_pct", "seed", "folds", "group"})
     folds = c.get("folds", "int?", None, min=2)
     valid_pct = c.get("valid_pct", "float?", None, min=0.0, below=1.0)
     seed = c.get("seed", "int?", None, min=0)
+    group = c.get("group", "str?", None)
     if folds is None:
+        if group is not None:
+            c.fail("needs split.folds (groups are kept whole by K-fold splits)", "group")
         return SplitSpec(valid_pct=0.2 if valid_pct is None else valid_pct, seed=seed)
     if valid_pct is not None:
         c.fail(f"cannot be used with split.valid_pct {valid_pct} (each fold holds out 1/{folds} of the "
                f"images); drop valid_pct or set it to null", "folds")
     # Folds must be the same partition in every run, so a null seed means 0, not a fresh one.
-    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds)
+    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds, group=group)
 
 
 def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, split: SplitSpec) -> ModelSpec:
@@ -356,7 +379,8 @@ def parse_spec(
 
 def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top = Checker(file, "", raw)
-    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "metric", "class_order"})
+    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "metric", "class_order",
+                        "pseudo"})
     name = _check_name(top)
     metric = top.get("metric", "str", "accuracy", choices=METRIC_NAMES)
     order = top.get("class_order", "list?", None)  # checked against the classes with the data (ledger check)
@@ -366,6 +390,9 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     # The data root is checked last: a typo in a key is the more useful error to see first.
     data = _parse_data(file, top.get("data", "dict"))
     split = _parse_split(file, top.get("split", "dict", {}))
+    check_group_column(file, data, split)
+    pseudo = parse_pseudo(file, top.get("pseudo", "dict?", None), data, split,
+                          lambda teacher: load_spec(teacher, check_models=False))
 
     train_c = Checker(file, "train", top.get("train", "dict", {}))
     train_c.reject_unknown(_TRAIN_KEYS)
@@ -373,8 +400,9 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     augment = _augment(top, AugmentSpec())
 
     tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
-    tta_c.reject_unknown({"n", "beta"})
-    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0))
+    tta_c.reject_unknown({"n", "beta", "size"})
+    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0),
+                  size=tta_sizes(tta_c))
 
     probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
     probe_c.reject_unknown({"budget", "steps", "margin"})
@@ -401,6 +429,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         if data.extra_targets and (model.mixup or model.cutmix):
             key = "mixup" if model.mixup else "cutmix"
             raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
+    check_pseudo_models(file, pseudo, models)
     if check_data:
         _check_data_root(file, data, top.mapping["data"]["root"])
     if check_models:
@@ -408,7 +437,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
             check_model(file, i, model)
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
                 augment=augment, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
-                path=file)
+                pseudo=pseudo, path=file)
 
 
 def load_spec(

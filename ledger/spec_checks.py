@@ -283,3 +283,43 @@ def check_model(file: Path, index: int, model) -> None:
             f"{model.arch} cannot take {h}x{w} images ({first_line(e)}); "
             f"pick the size it was built for or set model_kwargs img_size",
         ) from None
+
+
+def tta_sizes(c: Checker) -> tuple | None:
+    """tta.size: one item or a list of them; an item is pixels (288, or [288, 320] as [height,
+    width] inside a list of sizes) or a positive factor of the entry's size (1.25)."""
+    raw = c.mapping.get("size")
+    if raw is None:
+        return None
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        c.fail("expected a size, a factor or a non-empty list of them", "size")
+    sizes = []
+    for item in items:
+        if isinstance(item, float) and not isinstance(item, bool) and 0 < item <= 16:
+            sizes.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and item > 0:
+            if item < 8:  # `size: 1` is one pixel: surely a factor written without its decimal point
+                c.fail(f"{item} pixels is too small; write a factor of the entry's size as {item}.0", "size")
+            sizes.append(item)
+        elif (isinstance(item, list) and len(item) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in item)):
+            sizes.append((item[0], item[1]))
+        else:
+            c.fail(f"expected pixels (288 or [height, width]) or a factor in (0, 16] (1.25), got {item!r}", "size")
+    return tuple(sizes)
+
+
+def check_group_column(file: Path, data, split) -> None:
+    """split.group must name a column of the label CSV (checked when the CSV is there to read)."""
+    if split.group is None:
+        return
+    if data.labels == "folders":
+        raise spec_error(file, "split.group", "needs a label CSV (data.labels: train.csv): class folders have no columns")
+    csv = Path(data.root) / data.labels
+    if csv.is_file():
+        import pandas as pd
+
+        columns = list(pd.read_csv(csv, nrows=0, dtype=str).columns)
+        if split.group not in columns:
+            raise spec_error(file, "split.group", f"{csv} has no column {split.group!r} (columns: {', '.join(columns)})")

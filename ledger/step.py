@@ -69,8 +69,11 @@ def loop_parts(net: nn.Module, batches: Batches, runtime: Runtime, settings: Ste
     if settings.ema:
         from timm.utils import ModelEmaV3
 
-        # Warm-up as timm's: decay min(ema, (1 + step) / (10 + step)), so early weights fade fast.
-        ema = ModelEmaV3(net, decay=settings.ema, use_warmup=True, device=runtime.device)
+        # timm's warm-up: after optimizer step t the decay is min(ema, 1 - t^(-2/3)), 0 at step 1 (a
+        # copy), so the random start fades fast; it reaches 0.99 only after 1,000 steps.
+        # No device: the copy stays where `net` is (naming `cuda` for a net on `cuda:0` would turn off
+        # timm's one-kernel update as if the devices differed).
+        ema = ModelEmaV3(net, decay=settings.ema, use_warmup=True)
     return LoopParts(net, optimizer, scaler, batches, runtime.generator, ema)
 
 
@@ -114,7 +117,8 @@ def train_step(parts: LoopParts, images: torch.Tensor, targets: torch.Tensor, ru
         nn.utils.clip_grad_norm_(parts.net.parameters(), settings.clip_grad)
     parts.scaler.step(parts.optimizer)  # skipped by the scaler when fp16 gradients overflowed
     parts.scaler.update()
-    if parts.ema is not None:
-        parts.ema.update(parts.net, step=parts.steps)
     parts.steps += 1
+    if parts.ema is not None:
+        # Counted after the step, as timm's train.py passes `num_updates`: step 1 copies the weights.
+        parts.ema.update(parts.net, step=parts.steps)
     return loss

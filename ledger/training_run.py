@@ -17,19 +17,22 @@ from ledger.artifacts import Predictions
 from ledger.batches import Batches
 from ledger.bundle import library_versions
 from ledger.checkpoint import Checkpoint
-from ledger.data import Competition, fold_indices, split_indices
+from ledger.data import Competition
 from ledger.device import Runtime, model_on_device, resolve_precision
+from ledger.errors import LedgerError
 from ledger.hooks import Progress, stage_callback
-from ledger.inference import tta
+from ledger.inference import tta_at_sizes
 from ledger.loss import Criterion
 from ledger.memory import PeakMemory, device_name
 from ledger.metrics import Metric, metric_by_name
 from ledger.models import save_weights
 from ledger.plan import RunPlan
 from ledger.probe import micro_batch_size
+from ledger.pseudo import pseudo_labels, training_set
 from ledger.rows import RunSummary
 from ledger.schedule import fit_phases
 from ledger.spec import dump_yaml, model_to_dict
+from ledger.splits import fold_indices, split_indices
 from ledger.step import StepSettings
 from ledger.train import FitResult, fit
 
@@ -54,11 +57,16 @@ class TrainedRun:
     test_probs: torch.Tensor  # every target's classes side by side, TTA'd
     valid_probs: torch.Tensor | None  # the same for the held-out images; None without any
     peak_bytes: int
+    pseudo_images: int = 0  # pseudo-labelled test images trained on
 
 
-def split_of(plan: RunPlan, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def split_of(plan: RunPlan, competition: Competition) -> tuple[np.ndarray, np.ndarray]:
+    """(train, valid) indices of the run's split: its fold (kept whole by group with split.group),
+    or its random split."""
+    labels = competition.train_labels
     if plan.split.folds:
-        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed)
+        groups = competition.train_column(plan.split.group) if plan.split.group else None
+        return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed, groups)
     return split_indices(labels, plan.split.valid_pct, plan.split.seed)
 
 
@@ -72,7 +80,7 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     """Seed, build, fit (resuming from `checkpoint` when it holds a state), then TTA the test images
     and the held-out ones (so the out-of-bag estimate measures what the submission is)."""
     model = plan.model
-    train_idx, valid_idx = split_of(plan, competition.train_labels)
+    train_idx, valid_idx = split_of(plan, competition)
     torch.manual_seed(plan.train_seed)
     np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
     meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
@@ -83,26 +91,57 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
                       torch.Generator().manual_seed(plan.train_seed))
     micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
     labels = competition.target_labels()
-    batches = Batches(images.train, labels, train_idx, model.batch_size, shuffle=True, drop_last=True,
+    train_images, train_labels, train_rows, pseudo_images = images.train, labels, train_idx, 0
+    if plan.pseudo is not None:  # only from teacher runs that held out this run's validation images
+        chosen, chosen_labels = pseudo_labels(plan.pseudo, competition, valid_idx)
+        train_images, train_labels, train_rows = training_set(
+            images.train, labels, train_idx, images.test, chosen, chosen_labels, plan.pseudo.weight, sizes[0],
+            model.label_smoothing)
+        pseudo_images = len(chosen)
+    batches = Batches(train_images, train_labels, train_rows, model.batch_size, shuffle=True, drop_last=True,
                       seed=plan.train_seed)
     valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
+    _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
     metric = run_metric(plan, competition)
     fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
                  progress=progress, checkpoint=checkpoint, metric=metric)
 
+    # The held-out images get exactly the test images' TTA (sizes included): the estimate measures it.
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
     # TTA draws from a generator of its own, seeded with the run's seed (recorded as tta.seed): the
     # exported bundle and `ledger predict` then repeat these test predictions exactly.
     tta_runtime = dataclasses.replace(runtime, generator=torch.Generator().manual_seed(plan.train_seed))
-    test_probs = tta(fitted.net, test_batches, tta_runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
-                     progress=stage_callback(progress, "tta test"))
+    test_probs = tta_at_sizes(fitted.net, test_batches, tta_runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
+                              head_sizes=sizes, progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta(fitted.net, valid, tta_runtime, plan.tta_n, plan.tta_beta, head_sizes=sizes,
-                          progress=stage_callback(progress, "tta valid"))
-    return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read())
+        valid_probs = tta_at_sizes(fitted.net, valid, tta_runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
+                                   head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
+    return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
+                      pseudo_images)
+
+
+@torch.no_grad()
+def _check_tta_sizes(net: torch.nn.Module, image: np.ndarray, runtime: Runtime,
+                     sizes: tuple[tuple[int, int], ...]) -> None:
+    """One image through the net at each tta.size before training: an architecture that takes one
+    input size only (a ViT) fails now, in one line, not after the training it would waste."""
+    if not sizes:
+        return
+    was_training = net.training
+    net.eval()
+    try:
+        for size in sizes:
+            x = runtime.transform.resized(size).plain(torch.from_numpy(np.ascontiguousarray(image)).to(runtime.device))
+            try:
+                net(x)
+            except (RuntimeError, AssertionError, ValueError) as error:
+                raise LedgerError(f"tta.size {size[0]}x{size[1]}: this architecture cannot predict at that size "
+                                  f"({str(error).strip().splitlines()[0]})") from None
+    finally:
+        net.train(was_training)
 
 
 def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trained: TrainedRun) -> RunSummary:
@@ -154,7 +193,12 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed), fingerprint=plan.fingerprint,
-                    versions=library_versions())
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed,
+                             sizes=[list(s) for s in plan.tta_sizes] or None),
+                    fingerprint=plan.fingerprint, versions=library_versions())
+    if plan.pseudo is not None:
+        resolved["pseudo"] = dict(teacher_runs=[t.run_id for t in plan.pseudo.teachers],
+                                  threshold=plan.pseudo.threshold, weight=plan.pseudo.weight,
+                                  images=trained.pseudo_images)
     (folder / artifacts.SPEC).write_text(dump_yaml(resolved))
     return summary

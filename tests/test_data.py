@@ -13,14 +13,8 @@ import pytest
 from PIL import Image
 
 import ledger.data
-from ledger.data import (
-    decode_image,
-    fold_indices,
-    load_competition,
-    load_images,
-    smallest_class_indices,
-    split_indices,
-)
+from ledger.data import decode_image, load_competition, load_images
+from ledger.splits import fold_indices, smallest_class_indices, split_indices
 from ledger.errors import LedgerError
 from ledger.spec import DataSpec
 

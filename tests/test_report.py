@@ -15,7 +15,8 @@ from conftest import write_spec, unique_prefix
 from ledger import artifacts
 from ledger.artifacts import Predictions
 from ledger.cli import app
-from ledger.data import load_competition, split_indices
+from ledger.data import load_competition
+from ledger.splits import split_indices
 from ledger.errors import LedgerError
 from ledger.interpret import Interpretation, bag, interpretation, most_confused, per_class_accuracy
 from ledger.report import write_report

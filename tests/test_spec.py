@@ -337,7 +337,7 @@ def test_check_prints_the_resolved_spec(tmp_path):
     assert resolved["name"] == "fashion"
     assert "path" not in resolved
     assert resolved["data"]["root"] == str(tmp_path / "data" / "fashion")
-    assert resolved["split"] == {"valid_pct": 0.2, "seed": None, "folds": None}
+    assert resolved["split"] == {"valid_pct": 0.2, "seed": None, "folds": None, "group": None}
     assert resolved["augment"]["max_rotate"] == 10.0
     assert resolved["models"][0]["augment"] == resolved["augment"]  # each model's own, complete
     convnext, vit = resolved["models"]

@@ -134,8 +134,9 @@ def test_fit_uses_fastais_adam_and_no_weight_decay_on_norms_and_biases():
 def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
     # drop_path (global torch generator), augmentation (its own generator), batch order (numpy) and
     # mixup (numpy's global generator) all draw random numbers: a resume must restore every one.
+    # The weight average (and the step count its warm-up reads) must come back from the checkpoint too.
     images, labels = random_images(48)
-    spec = model_spec(mixup=0.4, label_smoothing=0.1)
+    spec = model_spec(mixup=0.4, label_smoothing=0.1, ema=0.9)
     phases = [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True), Phase("train", 2, (1e-4, 5e-3), 0.3, 5.0)]
 
     def train(folder, stop_after=None):
@@ -149,18 +150,21 @@ def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
                     raise KeyboardInterrupt  # killed after this epoch's metrics, before its checkpoint
 
         batches = Batches(images, labels, np.arange(48), 8, shuffle=True, drop_last=True, seed=7)
-        history = fit(model, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
-                      StepSettings.of(spec), progress=Stop(), checkpoint=Checkpoint(folder)).history
-        return model, history
+        fitted = fit(model, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
+                     StepSettings.of(spec), progress=Stop(), checkpoint=Checkpoint(folder))
+        return model, fitted.history, fitted.net
 
-    uninterrupted, full_history = train(tmp_path / "a")
+    uninterrupted, full_history, uninterrupted_average = train(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "b", stop_after=3)  # the checkpoint holds epochs 1 and 2
-    resumed, history = train(tmp_path / "b")
+    resumed, history, resumed_average = train(tmp_path / "b")
     assert [m.epoch for m in history] == [1, 2, 3] and [m.phase for m in history] == ["frozen", "train", "train"]
     # The first two epochs come from the checkpoint; every epoch's loss equals the uninterrupted run's.
     assert [m.train_loss for m in history] == [m.train_loss for m in full_history]
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert uninterrupted_average is not uninterrupted  # the averaged copy, not the trained weights
+    for (name, a), (_, b) in zip(uninterrupted_average.state_dict().items(), resumed_average.state_dict().items()):
         assert torch.equal(a, b), name
 
 
