@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from common import Context, Result
-from ledger.data import Competition, load_competition, load_images
+from ledger.data import Competition, load_competition
+from ledger.images import load_images
 from ledger.splits import split_indices
 from ledger.schedule import Phase
 from ledger.batches import Batches

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ledger.spec import AugmentSpec
+from ledger.spec_objects import AugmentSpec
 
 # Columns of the uniform [0, 1) draws, one row per image. Fixed, so a seed means the same
 # augmentation whatever is switched on.

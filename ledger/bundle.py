@@ -158,10 +158,10 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
                 say: Callable[[str], None] = lambda line: None):
     """The bag's weighted mean over its runs for the test images, as an `ensemble.BagResult`."""
     from ledger.artifacts import Predictions
-    from ledger.data import load_images
+    from ledger.images import load_images
     from ledger.ensemble import RunInput, bag
     from ledger.memory import release_memory
-    from ledger.spec import model_from_dict
+    from ledger.spec_objects import model_from_dict
 
     ids, paths = sample_images(test_dir, sample_submission)
     runs, weights, decoded = [], {}, {}

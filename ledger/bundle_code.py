@@ -24,12 +24,12 @@ ALLOWED = ("torch", "timm", "numpy", "pandas", "PIL", "safetensors")
 # Module of ledger -> None (the whole file) or the top-level names taken from it.
 MODULES: dict[str, tuple[str, ...] | None] = {
     "errors": None, "batches": None, "augment": None, "models": None, "device": None, "inference": None,
-    "memory": None, "data": None, "artifacts": None, "ensemble": None, "bundle": None, "matching": None, "units": None,
+    "memory": None, "data": None, "artifacts": None, "ensemble": None, "bundle": None, "matching": None, "units": None, "images": None,
     "processes": None, "packaged": None,
     "submission_csv": ("read_sample_submission", "write_submission", "_unlink", "_TEMPORARY",
                        "remove_stale_temporaries"),
     "submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "DIGITS", "Shape", "fill"),
-    "spec": ("PRECISIONS", "DataSpec", "AugmentSpec", "_setting", "TrainSpec", "ModelSpec",
+    "spec_objects": ("PRECISIONS", "DataSpec", "AugmentSpec", "_setting", "TrainSpec", "ModelSpec",
              "model_from_dict"),
     "probe": ("micro_batch_size",),
 }

@@ -20,7 +20,8 @@ import torch
 
 from ledger import artifacts
 from ledger.checkpoint import Checkpoint
-from ledger.data import Competition, load_images
+from ledger.data import Competition
+from ledger.images import load_images
 from ledger.errors import first_line
 from ledger.hooks import Progress, stage_callback
 from ledger.memory import is_out_of_memory

@@ -14,7 +14,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from ledger.spec import DataSpec, ModelSpec, Spec, _plain, load_spec
+from ledger.spec import load_spec
+from ledger.spec_objects import DataSpec, ModelSpec, Spec, _plain
 
 # ModelSpec fields that do not change what a run predicts.
 _NOT_PREDICTIVE = {"name", "runs", "weight", "accum", "save_weights"}

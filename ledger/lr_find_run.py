@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ledger.batches import Batches
-from ledger.data import load_competition, load_images
+from ledger.data import load_competition
+from ledger.images import load_images
 from ledger.device import Runtime, default_device, model_on_device, resolve_precision
 from ledger.loss import Criterion
 from ledger.lr_find import NUM_IT, LrFindProgress, RangeTest, Suggestion, range_test, suggest

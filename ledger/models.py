@@ -11,7 +11,7 @@ from torch import nn
 
 from ledger.errors import LedgerError, first_line
 from ledger.packaged import PACKAGED
-from ledger.spec import ModelSpec
+from ledger.spec_objects import ModelSpec
 
 
 def create_model(model: ModelSpec, num_classes: int, where: str | None = None) -> nn.Module:

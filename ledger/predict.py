@@ -100,7 +100,7 @@ def check_weights(members: list[Member]) -> None:
 def run_model(folder: Path):
     """The run's ModelSpec, TTA settings (n, beta), classes, head size and TTA sizes, from its
     resolved spec.yaml and predictions."""
-    from ledger.spec import model_from_dict
+    from ledger.spec_objects import model_from_dict
 
     path = folder / artifacts.SPEC
     try:
@@ -127,7 +127,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
                    stage: Stage | None = None) -> Prediction:
     """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
     from ledger.bundle import predict_run
-    from ledger.data import load_images
+    from ledger.images import load_images
     from ledger.memory import release_memory
 
     check_weights(members)

@@ -100,7 +100,7 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     import torch
 
     from ledger.batches import Batches
-    from ledger.data import load_images
+    from ledger.images import load_images
     from ledger.device import Runtime, model_on_device, resolve_precision
     from ledger.loss import Criterion
     from ledger.memory import PeakMemory

@@ -87,7 +87,8 @@ def probe_models(spec, models, store, budget=None, device=None, display=None) ->
     """Probe each model on the smallest class for `budget` (a ledger.targets.Budget; default the spec's)
     and record every trial and the choice in the ledger. `display` (optional; the command line's
     progress.ProbeDisplay) is told of decoding and of each trial as it starts and ends: nothing here prints."""
-    from ledger.data import load_competition, load_images
+    from ledger.data import load_competition
+    from ledger.images import load_images
     from ledger.splits import smallest_class_indices
     from ledger.memory import device_name
     from ledger.probe_trial import TrialTarget, training_trial
@@ -223,7 +224,7 @@ def decoding_seconds(competition, model, cache_dir, sample: int = 64) -> float:
     time load_images takes over a sample of them, scaled to all of them."""
     import time
 
-    from ledger.data import is_cached, load_images
+    from ledger.images import is_cached, load_images
 
     paths = (tuple(competition.train_paths), tuple(competition.test_paths))
     if all(is_cached(p, model.item_size, model.resize, cache_dir) for p in paths if p):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ledger.plan import RunPlan
 from ledger.rows import RunSummary
-from ledger.spec import model_to_dict
+from ledger.spec_objects import model_to_dict
 from ledger.store import Store, now
 
 

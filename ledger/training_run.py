@@ -31,7 +31,8 @@ from ledger.probe import micro_batch_size
 from ledger.pseudo import pseudo_labels, training_set
 from ledger.rows import RunSummary
 from ledger.schedule import fit_phases
-from ledger.spec import dump_yaml, model_to_dict
+from ledger.spec import dump_yaml
+from ledger.spec_objects import model_to_dict
 from ledger.splits import fold_indices, split_indices
 from ledger.step import StepSettings
 from ledger.train import FitResult, fit

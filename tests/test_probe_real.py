@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import TINY_CONVNEXT
 
-from ledger.data import load_competition, load_images
+from ledger.data import load_competition
+from ledger.images import load_images
 from ledger.splits import smallest_class_indices
 from ledger.probe import micro_batch_size, run_in_child, search_accum
 from ledger.probe_trial import TIMING_STEPS, training_trial

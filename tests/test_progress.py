@@ -11,7 +11,7 @@ from PIL import Image
 from rich.console import Console
 from test_train import CPU, FP32, random_images, tiny_vit, transform_for
 
-from ledger.data import load_images
+from ledger.images import load_images
 from ledger.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
 from ledger.batches import Batches
 from ledger.device import Runtime

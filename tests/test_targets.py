@@ -173,7 +173,8 @@ def test_probe_for_a_t4_then_train_carries_predicted_and_measured_peaks(tmp_path
 
 
 def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_competition):
-    from ledger.data import load_competition, load_images
+    from ledger.data import load_competition
+    from ledger.images import load_images
     from ledger.probing import decoding_seconds
     from ledger.spec import DataSpec
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
+from ledger.cli.common import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
 from ledger.metrics import NAMES as METRIC_NAMES, format_score
 
 

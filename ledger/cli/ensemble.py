@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli import (DeviceOpt, HomeOpt, SetOpt, SpecArg, _accuracy, _coverage, _device, _load, _print_json, app,
+from ledger.cli.common import (DeviceOpt, HomeOpt, SetOpt, SpecArg, _accuracy, _coverage, _device, _load, _print_json, app,
                         console, friendly_errors)
 from ledger.errors import SpecError
 

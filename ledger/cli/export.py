@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ledger.cli import HomeOpt, SetOpt, SpecArg, _load, app, console, err_console, friendly_errors
+from ledger.cli.common import HomeOpt, SetOpt, SpecArg, _load, app, console, err_console, friendly_errors
 from ledger.cli.ensemble import _weights
 from ledger.errors import SpecError
 

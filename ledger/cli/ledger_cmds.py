@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.cli import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
+from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
 from ledger.errors import LedgerError
 from ledger.rows import RunRow
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.cli import (DeviceOpt, HomeOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
+from ledger.cli.common import (DeviceOpt, HomeOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
                         console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
