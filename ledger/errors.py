@@ -27,3 +27,19 @@ def first_line(error: BaseException) -> str:
     enough to act on, short enough for one line of output or one ledger field."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def describe(error: BaseException, max_chars: int = 240, where: bool = False) -> str:
+    """'RuntimeError: first line of the message', cut to `max_chars`; with `where`, the file and line
+    it was raised at ('(train.py:123)'), for errors from a child process the user cannot see."""
+    message = first_line(error)
+    if len(message) > max_chars:
+        message = message[: max_chars - 3] + "..."
+    text = type(error).__name__ if message == type(error).__name__ else f"{type(error).__name__}: {message}"
+    if where:
+        import traceback
+        from pathlib import Path
+
+        frames = traceback.extract_tb(error.__traceback__)
+        text += f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return text

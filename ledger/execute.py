@@ -22,7 +22,7 @@ from ledger import artifacts
 from ledger.checkpoint import Checkpoint
 from ledger.data import Competition
 from ledger.images import load_images
-from ledger.errors import first_line
+from ledger.errors import describe
 from ledger.hooks import Progress, stage_callback
 from ledger.memory import is_out_of_memory
 from ledger.plan import RunPlan
@@ -50,10 +50,6 @@ def partial_dir(home: Path, experiment: str, run_id: str) -> Path:
 def run_folders(home: Path, plan: RunPlan) -> tuple[Path, Path]:
     """(partial, final) folders of a run."""
     return partial_dir(home, plan.experiment, plan.run_id), Path(home) / plan.experiment / plan.run_id
-
-
-def one_line_error(error: BaseException) -> str:
-    return f"{type(error).__name__}: {first_line(error)}"
 
 
 def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Path, device: torch.device,
@@ -89,7 +85,7 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
         shutil.rmtree(partial, ignore_errors=True)
-        message = ("out of memory: " if is_out_of_memory(error) else "") + one_line_error(error)
+        message = ("out of memory: " if is_out_of_memory(error) else "") + describe(error)
         return RunResult(plan.run_id, "failed", error=message, **where)
     return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs, **where)
 

@@ -11,11 +11,10 @@ import os
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
+from ledger.errors import describe
 from ledger.memory import is_out_of_memory
 from ledger.units import format_size
 
@@ -218,7 +217,7 @@ def _child_main(sender, parent_start_time: float, target: Callable[..., Trial], 
             peak_bytes=None,
             out_of_memory=is_out_of_memory(exc),
             seconds=0.0,
-            error=_one_line(exc),
+            error=describe(exc, where=True),
         )
     trial = dataclasses.replace(trial, seconds=time.perf_counter() - started, startup_seconds=startup_seconds)
     sender.send(trial)
@@ -230,13 +229,3 @@ def _failed(k: int, micro_batch: int, started: float, out_of_memory: bool = Fals
         k=k, micro_batch=micro_batch, peak_bytes=None, out_of_memory=out_of_memory,
         seconds=time.perf_counter() - started, error=error,
     )
-
-
-def _one_line(exc: BaseException, max_chars: int = 240) -> str:
-    """'RuntimeError: first line of the message (train.py:123)': where it happened, without a traceback."""
-    message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    if len(message) > max_chars:
-        message = message[: max_chars - 3] + "..."
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {message}{where}" if message else f"{type(exc).__name__}{where}"

@@ -160,28 +160,35 @@ def record_peak_check(store, run_id: str, predicted_bytes: int | None, measured_
         store.update_run(run_id, {"peak_vs_prediction": check.describe(), "peak_over_prediction": int(check.exceeds)})
 
 
-def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
-    """`accum: auto` -> the factor the latest probe chose for this model, size, budget and device;
-    with no probe on record, probe first (and say so through `display`, a progress.ProbeDisplay),
-    or, with `may_probe=False`, answer 0 (unknown)."""
+def accum_resolver(spec, store, display=None, device=None, may_probe: bool = True, workers_device: str | None = None):
+    """`accum: auto` -> the factor the latest probe chose for this model, target and device; with no
+    probe on record, probe first (and say so through `display`, a progress.ProbeDisplay, if given),
+    or, with `may_probe=False`, answer 0 (unknown). The one place `auto` is decided, for `train`, its
+    dry run and the Ray executor: `workers_device` names the device the runs will train on when it is
+    not this one (Ray workers); a probe for it is run here only when this machine has the same kind."""
+    from ledger.device import default_device
     from ledger.errors import LedgerError
     from ledger.memory import device_name
-    from ledger.device import default_device
 
     device = device or default_device()
+    say = display.say if display is not None else (lambda line: None)
     setting = probe_setting(spec, device)
     budget = setting.budget.capacity_bytes
     described = f"{setting.budget.target_name or format_size(budget)}"
+    where = workers_device or device_name(device)
 
     def resolve(model) -> int:
         if model.accum != "auto":
             return model.accum
-        latest = store.latest_probe(probe_key(model, setting), device_name(device), budget, spec.probe.margin)
+        latest = store.latest_probe(probe_key(model, setting), where, budget, spec.probe.margin)
         if latest is None and not may_probe:
             return 0
         if latest is None:
-            display.say(f"{model.name}: accum is auto and no probe is on record for {described} on "
-                        f"{device_name(device)}; probing first")
+            if where != device_name(device):
+                raise LedgerError(f"{model.name}: accum is auto and no memory probe is on record for {described} on "
+                                  f"the workers' device ({where}); run `ledger probe-memory` on a worker node with "
+                                  f"the same --home, or set accum")
+            say(f"{model.name}: accum is auto and no probe is on record for {described} on {where}; probing first")
             probe = probe_models(spec, [model], store, setting.budget, device, display)[0]
             chosen, trials = probe.result.chosen_k, probe.result.trials
         else:
@@ -191,9 +198,9 @@ def accum_resolver(spec, store, display, device=None, may_probe: bool = True):
                 rows = store.probe_trials(latest["id"])
                 trials = [Trial(r["k"], r["micro_batch"], r["peak_bytes"], bool(r["out_of_memory"]), r["seconds"],
                                 r["error"]) for r in rows]
-            raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label})", trials,
-                                                   budget, usable_bytes(budget, spec.probe.margin)))
-        display.say(f"{model.name}: accum {chosen} (from the memory probe, budget {described})")
+            raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label}) on {where}",
+                                                   trials, budget, usable_bytes(budget, spec.probe.margin)))
+        say(f"{model.name}: accum {chosen} (from the memory probe, budget {described})")
         return chosen
 
     return resolve

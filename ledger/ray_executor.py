@@ -116,47 +116,24 @@ def check_workers(home: Path, resources: dict, precisions: Sequence[str]) -> dic
 
 def worker_accum(spec: Spec, store: Store, plans: Sequence[RunPlan], device: str) -> list[RunPlan]:
     """`accum: auto` is the probe's choice for the device the workers have, which need not be the
-    driver's. Each auto entry is looked up for the workers' device; with no probe on record for it,
-    the driver probes first when it has the same kind of device (a local Ray, a head node that is
-    also a worker), and otherwise stops with an error that says what to do."""
-    from ledger.memory import device_name
+    driver's: decided as `train` decides it (`probing.accum_resolver`), for the workers' device."""
     from ledger.device import default_device
-    from ledger.probing import probe_key, probe_models, probe_setting
+    from ledger.probing import accum_resolver
 
-    plans, chosen = list(plans), {}
-    budget, margin = spec.probe.budget_bytes, spec.probe.margin
-    setting = probe_setting(spec, default_device())  # a bare-size budget resolves precision as this device
-    for index, plan in enumerate(plans):
-        model = plan.model
-        if model.accum != "auto":
-            continue
-        key = probe_key(model, setting)
-        if key not in chosen:
-            latest = store.latest_probe(key, device, budget, margin)
-            if latest is not None:
-                chosen[key] = latest["chosen_k"]
-            elif device_name(default_device()) == device:
-                chosen[key] = probe_models(spec, [model], store, None, default_device())[0].result.chosen_k
-            else:
-                raise LedgerError(f"{model.name}: accum is auto and no memory probe is on record for the Ray "
-                                  f"workers' device ({device}); run `ledger probe-memory` on a worker node with "
-                                  f"the same --home, or set accum")
-        if chosen[key] is None:
-            raise LedgerError(f"{model.name}: the memory probe found no accumulation factor that fits on {device} "
-                              f"(see `ledger runs`)")
-        plans[index] = dataclasses.replace(plan, accum=chosen[key])
-    return plans
+    resolve = accum_resolver(spec, store, None, default_device(), workers_device=device)
+    return [dataclasses.replace(plan, accum=resolve(plan.model)) if plan.model.accum == "auto" else plan
+            for plan in plans]
 
 
 def _failed(plan: RunPlan, error: BaseException) -> RunResult:
     """A task that raised or whose worker died: a failed run with the reason, in one line."""
     import ray.exceptions
 
-    from ledger.execute import one_line_error
+    from ledger.errors import describe
     from ledger.record import RunResult
 
     cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
-    return RunResult(plan.run_id, "failed", error="worker: " + one_line_error(cause or error))
+    return RunResult(plan.run_id, "failed", error="worker: " + describe(cause or error))
 
 
 def train_on_ray(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,
