@@ -57,3 +57,19 @@ def ledger_at_version(home: Path, version: int):
         migration(db, home)
     db.execute(f"PRAGMA user_version={version}")
     return db
+
+
+def first_module_loading_torch(modules) -> str | None:
+    """The first of `modules` (full names) after whose import torch or timm is loaded, in one fresh
+    interpreter that imports them in turn (one interpreter per module would take a minute)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"for name in {list(modules)!r}:\n"
+            "    importlib.import_module(name)\n"
+            "    if 'torch' in sys.modules or 'timm' in sys.modules:\n"
+            "        print(name); break\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip() or None

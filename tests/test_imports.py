@@ -2,9 +2,9 @@
 `ledger --help`, `check`, `runs` and bagging start fast), and no two modules import each other."""
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import first_module_loading_torch
 
 import ledger
 
@@ -17,16 +17,8 @@ TORCH_FREE = ("cli", "spec", "spec_checks", "overrides", "packaged", "fingerprin
 
 
 def test_the_command_line_and_the_pure_core_never_import_torch():
-    # One fresh interpreter per module would take a minute; one that imports them in turn names the
-    # first module after which torch is loaded.
-    code = ("import importlib, sys\n"
-            f"for name in {TORCH_FREE!r}:\n"
-            "    importlib.import_module('ledger.' + name)\n"
-            "    if 'torch' in sys.modules or 'timm' in sys.modules:\n"
-            "        print(name); break\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"importing ledger.{result.stdout.strip()} loads torch"
+    loads = first_module_loading_torch("ledger." + name for name in TORCH_FREE)
+    assert loads is None, f"importing {loads} loads torch"
 
 
 def _ledger_imports(path: Path) -> set[str]:

@@ -2,9 +2,9 @@
 marks torch-free (in italics) import without loading torch."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import first_module_loading_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,5 @@ def test_the_modules_marked_torch_free_do_not_load_torch():
     marked = re.findall(r"\*`((?:cli/)?\w+)\.py`\*", _module_map())
     modules = ["ledger." + name.replace("/", ".") for name in marked]
     assert len(modules) > 20
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n"
-            "    importlib.import_module(name)\n"
-            "    if 'torch' in sys.modules:\n"
-            "        print(name); break\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"{result.stdout.strip()} is marked torch-free but loads torch"
+    loads = first_module_loading_torch(modules)
+    assert loads is None, f"{loads} is marked torch-free but loads torch"
