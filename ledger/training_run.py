@@ -76,6 +76,16 @@ def run_metric(plan: RunPlan, competition: Competition) -> Metric:
     return metric_by_name(plan.metric, competition.vocab, plan.class_order)
 
 
+def _settle_before_the_meter(images: ImageSet, metric: Metric, classes: int) -> None:
+    """What is not the run's own memory, in place before its meter starts, as the probe's child has
+    it: the image cache's pages read in (a memory-mapped cache faults them in as training reads
+    them), and the libraries the metric imports on its first score (scikit-learn's metrics)."""
+    for array in (images.train, images.test):
+        if isinstance(array, np.memmap) and array.size:
+            array.max()  # reads every page once
+    metric.score(np.zeros(1, dtype=np.int64), np.full((1, classes), 1.0 / classes))
+
+
 def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device: torch.device,
               progress: Progress, checkpoint: Checkpoint) -> TrainedRun:
     """Seed, build, fit (resuming from `checkpoint` when it holds a state), then TTA the test images
@@ -84,6 +94,8 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     train_idx, valid_idx = split_of(plan, competition)
     torch.manual_seed(plan.train_seed)
     np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
+    metric = run_metric(plan, competition)
+    _settle_before_the_meter(images, metric, len(competition.vocab))
     meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
 
     sizes = competition.head_sizes  # the submission's classes, then each extra target's
@@ -105,7 +117,6 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
     _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
-    metric = run_metric(plan, competition)
     fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
                  progress=progress, checkpoint=checkpoint, metric=metric)
 
