@@ -53,8 +53,11 @@ class PeakMemory:
     memory plus the CUDA context, i.e. what the card loses to this process.
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", baseline_bytes: int | None = None):
+        """`baseline_bytes` (CPU): count from this resident size instead of the one at reset(), e.g.
+        the size before the first of several runs that share one process and their images."""
         self.device = torch.device(device)
+        self._given_baseline = baseline_bytes
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"no peak-memory meter for device type {self.device.type!r}")
         self._baseline_bytes = 0
@@ -85,6 +88,8 @@ class PeakMemory:
                 clear_refs.write("5")
             self._uses_clear_refs = True
             self._baseline_bytes = _proc_status_bytes("VmRSS")
+            if self._given_baseline is not None:
+                self._baseline_bytes = min(self._baseline_bytes, self._given_baseline)
         except OSError:
             # Fallback (no /proc, or a sandbox forbids the write): ru_maxrss cannot be reset, it is the
             # peak over the whole process lifetime. We report how far it grows beyond its value now,
@@ -92,6 +97,11 @@ class PeakMemory:
             # in a fresh child process, where that lifetime is just the trial plus imports.
             self._uses_clear_refs = False
             self._baseline_bytes = _max_rss_bytes()
+
+    @property
+    def baseline_bytes(self) -> int:
+        """The resident size (CPU) this meter counts from."""
+        return self._baseline_bytes
 
     def read(self) -> int:
         if self.device.type == "cuda":

@@ -44,6 +44,10 @@ class ImageSet:
 
     train: np.ndarray
     test: np.ndarray
+    # The resident size (CPU) before the entry's first run: its later runs in the same process count
+    # from it too, so pages an earlier run freed but the process kept are still counted, as they are
+    # in the probe's fresh child. None until the first run starts.
+    memory_baseline: int | None = None
 
 
 @dataclass
@@ -96,7 +100,9 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
     metric = run_metric(plan, competition)
     _settle_before_the_meter(images, metric, len(competition.vocab))
-    meter = PeakMemory(device)  # measured from here: the model, its optimizer and activations
+    meter = PeakMemory(device, images.memory_baseline)  # from here: the model, its optimizer and activations
+    if device.type == "cpu" and images.memory_baseline is None:
+        images.memory_baseline = meter.baseline_bytes
 
     sizes = competition.head_sizes  # the submission's classes, then each extra target's
     net, transform = model_on_device(model, sum(sizes), device)

@@ -96,3 +96,15 @@ def test_release_memory_lets_the_next_peak_count_reused_memory():
     arrays = small_arrays()
     assert meter.read() >= 90 * MB
     del arrays
+
+
+def test_a_cpu_meter_counts_from_a_given_baseline():
+    """Runs of one entry share a process: the second counts from the resident size before the first,
+    so memory the first left resident is still the second's, as in the probe's fresh child."""
+    first = PeakMemory("cpu")
+    if not first._uses_clear_refs:
+        pytest.skip("no /proc/self/clear_refs here: the peak cannot be reset")
+    kept = numpy.ones(64 * 2**20, dtype=numpy.uint8)  # 64 MiB made resident, then kept
+    assert PeakMemory("cpu").read() < 16 * 2**20  # a fresh meter does not see it
+    assert PeakMemory("cpu", baseline_bytes=first.baseline_bytes).read() >= 60 * 2**20
+    del kept
