@@ -77,7 +77,7 @@ def loop_parts(net: nn.Module, batches: Batches, runtime: Runtime, settings: Ste
     return LoopParts(net, optimizer, scaler, batches, runtime.generator, ema)
 
 
-def accumulate_gradients(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, accum: int,
+def accumulate_gradients(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, accum: int,
                          prepare: Callable[[torch.Tensor], torch.Tensor], precision: Precision,
                          scaler: torch.amp.GradScaler, criterion: Criterion | None = None) -> torch.Tensor:
     """Forward and backward one effective batch as `accum` micro-batches.
@@ -94,7 +94,7 @@ def accumulate_gradients(model: nn.Module, images: torch.Tensor, targets: torch.
         if criterion is not None:
             x, micro_targets = criterion.mix(x, micro_targets)
         with precision.autocast(x.device):
-            logits = model(x)
+            logits = net(x)
         # Loss in float32: under fp16 autocast a low-precision reduction loses small losses.
         logits = logits.float()
         loss = (criterion(logits, micro_targets) if criterion is not None else F.cross_entropy(logits, micro_targets))
