@@ -57,13 +57,15 @@ def probe_setting(spec, device, budget=None) -> ProbeSetting:
 def probe_key(model, setting: ProbeSetting) -> str:
     """What a probe's answer depends on, besides device, budget and margin (their own columns): the
     model, its input (size, presize, resize) and batch, the target and the precision it resolves to,
-    and the versions it ran with. A probe of one key never answers for another."""
+    and the versions it ran with; a weight average (`ema`, one more copy of the weights) when it is
+    on, so keys of runs without one are as they were. A probe of one key never answers for another."""
     import json
 
+    averaged = {"ema": model.ema} if model.ema else {}
     return json.dumps(dict(arch=model.arch, size=list(model.size), presize=model.presize and list(model.presize),
                            resize=model.resize, model_kwargs=model.model_kwargs, batch_size=model.batch_size,
                            target=setting.budget.target_name, precision=setting.precision(model),
-                           **setting.versions), sort_keys=True)
+                           **averaged, **setting.versions), sort_keys=True)
 
 
 @dataclass(frozen=True)

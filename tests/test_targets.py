@@ -119,8 +119,11 @@ def test_the_probe_key_holds_target_precision_input_and_versions():
               probe_key(ModelSpec(name="m", arch="convnext_atto", size=(32, 32), resize="crop"), _setting("t4")),
               probe_key(model, _setting("t4", dict(VERSIONS, torch="2.8.0"))),
               probe_key(model, _setting("t4", dict(VERSIONS, cudnn=90100))),
-              probe_key(model, _setting("t4", dict(VERSIONS, alloc_conf="expandable_segments:True")))]
+              probe_key(model, _setting("t4", dict(VERSIONS, alloc_conf="expandable_segments:True"))),
+              # A weight average is one more copy of the weights: its probe is its own.
+              probe_key(ModelSpec(name="m", arch="convnext_atto", size=(32, 32), ema=0.999), _setting("t4"))]
     assert len({probe_key(model, _setting("t4")), *others}) == 1 + len(others)
+    assert "ema" not in key  # off: the key is what it was before averaging existed
 
 
 def test_a_probe_of_one_key_never_answers_for_another(tmp_path):
