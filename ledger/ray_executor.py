@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from ledger.spec import Spec
     from ledger.store import Store
 
-INTERRUPTED = "interrupted; resumes from its last finished epoch"
-
-
 @dataclass(frozen=True)
 class RayOptions:
     address: str | None = None  # None: the Ray this process already joined, $RAY_ADDRESS, or a new local one
@@ -223,10 +220,13 @@ def _submit_and_record(plans, store, events, launch, slots, worker, queue=None) 
                 progress_of.pop(plan.run_id, None)
                 results.append(result)
     except KeyboardInterrupt:
+        from ledger.experiment import interrupted_reason
+
         for ref, (index, plan) in in_flight.items():
             ray.cancel(ref, force=True)  # the worker process goes; its partial folder and checkpoint stay
             partial, _ = run_folders(store.home, plan)
-            record(store, RunResult(plan.run_id, "interrupted", error=INTERRUPTED if partial.exists()
-                                    else "interrupted before it started"))
+            # As the local executor says it: whether a checkpoint is there to resume from.
+            record(store, RunResult(plan.run_id, "interrupted", error=interrupted_reason(store, plan)
+                                    if partial.exists() else "interrupted before it started"))
         raise
     return results

@@ -176,7 +176,9 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 2, accum: 1")))
     store = Store(tmp_path / "home")
     first, second = plan_experiment(spec, spec.models, store, lambda model: model.accum)
-    run_folders(store.home, first)[0].mkdir(parents=True)  # as `execute` leaves it, with its checkpoint
+    partial = run_folders(store.home, first)[0]
+    partial.mkdir(parents=True)  # as `execute` leaves it after an epoch, with its checkpoint
+    (partial / "checkpoint.pt").write_bytes(b"epoch 1")
     # A task that would hold its CPU for a minute: cancelled, it frees it at once. (A lambda, so
     # that Ray ships it by value: workers cannot import this test module.)
     sleeper = ray.remote(max_calls=1, num_cpus=1)(lambda plan: __import__("time").sleep(60))
@@ -185,7 +187,7 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
         _submit_and_record([first, second], store, InterruptedAtSecond(), sleeper.remote, 2, worker)
     rows = store.runs("tiny")
     assert [(r.id, r.status) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
-    assert "resumes from its last finished epoch" in rows[0].error
+    assert rows[0].error == "interrupted; resumes after its last finished epoch"
     deadline = time.time() + 20
     while ray.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
         time.sleep(0.2)
