@@ -12,6 +12,7 @@ from torch import nn
 from ledger.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
 from ledger.models import create_model
+from ledger.targets import precision_for
 
 
 @dataclass(frozen=True)
@@ -27,23 +28,17 @@ class Precision:
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """auto: bf16 on CUDA cards that run it natively (Ampere and later), else fp16 with a scaler;
-    float32 on CPU. T4, P100 and V100 only emulate bf16 (slowly), and they are the 16 GB cards
-    the probe budgets for, so emulation does not count."""
+    """auto: as `targets.precision_for` decides it from the card's compute capability (bf16 from
+    Ampere on, else fp16 with a scaler), the one rule the probe's target and training share; float32
+    on CPU."""
     if device.type == "cuda":
-        if precision == "auto":
-            precision = "bf16" if native_bf16(device) else "fp16"
+        precision = precision_for(precision, torch.cuda.get_device_capability(device))
     elif precision == "auto":
         precision = "fp32"
     elif precision == "fp16":
         raise SpecError("train.precision: fp16 needs a CUDA device (use auto, fp32 or bf16 on CPU)")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     return Precision(precision, dtype, scaled=precision == "fp16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    major, _ = torch.cuda.get_device_capability(device)
-    return major >= 8 and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def parse_device(name: str) -> torch.device:

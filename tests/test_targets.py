@@ -188,3 +188,17 @@ def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_
     for paths in (competition.train_paths, competition.test_paths):
         load_images(tuple(paths), model.item_size, model.resize, cache)
     assert decoding_seconds(competition, model, cache) == 0.0
+
+
+def test_training_resolves_auto_by_the_cards_capability_as_the_probe_does(monkeypatch):
+    import torch
+
+    from ledger.device import resolve_precision
+
+    cuda = torch.device("cuda", 0)  # only its capability is asked: no card needed
+    for capability, expected in (((7, 5), "fp16"), ((6, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        resolved = resolve_precision("auto", cuda)
+        assert resolved.name == expected == precision_for("auto", capability)
+        assert resolved.scaled == (expected == "fp16")  # fp16 trains with a grad scaler
+    assert resolve_precision("fp32", cuda).name == "fp32"  # a named precision is kept
