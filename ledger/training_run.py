@@ -62,6 +62,7 @@ class TrainedRun:
     test_probs: torch.Tensor  # every target's classes side by side, TTA'd
     valid_probs: torch.Tensor | None  # the same for the held-out images; None without any
     peak_bytes: int
+    metric: Metric  # the competition's metric, as the epochs were scored on it
     pseudo_images: int = 0  # pseudo-labelled test images trained on
 
 
@@ -138,7 +139,7 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
         valid_probs = tta_at_sizes(fitted.net, valid, tta_runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
                                    head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
-                      pseudo_images)
+                      metric, pseudo_images)
 
 
 @torch.no_grad()
@@ -181,7 +182,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
                 labels=vocab[target[valid_idx]]))
         main, truth = trained.valid_probs[:, : sizes[0]].numpy(), competition.train_labels[valid_idx]
         tta_accuracy = float((main.argmax(1) == truth).mean())
-        tta_metric = run_metric(plan, competition).score(truth, main)
+        tta_metric = trained.metric.score(truth, main)
     if model.save_weights:
         save_weights(trained.fitted.net, folder / artifacts.WEIGHTS)
 
