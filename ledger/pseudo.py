@@ -66,9 +66,7 @@ def teacher_runs(spec, store) -> list[TeacherRun]:
     runs = []
     for row in store.runs(taught.name):
         if row.status == "done" and row.fingerprint in current and row.artifact_dir:
-            folder = Path(row.artifact_dir)
-            runs.append(TeacherRun(row.id, folder if folder.is_absolute() else store.home / folder, row.folds,
-                                   row.fold, row.split_seed))
+            runs.append(TeacherRun(row.id, store.artifact_path(row), row.folds, row.fold, row.split_seed))
     return runs
 
 
