@@ -97,9 +97,22 @@ def check_weights(members: list[Member]) -> None:
                               f"missing): train with `save_weights: true` (train: or its model entry) to predict with it")
 
 
-def run_model(folder: Path):
-    """The run's ModelSpec, TTA settings (n, beta), classes, head size and TTA sizes, from its
-    resolved spec.yaml and predictions."""
+@dataclass(frozen=True)
+class SavedRun:
+    """What predicting with a run needs, read back from its folder."""
+
+    model: object  # its ModelSpec, its own weights in place of any starting ones
+    tta_n: int
+    tta_beta: float
+    tta_seed: int  # the seed its TTA generator drew from (0 for runs trained before it was recorded)
+    tta_sizes: tuple  # tta.size, resolved: () for the run's own size
+    vocab: list[str]  # the submission's classes, in the head's order
+    head: int  # the head's size: the submission's classes, then any extra target's
+
+
+def run_model(folder: Path) -> SavedRun:
+    """The run's model entry and TTA settings from its resolved spec.yaml, its classes and head size
+    from its predictions."""
     from ledger.spec_objects import model_from_dict
 
     path = folder / artifacts.SPEC
@@ -114,13 +127,8 @@ def run_model(folder: Path):
     # The head holds the submission's classes first, then any extra target's: its total size is
     # the sum over every test prediction file, whatever the targets' order.
     head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
-    sizes = tuple(tuple(size) for size in tta.get("sizes") or ())  # tta.size, resolved: () for the run's own
-    return model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), vocab, head, sizes
-
-
-def tta_seed(folder: Path) -> int:
-    """The seed of the run's TTA generator, from its resolved spec.yaml (0 when it predates it)."""
-    return int((yaml.safe_load((folder / artifacts.SPEC).read_text()).get("tta") or {}).get("seed", 0))
+    return SavedRun(model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), int(tta.get("seed", 0)),
+                    tuple(tuple(size) for size in tta.get("sizes") or ()), vocab, head)
 
 
 def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
@@ -134,24 +142,25 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
     total, vocab = None, None
     for member in members:
-        model, n, beta, run_vocab, head, tta_sizes = run_model(member.folder)
-        if vocab is not None and run_vocab != vocab:
+        saved = run_model(member.folder)
+        model, n = saved.model, saved.tta_n if use_tta else 0
+        if vocab is not None and saved.vocab != vocab:
             raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
                               f"runs of one bag must share their classes")
-        vocab = run_vocab
+        vocab = saved.vocab
         key = (model.item_size, model.resize)
         if key not in decoded:
             decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None,
                                        progress=None if stage is None else
                                        (lambda done, count: stage("decoding", done, count)))
         images = decoded[key]
-        label = f"run {member.row.id}" + (" (tta)" if use_tta and n else "")
+        label = f"run {member.row.id}" + (" (tta)" if n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
-        sizes = (len(vocab), head - len(vocab)) if head > len(vocab) else (len(vocab),)
+        sizes = (len(vocab), saved.head - len(vocab)) if saved.head > len(vocab) else (len(vocab),)
         # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
         # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
-        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n if use_tta else 0,
-                            beta, tta_seed(member.folder), progress, tta_sizes if use_tta else ())
+        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n, saved.tta_beta,
+                            saved.tta_seed, progress, saved.tta_sizes if use_tta else ())
         total = probs * member.weight if total is None else total + probs * member.weight
         release_memory()
     weight_sum = sum(m.weight for m in members)
