@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ledger import artifacts
-from ledger.checkpoint import Checkpoint
+from ledger.checkpoint import CHECKPOINT, Checkpoint
 from ledger.data import Competition
 from ledger.images import load_images
 from ledger.errors import describe
@@ -100,3 +100,11 @@ def committed_result(run_id: str, final: Path) -> RunResult | None:
         return None
     Checkpoint(final).delete()
     return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs)
+
+
+def interrupted_reason(store, run: RunPlan) -> str:
+    """What an interrupt leaves of a run: a checkpoint to resume from, or nothing (stopped before
+    its first epoch ended, so it starts again from epoch 1)."""
+    if (partial_dir(store.home, run.experiment, run.run_id) / CHECKPOINT).is_file():
+        return "interrupted; resumes after its last finished epoch"
+    return "interrupted before its first epoch ended; starts again from epoch 1"

@@ -1,6 +1,7 @@
 """The runs of an experiment: housekeeping, plan, then each run executed and recorded.
 
-`train_experiment` is the local executor: runs one after another in this process. Before
+`train_experiment` is the local executor: runs one after another in this process, or `--jobs N` at
+a time in worker processes. Before
 planning it settles what earlier commands left behind: `running` rows whose process is gone become
 `interrupted`, and partial folders are either kept for a resume (an interrupted run with a
 checkpoint) or removed. Nothing here prints: the caller's `ExperimentEvents` shows progress.
@@ -13,40 +14,29 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.data import load_competition
-from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, partial_dir
+from ledger.dispatch import RowFacts, dispatch
+from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, interrupted_reason, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, keep_promise, plan, promise
+from ledger.process_pool import ProcessPool, check_jobs
 from ledger.probing import record_peak_check, recorded_trial
 from ledger.pseudo import teacher_runs
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
 from ledger.store import Store, new_id
 from ledger.device import resolve_precision
-from ledger.hooks import Progress
-
-
-class ExperimentEvents(Protocol):
-    def run_started(self, index: int, total: int, plan: RunPlan) -> Progress: ...
-    def run_finished(self, index: int, total: int, plan: RunPlan, result: RunResult) -> None: ...
+from ledger.hooks import ExperimentEvents
 
 
 def resumable(store: Store, row: dict) -> bool:
     partial = partial_dir(store.home, row.experiment, row.id)
     return row.status == "interrupted" and (partial / CHECKPOINT).is_file()
-
-
-def interrupted_reason(store: Store, run: RunPlan) -> str:
-    """What an interrupt leaves of a run: a checkpoint to resume from, or nothing (stopped before
-    its first epoch ended, so it starts again from epoch 1)."""
-    if (partial_dir(store.home, run.experiment, run.run_id) / CHECKPOINT).is_file():
-        return "interrupted; resumes after its last finished epoch"
-    return "interrupted before its first epoch ended; starts again from epoch 1"
 
 
 def recover_committed(store: Store, experiment: str) -> list[str]:
@@ -109,19 +99,37 @@ def plan_experiment(spec: Spec, models: Sequence[ModelSpec], store: Store, accum
     return plans
 
 
+def row_facts(spec: Spec, store: Store, device: torch.device) -> RowFacts:
+    """What a run trained here records when it starts, and the probe's prediction for its peak."""
+    def predicted_peak(run: RunPlan) -> int | None:
+        trial = recorded_trial(store, spec, run.model, device, run.accum)
+        return trial and trial["peak_bytes"]
+
+    return RowFacts(device_name(device), lambda run: resolve_precision(run.model.precision, device).name,
+                    predicted_peak, spec.probe.margin)
+
+
 def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,
-                     device: torch.device) -> list[RunResult]:
-    """Execute and record `plans` one after another. Ctrl-C (or SIGTERM, which the command line
-    turns into one) records the run in progress as interrupted, keeps its checkpoint, and re-raises."""
+                     device: torch.device, jobs: int = 1) -> list[RunResult]:
+    """Execute and record `plans` one after another, or `jobs` at a time in worker processes
+    (`process_pool`). Ctrl-C (or SIGTERM, which the command line turns into one) records the runs in
+    progress as interrupted, keeps their checkpoints, and re-raises."""
     competition = load_competition(spec.data)
+    facts = row_facts(spec, store, device)
+    if jobs > 1:
+        check_jobs(jobs, device)
+        pool = ProcessPool(store.home, jobs, competition)
+        try:
+            return dispatch(plans, store, events, pool, facts, socket.gethostname(), os.getpid())
+        finally:
+            pool.close()
     images, results = {}, []
     for index, run in enumerate(plans):
         progress = events.run_started(index, len(plans), run)
         if run.model.name not in images:  # one entry's images at a time; decoding shows on the run's display
             images = {run.model.name: cached_images(competition, run.model, store.home / "cache", progress)}
-        probed = recorded_trial(store, spec, run.model, device, run.accum)  # the probe's prediction for this run
-        record_start(store, run, device_name(device), resolve_precision(run.model.precision, device).name,
-                     socket.gethostname(), os.getpid(), probed and probed["peak_bytes"])
+        predicted = facts.predicted_peak(run)
+        record_start(store, run, facts.device, facts.precision(run), socket.gethostname(), os.getpid(), predicted)
         try:
             result = execute(run, competition, images[run.model.name], store.home, device, progress)
         except KeyboardInterrupt:
@@ -131,8 +139,7 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
             release_memory()  # this run's model, optimizer and cached blocks, before the next run
         record(store, result)
         if result.status == "done":
-            record_peak_check(store, run.run_id, probed and probed["peak_bytes"], result.summary.peak_bytes,
-                              spec.probe.margin)
+            record_peak_check(store, run.run_id, predicted, result.summary.peak_bytes, facts.margin)
         events.run_finished(index, len(plans), run, result)
         results.append(result)
     return results

@@ -1,5 +1,5 @@
 """What the training loop reports, and to whom: `EpochMetrics` (one epoch's figures) and `Progress`,
-the base class of every listener (the command line's display, Ray's relay to the driver).
+the base class of every listener (the command line's display, a worker's relay to the driver).
 
 Every hook is declared here as a no-op, as Lightning's `Callback` declares its hooks, so a listener
 overrides only what it draws and the loop calls each hook by name without asking first. Torch-free:
@@ -8,8 +8,9 @@ the command line imports this without loading torch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,13 @@ class Progress:
         of `total` units (images or batches)."""
 
 
+class ExperimentEvents(Protocol):
+    """An executor's listener: a run handed out (its `Progress` back) and a run ended (`progress.ConsoleEvents`)."""
+
+    def run_started(self, index: int, total: int, plan: RunPlan) -> Progress: ...
+    def run_finished(self, index: int, total: int, plan: RunPlan, result: RunResult) -> None: ...
+
+
 SilentProgress = Progress  # the base class draws nothing
 
 
@@ -64,3 +72,49 @@ def stage_callback(progress: Progress | None, name: str) -> Callable[[int, int],
     if progress is None:
         return None
     return lambda done, total: progress.stage(name, done, total)
+
+
+# Stage updates (decoding, validation, TTA) can come per batch: a few a second reach the driver.
+_STAGE_INTERVAL_S = 0.25
+
+
+class RelayProgress(Progress):
+    """The `Progress` of a run in a worker process (a Ray task, or a `--jobs` process): each event goes
+    to the driver's queue as (run id, method name, arguments), and the driver calls that method of
+    the run's own progress (`dispatch.draw_events`).
+
+    The loop itself reports steps once a second at most; stages are thinned here. Progress is
+    never worth a run: if the queue is gone (its driver ended), the run goes on without it."""
+
+    def __init__(self, queue, run_id: str):
+        self.queue, self.run_id = queue, run_id
+        self.stage_sent = 0.0
+
+    def _send(self, name: str, *args) -> None:
+        if self.queue is None:
+            return
+        try:
+            self.queue.put_nowait((self.run_id, name, args))
+        except Exception:  # noqa: BLE001 - the queue died with the driver: train on, unseen
+            self.queue = None
+
+    def placed(self, host: str, pid: int, node: str) -> None:
+        self._send("placed", host, pid, node)
+
+    def resumed(self, epochs: int) -> None:
+        self._send("resumed", epochs)
+
+    def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None:
+        self._send("start", phase, epoch, epochs, steps)
+
+    def step(self, step: int, loss: float, images_per_s: float) -> None:
+        self._send("step", step, loss, images_per_s)
+
+    def stage(self, name: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self.stage_sent >= _STAGE_INTERVAL_S:
+            self.stage_sent = now
+            self._send("stage", name, done, total)
+
+    def end(self, metrics) -> None:
+        self._send("end", metrics)

@@ -9,13 +9,13 @@ import dataclasses
 import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ledger.errors import describe
 from ledger.memory import is_out_of_memory
+from ledger.processes import die_with_parent
 from ledger.units import format_size
 
 
@@ -179,29 +179,10 @@ def run_in_child(
     return _failed(k, micro_batch, started, error=f"child exited with code {process.exitcode} without a result")
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """A trial must not outlive a parent killed with SIGKILL (nothing runs in the parent then): the
-    kernel kills this child when the parent dies (Linux), and a watcher thread covers the rest."""
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _child_main(sender, parent_start_time: float, target: Callable[..., Trial], args: tuple, kwargs: dict,
                 parent_pid: int | None = None) -> None:
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     # Unpickling target imported its module before this line ran, so the imports count as startup.
     # time.time() because perf_counter is not guaranteed to be comparable across processes.
     startup_seconds = time.time() - parent_start_time

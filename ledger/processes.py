@@ -1,8 +1,12 @@
-"""Whether a process that left a mark (a `running` row, a temporary file) is still alive."""
+"""Whether a process that left a mark (a `running` row, a temporary file) is still alive, and children
+that die with their parent."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 
 def process_alive(pid: int) -> bool:
@@ -17,3 +21,23 @@ def process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True
     return True
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """A child (a probe trial, a `--jobs` worker) must not outlive a parent killed with SIGKILL
+    (nothing runs in the parent then): the kernel kills this child when the parent dies (Linux), and a
+    watcher thread covers the rest."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()

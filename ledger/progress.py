@@ -100,7 +100,7 @@ class RunProgress:
         eta = ""
         if events.bar is None and events.epochs_left > 0:  # a terminal's bar shows its own
             mean = sum(events.epoch_seconds) / len(events.epoch_seconds)
-            eta = f"  ETA {duration(mean * events.epochs_left)} ({events.epochs_left} epochs left)"
+            eta = f"  ETA {duration(mean * events.epochs_left / events.at_once)} ({events.epochs_left} epochs left)"
         events.console.print(epoch_line(self.label, metrics, self.epochs, eta), highlight=False, markup=False,
                              soft_wrap=True)
         bar = self.events.bar
@@ -115,8 +115,9 @@ def _run_epochs(plan) -> int:
 class ConsoleEvents:
     """ExperimentEvents for the command line. Use as a context manager around training."""
 
-    def __init__(self, console: Console, plans):
+    def __init__(self, console: Console, plans, at_once: int = 1):
         self.console, self.plans = console, list(plans)
+        self.at_once = at_once  # runs side by side (train --jobs): the ETA divides by it
         self.live = console.is_terminal
         self.bar: Progress | None = None
         self.epoch_task = self.experiment_task = None

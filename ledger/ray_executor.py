@@ -2,8 +2,7 @@
 
 Same interface as the local `train_experiment`. Each task runs `execute` in a fresh worker process
 (`ray_worker.run`) and returns the small `RunResult`; the driver alone writes the ledger
-(`record_start` when it submits a run, `record` as each one finishes, in whatever order they
-finish). Workers write their run folders under the ledger home, so the home must be on a
+(`dispatch`, the loop the local `--jobs` processes share). Workers write their run folders under the ledger home, so the home must be on a
 filesystem every node sees: checked before anything runs.
 
 A task whose worker or node dies is retried by Ray and resumes from the run's last checkpoint
@@ -25,11 +24,12 @@ from typing import Sequence
 
 from typing import TYPE_CHECKING
 
+from ledger.dispatch import RowFacts, dispatch
 from ledger.errors import LedgerError, first_line
 from ledger.ray_worker import TASK_OPTIONS, run, worker_facts
 
 if TYPE_CHECKING:
-    from ledger.experiment import ExperimentEvents
+    from ledger.hooks import ExperimentEvents
     from ledger.plan import RunPlan
     from ledger.record import RunResult
     from ledger.spec import Spec
@@ -153,7 +153,8 @@ def train_on_ray(spec: Spec, plans: Sequence[RunPlan], store: Store, events: Exp
         queue = _progress_queue()
         task = ray.remote(**TASK_OPTIONS)(run).options(**resources)
         launch = lambda plan: task.remote(plan, str(home), options.cpus_per_run, queue)  # noqa: E731
-        return _submit_and_record(plans, store, events, launch, slots, worker, queue)
+        facts = RowFacts(worker["device"], lambda plan: worker["precisions"].get(plan.model.precision, ""))
+        return dispatch(plans, store, events, RayPool(launch, slots, queue), facts, socket.gethostname(), os.getpid())
     finally:
         if queue is not None:
             queue.shutdown(force=True)
@@ -172,61 +173,35 @@ def _progress_queue():
     return Queue(actor_options=dict(num_cpus=0, scheduling_strategy=here))
 
 
-def _show_progress(queue, progress_of: dict) -> None:
-    """Hand the workers' queued events to their runs' progress objects, in the order they were sent.
-    A method the progress object lacks (they are optional: `placed`, `resumed`, `stage`) is skipped."""
-    if queue is None:
-        return
-    waiting = queue.qsize()
-    for run_id, name, args in queue.get_nowait_batch(waiting) if waiting else []:
-        method = getattr(progress_of.get(run_id), name, None)
-        if method is not None:
-            method(*args)
+class RayPool:
+    """Ray tasks as a `dispatch.WorkerPool`: `launch(plan)` submits a run's task and returns its
+    ObjectRef; `queue` is the workers' progress queue (None: no events)."""
 
+    def __init__(self, launch, slots: int, queue=None):
+        self.launch, self.slots, self.queue = launch, slots, queue
 
-def _submit_and_record(plans, store, events, launch, slots, worker, queue=None) -> list[RunResult]:
-    """`launch(plan)` submits a run's task and returns its ObjectRef; `queue`, the workers' progress."""
-    import ray
+    def submit(self, plan, progress):
+        return self.launch(plan)
 
-    from ledger.execute import run_folders
-    from ledger.record import RunResult, record, record_start
+    def wait(self, handles, timeout):
+        import ray
 
-    waiting = list(enumerate(plans))
-    in_flight: dict = {}  # ObjectRef -> (index, plan)
-    progress_of: dict = {}  # run id -> the Progress its events go to
-    results = []
-    try:
-        while waiting or in_flight:
-            # No more runs submitted than the cluster holds at once, so a `running` row is a run
-            # that is running (or about to), as with the local executor.
-            while waiting and len(in_flight) < slots:
-                index, plan = waiting.pop(0)
-                progress_of[plan.run_id] = events.run_started(index, len(plans), plan)
-                record_start(store, plan, worker["device"], worker["precisions"].get(plan.model.precision, ""),
-                             socket.gethostname(), os.getpid())  # the driver's: a dead driver ends its runs
-                in_flight[launch(plan)] = (index, plan)
-            # A short timeout: workers' events are drawn within a quarter second, and Ctrl-C and
-            # SIGTERM are seen as fast.
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.25)
-            _show_progress(queue, progress_of)  # a finished run's last events come before its end
-            for ref in ready:
-                index, plan = in_flight.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - a failed task fails its run; the others go on
-                    result = _failed(plan, error)
-                record(store, result)
-                events.run_finished(index, len(plans), plan, result)
-                progress_of.pop(plan.run_id, None)
-                results.append(result)
-    except KeyboardInterrupt:
-        from ledger.experiment import interrupted_reason
+        return ray.wait(handles, num_returns=1, timeout=timeout)[0]
 
-        for ref, (index, plan) in in_flight.items():
+    def result(self, handle, plan):
+        import ray
+
+        try:
+            return ray.get(handle)
+        except Exception as error:  # noqa: BLE001 - a failed task fails its run; the others go on
+            return _failed(plan, error)
+
+    def events(self):
+        waiting = self.queue.qsize() if self.queue is not None else 0
+        return self.queue.get_nowait_batch(waiting) if waiting else []
+
+    def stop(self, handles):
+        import ray
+
+        for ref in handles:
             ray.cancel(ref, force=True)  # the worker process goes; its partial folder and checkpoint stay
-            partial, _ = run_folders(store.home, plan)
-            # As the local executor says it: whether a checkpoint is there to resume from.
-            record(store, RunResult(plan.run_id, "interrupted", error=interrupted_reason(store, plan)
-                                    if partial.exists() else "interrupted before it started"))
-        raise
-    return results

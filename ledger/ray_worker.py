@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ledger.errors import LedgerError
-from ledger.hooks import Progress
+from ledger.hooks import RelayProgress
 
 if TYPE_CHECKING:
     from ledger.plan import RunPlan
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 # missing data folder) is not retried either (retry_exceptions=False), as it would only fail again.
 # max_calls=1: a fresh process per run, so its GPU memory goes with it (README: Running on a Ray cluster).
 TASK_OPTIONS = dict(max_calls=1, max_retries=3, retry_exceptions=False)
-
-# Stage updates (decoding, validation, TTA) can come per batch: a few a second reach the driver.
-_STAGE_INTERVAL_S = 0.25
-
 
 def device():
     import ray
@@ -76,52 +71,11 @@ def worker_facts(home: str, token: str, precisions: Sequence[str]) -> dict:
     return dict(host=host, node=node, problem=None, device=device_name(here), precisions=resolved)
 
 
-class QueueProgress(Progress):
-    """The `Progress` of a run on a worker: each event goes to the driver's queue as
-    (run id, method name, arguments), and the driver calls that method of the run's own progress.
-
-    The loop itself reports steps once a second at most; stages are thinned here. Progress is
-    never worth a run: if the queue is gone (its driver ended), the run goes on without it."""
-
-    def __init__(self, queue, run_id: str):
-        self.queue, self.run_id = queue, run_id
-        self.stage_sent = 0.0
-
-    def _send(self, name: str, *args) -> None:
-        if self.queue is None:
-            return
-        try:
-            self.queue.put_nowait((self.run_id, name, args))
-        except Exception:  # noqa: BLE001 - the queue's actor died with the driver: train on, unseen
-            self.queue = None
-
-    def placed(self, host: str, pid: int, node: str) -> None:
-        self._send("placed", host, pid, node)
-
-    def resumed(self, epochs: int) -> None:
-        self._send("resumed", epochs)
-
-    def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None:
-        self._send("start", phase, epoch, epochs, steps)
-
-    def step(self, step: int, loss: float, images_per_s: float) -> None:
-        self._send("step", step, loss, images_per_s)
-
-    def stage(self, name: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total or now - self.stage_sent >= _STAGE_INTERVAL_S:
-            self.stage_sent = now
-            self._send("stage", name, done, total)
-
-    def end(self, metrics) -> None:
-        self._send("end", metrics)
-
-
 def run(plan: RunPlan, home: str, cpus: float, queue=None) -> RunResult:
     """One run, as a Ray task: `execute` on this worker's device, reporting to `queue`."""
     import ray
 
-    progress = QueueProgress(queue, plan.run_id)
+    progress = RelayProgress(queue, plan.run_id)
     progress.placed(socket.gethostname(), os.getpid(), ray.get_runtime_context().get_node_id())
 
     from ledger.data import load_competition

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -171,7 +172,8 @@ class InterruptedAtSecond(Finished):
 
 def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tiny_competition):
     from ledger.execute import run_folders
-    from ledger.ray_executor import _submit_and_record
+    from ledger.dispatch import RowFacts, dispatch
+    from ledger.ray_executor import RayPool
 
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 2, accum: 1")))
     store = Store(tmp_path / "home")
@@ -182,9 +184,10 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
     # A task that would hold its CPU for a minute: cancelled, it frees it at once. (A lambda, so
     # that Ray ships it by value: workers cannot import this test module.)
     sleeper = ray.remote(max_calls=1, num_cpus=1)(lambda plan: __import__("time").sleep(60))
-    worker = dict(device="cpu: test", precisions={})
+    facts = RowFacts("cpu: test", lambda plan: "")
     with pytest.raises(KeyboardInterrupt):
-        _submit_and_record([first, second], store, InterruptedAtSecond(), sleeper.remote, 2, worker)
+        dispatch([first, second], store, InterruptedAtSecond(), RayPool(sleeper.remote, 2), facts,
+                 socket.gethostname(), os.getpid())
     rows = store.runs("tiny")
     assert [(r.id, r.status) for r in rows] == [(first.run_id, "interrupted")]  # the second never started
     assert rows[0].error == "interrupted; resumes after its last finished epoch"

@@ -140,6 +140,8 @@ def train(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address, e.g. auto (default: $RAY_ADDRESS, else a new local Ray).")] = None,
     gpus_per_run: Annotated[Optional[float], typer.Option(min=0, help="GPUs per Ray run (default: 1 when the cluster has GPUs, else 0).")] = None,
     cpus_per_run: Annotated[float, typer.Option(min=0.01, help="CPUs per Ray run.")] = 1,
+    jobs: Annotated[int, typer.Option(min=1, max=64, help="local: runs at once, each in its own process with "
+                                      "its share of the CPU cores (CPU only).")] = 1,
 ) -> None:
     """Train the runs the spec still owes; each run gets its own split, artifacts and ledger row.
 
@@ -149,6 +151,7 @@ def train(
     every node sees.
 
     Example: ledger train experiments/fashion.yaml --model convnext --more 2
+    Example: ledger train experiments/fashion.yaml --jobs 2
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
     from ledger.experiment import plan_experiment
@@ -161,16 +164,25 @@ def train(
     models = _override(spec.select(model), runs, epochs)
     store = Store(home)
     torch_device = _device(device)
+    if executor is Executor.local:
+        from ledger.process_pool import check_jobs
+
+        check_jobs(jobs, torch_device)
+    elif jobs > 1:
+        from ledger.errors import LedgerError
+
+        raise LedgerError("--jobs is for the local executor; on Ray, --cpus-per-run sets how many runs share a node")
     if dry_run:
         plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
                                                                     may_probe=False), more, dry_run=True)
         _dry_run(spec, plans, store, torch_device)
         return
     with experiment_lock(store.home, spec.name, now()):
-        _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run)
+        _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run, jobs)
 
 
-def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run) -> None:
+def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run,
+                  jobs) -> None:
     """`train` once it holds the experiment's lock: housekeeping, plan, execute, record."""
     from ledger.experiment import plan_experiment, train_experiment
     from ledger.probing import accum_resolver
@@ -186,14 +198,15 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
         return
     results = []
     try:
-        with _sigterm_as_interrupt(), ConsoleEvents(console, plans) as events:
+        at_once = jobs if executor is Executor.local else 1
+        with _sigterm_as_interrupt(), ConsoleEvents(console, plans, at_once) as events:
             if executor is Executor.ray:
                 from ledger.ray_executor import RayOptions, train_on_ray
 
                 options = RayOptions(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
                 results = train_on_ray(spec, plans, store, events, options)
             else:
-                results = train_experiment(spec, plans, store, events, torch_device)
+                results = train_experiment(spec, plans, store, events, torch_device, jobs)
     except KeyboardInterrupt:
         done = len([r for r in store.runs(spec.name, status="done")])
         stopped = store.runs(spec.name, status="interrupted", ids=[p.run_id for p in plans])

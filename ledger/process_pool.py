@@ -1,0 +1,145 @@
+"""`train --jobs N`: the runs of an experiment N at a time on this machine's CPU, each in its own process
+with its share of the cores.
+
+A small network's step does not keep two cores busy: on 2 cores one ConvNeXt run of the embedded
+default trains at about 5,700 images/s with both, two runs at once at about 4,200 each with one
+core apiece (`bench/bench_jobs.py`). So the runs of a bag finish sooner side by side.
+
+Each run gets a fresh 'spawn' process, as a probe trial does, so its peak memory is its own and
+comparable with the probe's, and a run the kernel kills fails alone. The driver decodes an entry's
+images into the disk cache before the entry's first run, so two workers never decode the same images.
+Workers ignore Ctrl-C: the driver kills them and records their runs interrupted; each resumes from
+its last finished epoch, as after any kill. A worker dies with the driver, even after `kill -9`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue as queues
+import signal
+from pathlib import Path
+
+import torch
+
+from ledger.errors import LedgerError, describe
+from ledger.hooks import Progress, RelayProgress
+from ledger.processes import die_with_parent
+from ledger.record import RunResult
+
+
+def threads_per_job(jobs: int) -> int:
+    """The cores each of `jobs` runs gets: torch's own default (the cores it may use) shared out."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
+def check_jobs(jobs: int, device: torch.device) -> None:
+    """--jobs N shares CPU cores. On a GPU each run's memory budget (the probe's) assumes the card is
+    its alone, so runs side by side there could run it out of memory."""
+    if jobs > 1 and device.type != "cpu":
+        raise LedgerError(f"--jobs {jobs}: runs side by side share the CPU's cores; on {device.type} each run's "
+                          "memory budget assumes the card is its alone (use --jobs 1, or the Ray executor "
+                          "with --gpus-per-run)")
+
+
+def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, and stops this process
+    torch.set_num_threads(threads)
+    from ledger.data import load_competition
+    from ledger.execute import cached_images, execute
+
+    progress = RelayProgress(events, plan.run_id)
+    try:
+        competition = load_competition(plan.data)
+        images = cached_images(competition, plan.model, Path(home) / "cache", progress)  # the driver's cache
+        result = execute(plan, competition, images, Path(home), torch.device("cpu"), progress)
+    except Exception as error:  # noqa: BLE001 - raised before `execute` took over: the run fails with the reason
+        result = RunResult(plan.run_id, "failed", error=describe(error))
+    sender.send(result)
+    sender.close()
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        return f"worker process killed by {name}" + (" (out of memory?)" if number == signal.SIGKILL else "")
+    return f"worker process exited with code {exitcode} without a result"
+
+
+class ProcessPool:
+    """Local worker processes as a `dispatch.WorkerPool`; a run's handle is its id."""
+
+    def __init__(self, home: Path, jobs: int, competition):
+        self.context = multiprocessing.get_context("spawn")
+        self.home, self.slots, self.competition = str(home), jobs, competition
+        self.threads = threads_per_job(jobs)
+        self.queue = self.context.Queue()  # every worker's progress events
+        self.workers: dict[str, tuple] = {}  # run id -> (process, the end its result comes out of)
+        self.decoded: set[str] = set()
+        self.results: dict[str, RunResult | None] = {}  # ended runs' results, until `result` hands them over
+        self.exitcodes: dict[str, int | None] = {}
+
+    def submit(self, plan, progress: Progress) -> str:
+        if plan.model.name not in self.decoded:  # decoding shows on the entry's first run, as in one process
+            from ledger.execute import cached_images
+
+            cached_images(self.competition, plan.model, Path(self.home) / "cache", progress)
+            self.decoded.add(plan.model.name)
+        receiver, sender = self.context.Pipe(duplex=False)
+        # Not daemonic: a daemonic process may not start its own children (DataLoader workers).
+        process = self.context.Process(target=_worker_main, name=f"ledger-run-{plan.run_id}",
+                                       args=(plan, self.home, self.threads, self.queue, sender, os.getpid()))
+        process.start()
+        sender.close()  # only the worker's end stays open, so that its death reads as end-of-file here
+        self.workers[plan.run_id] = (process, receiver)
+        return plan.run_id
+
+    def wait(self, handles: list, timeout: float) -> list:
+        by_end = {self.workers[run_id][1]: run_id for run_id in handles}
+        ended = [by_end[end] for end in multiprocessing.connection.wait(list(by_end), timeout)]
+        for run_id in ended:
+            self.results[run_id] = self._collect(run_id)
+        return ended
+
+    def _collect(self, run_id: str) -> RunResult | None:
+        """An ended worker's result (None if it died without one), once its process has exited: by
+        then every progress event it sent is in the queue, so the run's display ends before its result."""
+        process, receiver = self.workers.pop(run_id)
+        try:
+            result = receiver.recv()
+        except EOFError:
+            result = None
+        process.join(timeout=60)
+        if process.is_alive():  # hung while exiting
+            process.kill()
+            process.join()
+        receiver.close()
+        self.exitcodes[run_id] = process.exitcode
+        return result
+
+    def result(self, handle: str, plan) -> RunResult:
+        return self.results.pop(handle) or RunResult(plan.run_id, "failed", error=_exit_reason(self.exitcodes[handle]))
+
+    def events(self) -> list[tuple[str, str, tuple]]:
+        drawn = []
+        while True:
+            try:
+                drawn.append(self.queue.get_nowait())
+            except queues.Empty:
+                return drawn
+
+    def stop(self, handles: list) -> None:
+        for run_id in handles:
+            process, receiver = self.workers.pop(run_id)
+            process.kill()
+            process.join()
+            receiver.close()
+
+    def close(self) -> None:
+        """Whatever still runs (only after an error in the driver) goes; the queue's thread ends."""
+        self.stop(list(self.workers))
+        self.queue.close()
+        self.queue.join_thread()

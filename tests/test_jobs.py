@@ -1,0 +1,135 @@
+"""`train --jobs N`: runs side by side in worker processes, each recorded by the driver; a worker's
+death fails its run alone; Ctrl-C stops the workers and records their runs interrupted."""
+
+import json
+import os
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_CONVNEXT, write_spec
+from hostile_common import invoke, one_error_line
+
+from ledger.data import load_competition
+from ledger.dispatch import dispatch
+from ledger.errors import LedgerError
+from ledger.experiment import plan_experiment, row_facts
+from ledger.hooks import Progress
+from ledger.process_pool import ProcessPool, check_jobs
+from ledger.spec import load_spec
+from ledger.store import Store
+
+RUNS = (f"  - {{name: c, arch: convnext_atto, size: 32, runs: 3, epochs: 2, accum: 1,"
+        f" model_kwargs: {json.dumps(TINY_CONVNEXT)}}}\n")
+
+
+@pytest.fixture
+def spec_path(tmp_path, tiny_competition, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return write_spec(tmp_path / "tiny.yaml", tiny_competition, RUNS, "split: {folds: 3, seed: 3}\n")
+
+
+def _test_probs(home, rows) -> dict:
+    return {row.fold: np.load(home / row.artifact_dir / "test_preds.npz")["probs"] for row in rows}
+
+
+def test_runs_side_by_side_equal_the_same_runs_one_after_another(spec_path, tmp_path):
+    """Each worker trains with the cores it is given (one here: the suite runs with
+    OMP_NUM_THREADS=1, as one-after-another does), so the same seeds give the same predictions."""
+    side_by_side, one_by_one = tmp_path / "jobs", tmp_path / "one"
+    assert invoke("train", spec_path, "--jobs", "2", "--home", side_by_side).exit_code == 0
+    assert invoke("train", spec_path, "--home", one_by_one).exit_code == 0
+    rows = Store(side_by_side).runs("tiny")
+    assert sorted(r.status for r in rows) == ["done"] * 3
+    # Each run had its own process, not the driver's; the driver wrote every row.
+    assert len({r.pid for r in rows}) == 3 and os.getpid() not in {r.pid for r in rows}
+    assert not list((side_by_side / "tiny").glob("*.partial"))
+    jobs, serial = _test_probs(side_by_side, rows), _test_probs(one_by_one, Store(one_by_one).runs("tiny"))
+    assert sorted(jobs) == sorted(serial) == [0, 1, 2]
+    for fold in jobs:
+        np.testing.assert_allclose(jobs[fold], serial[fold], atol=1e-5)
+
+
+def test_a_worker_killed_fails_its_run_alone(spec_path):
+    spec = load_spec(spec_path)
+    store = Store("home")
+    first, second, _ = plan_experiment(spec, spec.models, store, lambda model: 1)
+    pool = ProcessPool(store.home, 2, load_competition(spec.data))
+    try:
+        handles = [pool.submit(first, Progress()), pool.submit(second, Progress())]
+        pool.workers[handles[0]][0].kill()  # as the kernel's OOM killer would
+        ended = []
+        while len(ended) < 2:
+            ended += pool.wait([h for h in handles if h not in ended], 1.0)
+        killed, survivor = pool.result(handles[0], first), pool.result(handles[1], second)
+    finally:
+        pool.close()
+    assert (killed.status, killed.error) == ("failed", "worker process killed by SIGKILL (out of memory?)")
+    assert survivor.status == "done", survivor.error
+
+
+class InterruptedAtSecond:
+    """Ctrl-C while the second run is handed out: the first one's worker is running."""
+
+    def __init__(self, pool):
+        self.pool, self.first_process = pool, None
+
+    def run_started(self, index, total, plan):
+        if index == 1:
+            self.first_process = next(iter(self.pool.workers.values()))[0]
+            raise KeyboardInterrupt
+        return Progress()
+
+    def run_finished(self, index, total, plan, result):
+        raise AssertionError("no run ends")
+
+
+def test_ctrl_c_kills_the_workers_and_records_their_runs_interrupted(spec_path):
+    spec = load_spec(spec_path)
+    store = Store("home")
+    plans = plan_experiment(spec, spec.models, store, lambda model: 1)
+    pool = ProcessPool(store.home, 2, load_competition(spec.data))
+    events = InterruptedAtSecond(pool)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dispatch(plans, store, events, pool, row_facts(spec, store, torch.device("cpu")),
+                     socket.gethostname(), os.getpid())
+    finally:
+        pool.close()
+    assert events.first_process.exitcode == -9  # killed, not left training
+    rows = store.runs("tiny")
+    assert [(r.id, r.status) for r in rows] == [(plans[0].run_id, "interrupted")]  # the others never started
+    assert rows[0].error in ("interrupted before it started",
+                             "interrupted before its first epoch ended; starts again from epoch 1")
+
+
+def test_jobs_share_cpu_cores_and_are_refused_on_a_gpu():
+    check_jobs(1, torch.device("cuda"))  # one run at a time is the usual executor
+    check_jobs(4, torch.device("cpu"))
+    with pytest.raises(LedgerError, match=r"--jobs 2: .* on cuda each run's memory budget assumes the card"):
+        check_jobs(2, torch.device("cuda"))
+
+
+def test_jobs_is_for_the_local_executor(spec_path):
+    line = one_error_line(invoke("train", spec_path, "--jobs", "2", "--executor", "ray", "--home", "h"))
+    assert "--jobs is for the local executor" in line
+
+
+def test_the_eta_counts_the_runs_that_train_at_once():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from ledger.hooks import EpochMetrics
+    from ledger.progress import ConsoleEvents, RunProgress
+
+    out = StringIO()
+    plans = [SimpleNamespace(model=SimpleNamespace(epochs=4, freeze_epochs=0, finetune=False, name="m"))] * 2
+    with ConsoleEvents(Console(file=out, width=200), plans, at_once=2) as events:  # 8 epochs in all
+        run = RunProgress(events, "[1/2] m")
+        run.start("train", 0, 4, steps=5)
+        run.end(EpochMetrics("train", 1, 0.5, None, None, 100, 10.0, 0.01))
+    # 7 epochs left at 10 s each, two runs at a time: 35 s.
+    assert out.getvalue().splitlines()[0].endswith("ETA 35s (7 epochs left)")
