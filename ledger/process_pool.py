@@ -19,6 +19,7 @@ import multiprocessing.connection
 import os
 import queue as queues
 import signal
+import socket
 from pathlib import Path
 
 import torch
@@ -49,10 +50,16 @@ def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int)
     torch.set_num_threads(threads)
     from ledger.data import load_competition
     from ledger.execute import cached_images, execute
+    from ledger.spec import check_model
 
     progress = RelayProgress(events, plan.run_id)
+    # The first event starts the queue's feeder thread: now, not inside the run's memory meter.
+    progress.placed(socket.gethostname(), os.getpid(), "local")
     try:
         competition = load_competition(plan.data)
+        # The driver's spec check built and ran the model on the meta device, mapping library code
+        # into memory before any run's meter started; here too, or the run's peak would count it.
+        check_model(Path(plan.data.root), 0, plan.model)
         images = cached_images(competition, plan.model, Path(home) / "cache", progress)  # the driver's cache
         result = execute(plan, competition, images, Path(home), torch.device("cpu"), progress)
     except Exception as error:  # noqa: BLE001 - raised before `execute` took over: the run fails with the reason
