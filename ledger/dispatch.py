@@ -53,6 +53,16 @@ class RowFacts:
     margin: float = 0.0
 
 
+def longest_first(plans: Sequence[RunPlan], seconds: Callable[[RunPlan], float | None]) -> list[RunPlan]:
+    """The runs in the order to hand them out: the longest first (by `seconds`, the probe's estimate),
+    so that no slot is left with a long run after the others are done (on 2 slots the default's one
+    pretrained run, as long as three of its others, last would leave a slot idle for its whole length).
+    Runs without an estimate keep their order, after the others."""
+    estimates = [seconds(plan) for plan in plans]
+    order = sorted(range(len(plans)), key=lambda i: (estimates[i] is None, -(estimates[i] or 0.0), i))
+    return [plans[i] for i in order]
+
+
 def draw_events(pool: WorkerPool, progress_of: dict) -> None:
     """Hand the workers' events to their runs' progress objects, in the order they were sent. A
     method the progress object lacks (`placed` is optional) is skipped."""

@@ -20,12 +20,12 @@ import torch
 
 from ledger.checkpoint import CHECKPOINT
 from ledger.data import load_competition
-from ledger.dispatch import RowFacts, dispatch
+from ledger.dispatch import RowFacts, dispatch, longest_first
 from ledger.execute import PARTIAL_SUFFIX, cached_images, committed_result, execute, interrupted_reason, partial_dir
 from ledger.memory import device_name, release_memory
 from ledger.plan import RunPlan, keep_promise, plan, promise
 from ledger.process_pool import ProcessPool, check_jobs
-from ledger.probing import record_peak_check, recorded_trial
+from ledger.probing import estimated_seconds, record_peak_check, recorded_trial
 from ledger.pseudo import teacher_runs
 from ledger.record import RunResult, record, record_start
 from ledger.spec import ModelSpec, Spec
@@ -99,10 +99,11 @@ def plan_experiment(spec: Spec, models: Sequence[ModelSpec], store: Store, accum
     return plans
 
 
-def row_facts(spec: Spec, store: Store, device: torch.device) -> RowFacts:
-    """What a run trained here records when it starts, and the probe's prediction for its peak."""
+def row_facts(spec: Spec, store: Store, device: torch.device, jobs: int = 1) -> RowFacts:
+    """What a run trained here (`jobs` at a time) records when it starts, and the probe's prediction
+    for its peak."""
     def predicted_peak(run: RunPlan) -> int | None:
-        trial = recorded_trial(store, spec, run.model, device, run.accum)
+        trial = recorded_trial(store, spec, run.model, device, run.accum, jobs)
         return trial and trial["peak_bytes"]
 
     return RowFacts(device_name(device), lambda run: resolve_precision(run.model.precision, device).name,
@@ -115,10 +116,11 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
     (`process_pool`). Ctrl-C (or SIGTERM, which the command line turns into one) records the runs in
     progress as interrupted, keeps their checkpoints, and re-raises."""
     competition = load_competition(spec.data)
-    facts = row_facts(spec, store, device)
+    facts = row_facts(spec, store, device, jobs)
     if jobs > 1:
         check_jobs(jobs, device)
-        pool = ProcessPool(store.home, jobs, competition)
+        plans = longest_first(plans, lambda run: estimated_seconds(spec, store, run, device, competition, jobs))
+        pool = ProcessPool(store.home, jobs)
         try:
             return dispatch(plans, store, events, pool, facts, socket.gethostname(), os.getpid())
         finally:

@@ -32,6 +32,7 @@ class TrialTarget:
     capacity_bytes: int | None = None
     capability: tuple[int, int] | None = None
     precision: str = "fp32"
+    cpu_threads: int | None = None  # a `--jobs` run's share of the cores (None: the process's own)
 
 
 class _TimedBatches:
@@ -110,6 +111,8 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
 
     target = target or TrialTarget(precision=model.precision)
     torch_device = torch.device(device)
+    if target.cpu_threads:
+        torch.set_num_threads(target.cpu_threads)
     # `ledger train` builds and runs every model on the meta device when it checks the spec, which
     # maps the same library code into memory; doing it here too, before the meter starts, keeps those
     # pages out of the probe's peak exactly as they are out of a real run's.

@@ -23,6 +23,10 @@ class ProbeSetting:
     margin: float
     local_capability: tuple[int, int] | None
     versions: dict
+    # On a CPU, for runs trained side by side (`train --jobs N`): the cores each gets. A run's peak
+    # and speed there depend on it (one-thread kernels take other paths: Lite0's peak is 15% higher).
+    # None: the process's own, as one run at a time has.
+    cpu_threads: int | None = None
 
     @property
     def capability(self) -> tuple[int, int] | None:
@@ -46,26 +50,31 @@ def library_versions() -> dict:
     return dict(torch=torch.__version__, cudnn=cudnn, alloc_conf=allocator_config())
 
 
-def probe_setting(spec, device, budget=None) -> ProbeSetting:
-    """The setting of a probe on `device` (torch.device) for the spec's budget, or `budget` (a Budget)."""
+def probe_setting(spec, device, budget=None, jobs: int = 1) -> ProbeSetting:
+    """The setting of a probe on `device` (torch.device) for the spec's budget, or `budget` (a Budget),
+    for runs trained `jobs` at a time (`train --jobs`, CPU only)."""
     import torch
 
+    from ledger.process_pool import threads_per_job
+
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, library_versions())
+    threads = threads_per_job(jobs) if device.type == "cpu" and jobs > 1 else None
+    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, library_versions(), threads)
 
 
 def probe_key(model, setting: ProbeSetting) -> str:
     """What a probe's answer depends on, besides device, budget and margin (their own columns): the
     model, its input (size, presize, resize) and batch, the target and the precision it resolves to,
     and the versions it ran with; a weight average (`ema`, one more copy of the weights) when it is
-    on, so keys of runs without one are as they were. A probe of one key never answers for another."""
+    on, and a CPU run's share of the cores under `--jobs`, so keys of runs without them are as they were. A probe of one key never answers for another."""
     import json
 
     averaged = {"ema": model.ema} if model.ema else {}
+    threads = {"cpu_threads": setting.cpu_threads} if setting.cpu_threads else {}
     return json.dumps(dict(arch=model.arch, size=list(model.size), presize=model.presize and list(model.presize),
                            resize=model.resize, model_kwargs=model.model_kwargs, batch_size=model.batch_size,
                            target=setting.budget.target_name, precision=setting.precision(model),
-                           **averaged, **setting.versions), sort_keys=True)
+                           **averaged, **threads, **setting.versions), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -85,10 +94,11 @@ class ModelProbe:
         return f"{self.model.arch} at {self.model.size_label}"
 
 
-def probe_models(spec, models, store, budget=None, device=None, display=None) -> list[ModelProbe]:
+def probe_models(spec, models, store, budget=None, device=None, display=None, jobs: int = 1) -> list[ModelProbe]:
     """Probe each model on the smallest class for `budget` (a ledger.targets.Budget; default the spec's)
     and record every trial and the choice in the ledger. `display` (optional; the command line's
-    progress.ProbeDisplay) is told of decoding and of each trial as it starts and ends: nothing here prints."""
+    progress.ProbeDisplay) is told of decoding and of each trial as it starts and ends: nothing here prints.
+    `jobs`: for runs trained that many at a time (CPU): each trial gets a run's share of the cores."""
     from ledger.data import load_competition
     from ledger.images import load_images
     from ledger.splits import smallest_class_indices
@@ -97,7 +107,7 @@ def probe_models(spec, models, store, budget=None, device=None, display=None) ->
     from ledger.device import default_device
 
     device = device or default_device()
-    setting = probe_setting(spec, device, budget)
+    setting = probe_setting(spec, device, budget, jobs)
     budget_bytes = setting.budget.capacity_bytes
     limit = usable_bytes(budget_bytes, spec.probe.margin)
     competition = load_competition(spec.data)
@@ -113,7 +123,7 @@ def probe_models(spec, models, store, budget=None, device=None, display=None) ->
         precision = setting.precision(model)
         # On CUDA the trial runs as the target will; on a CPU as training there does (float32 for auto).
         target = (TrialTarget(budget_bytes if setting.budget.target else None, setting.capability, precision)
-                  if device.type == "cuda" else TrialTarget(precision=model.precision))
+                  if device.type == "cuda" else TrialTarget(precision=model.precision, cpu_threads=setting.cpu_threads))
 
         def trial(k: int, model=model, target=target) -> Trial:
             micro_batch = micro_batch_size(model.batch_size, k)
@@ -138,12 +148,12 @@ def probe_models(spec, models, store, budget=None, device=None, display=None) ->
     return probes
 
 
-def recorded_trial(store, spec, model, device, accum: int) -> dict | None:
+def recorded_trial(store, spec, model, device, accum: int, jobs: int = 1) -> dict | None:
     """The latest probe's trial of `model` at factor `accum` on `device`, for the spec's budget: its
     peak is the run's predicted peak, its timings the run's estimate. None when nothing is on record."""
     from ledger.memory import device_name
 
-    setting = probe_setting(spec, device)
+    setting = probe_setting(spec, device, jobs=jobs)
     latest = store.latest_probe(probe_key(model, setting), device_name(device), setting.budget.capacity_bytes,
                                 spec.probe.margin)
     if latest is None:
@@ -162,7 +172,8 @@ def record_peak_check(store, run_id: str, predicted_bytes: int | None, measured_
         store.update_run(run_id, {"peak_vs_prediction": check.describe(), "peak_over_prediction": int(check.exceeds)})
 
 
-def accum_resolver(spec, store, display=None, device=None, may_probe: bool = True, workers_device: str | None = None):
+def accum_resolver(spec, store, display=None, device=None, may_probe: bool = True, workers_device: str | None = None,
+                   jobs: int = 1):
     """`accum: auto` -> the factor the latest probe chose for this model, target and device; with no
     probe on record, probe first (and say so through `display`, a progress.ProbeDisplay, if given),
     or, with `may_probe=False`, answer 0 (unknown). The one place `auto` is decided, for `train`, its
@@ -174,7 +185,7 @@ def accum_resolver(spec, store, display=None, device=None, may_probe: bool = Tru
 
     device = device or default_device()
     say = display.say if display is not None else (lambda line: None)
-    setting = probe_setting(spec, device)
+    setting = probe_setting(spec, device, jobs=jobs)
     budget = setting.budget.capacity_bytes
     described = f"{setting.budget.target_name or format_size(budget)}"
     where = workers_device or device_name(device)
@@ -191,7 +202,7 @@ def accum_resolver(spec, store, display=None, device=None, may_probe: bool = Tru
                                   f"the workers' device ({where}); run `ledger probe-memory` on a worker node with "
                                   f"the same --home, or set accum")
             say(f"{model.name}: accum is auto and no probe is on record for {described} on {where}; probing first")
-            probe = probe_models(spec, [model], store, setting.budget, device, display)[0]
+            probe = probe_models(spec, [model], store, setting.budget, device, display, jobs)[0]
             chosen, trials = probe.result.chosen_k, probe.result.trials
         else:
             chosen, trials = latest["chosen_k"], None
@@ -208,13 +219,13 @@ def accum_resolver(spec, store, display=None, device=None, may_probe: bool = Tru
     return resolve
 
 
-def estimated_seconds(spec, store, plan, device, competition) -> float | None:
+def estimated_seconds(spec, store, plan, device, competition, jobs: int = 1) -> float | None:
     """A planned run's time on `device` from its probe's timings (ledger.estimate); None when no probe
     with timings is on record for its factor on this device."""
     from ledger.estimate import RunShape, Timings, run_seconds
     from ledger.training_run import split_of
 
-    probed = recorded_trial(store, spec, plan.model, device, plan.accum) if plan.accum else None
+    probed = recorded_trial(store, spec, plan.model, device, plan.accum, jobs) if plan.accum else None
     if probed is None or probed.get("step_seconds") is None:
         return None
     train_idx, valid_idx = split_of(plan, competition)

@@ -12,8 +12,7 @@ import torch
 from conftest import TINY_CONVNEXT, write_spec
 from hostile_common import invoke, one_error_line
 
-from ledger.data import load_competition
-from ledger.dispatch import dispatch
+from ledger.dispatch import dispatch, longest_first
 from ledger.errors import LedgerError
 from ledger.experiment import plan_experiment, row_facts
 from ledger.hooks import Progress
@@ -62,7 +61,7 @@ def test_a_worker_killed_fails_its_run_alone(spec_path):
     spec = load_spec(spec_path)
     store = Store("home")
     first, second, _ = plan_experiment(spec, spec.models, store, lambda model: 1)
-    pool = ProcessPool(store.home, 2, load_competition(spec.data))
+    pool = ProcessPool(store.home, 2)
     try:
         handles = [pool.submit(first, Progress()), pool.submit(second, Progress())]
         pool.workers[handles[0]][0].kill()  # as the kernel's OOM killer would
@@ -96,7 +95,7 @@ def test_ctrl_c_kills_the_workers_and_records_their_runs_interrupted(spec_path):
     spec = load_spec(spec_path)
     store = Store("home")
     plans = plan_experiment(spec, spec.models, store, lambda model: 1)
-    pool = ProcessPool(store.home, 2, load_competition(spec.data))
+    pool = ProcessPool(store.home, 2)
     events = InterruptedAtSecond(pool)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -139,3 +138,31 @@ def test_the_eta_counts_the_runs_that_train_at_once():
         run.end(EpochMetrics("train", 1, 0.5, None, None, 100, 10.0, 0.01))
     # 7 epochs left at 10 s each, two runs at a time: 35 s.
     assert out.getvalue().splitlines()[0].endswith("ETA 35s (7 epochs left)")
+
+
+def test_the_longest_runs_are_handed_out_first_and_runs_without_an_estimate_last():
+    plans = [SimpleNamespace(name=name) for name in "abcde"]
+    seconds = dict(a=10.0, b=None, c=30.0, d=20.0, e=10.0)
+    assert [p.name for p in longest_first(plans, lambda p: seconds[p.name])] == ["c", "d", "a", "e", "b"]
+
+
+def test_a_probe_for_jobs_measures_with_a_runs_share_of_the_cores_and_answers_only_for_them(tmp_path, tiny_competition,
+                                                                                         monkeypatch):
+    from ledger.probing import probe_key, probe_setting
+    from ledger.process_pool import threads_per_job
+
+    monkeypatch.chdir(tmp_path)
+    one_run = RUNS.replace("runs: 3", "runs: 1").replace("accum: 1", "accum: auto")
+    path = write_spec(tmp_path / "tiny.yaml", tiny_competition, one_run, "split: {folds: 3, seed: 3}\n")
+    spec, cpu = load_spec(path), torch.device("cpu")
+    alone, side_by_side = probe_setting(spec, cpu), probe_setting(spec, cpu, jobs=2)
+    assert alone.cpu_threads is None and "cpu_threads" not in probe_key(spec.models[0], alone)  # keys as they were
+    assert side_by_side.cpu_threads == threads_per_job(2)
+    assert invoke("probe-memory", path, "--jobs", "2", "--home", "h").exit_code == 0
+    trained = invoke("train", path, "--jobs", "2", "--home", "h")
+    assert trained.exit_code == 0, trained.output
+    assert "probing first" not in trained.output and "accum 1 (from the memory probe" in trained.output
+    [row] = Store("h").runs("tiny")
+    assert row.predicted_peak_bytes is not None  # the --jobs probe's prediction, checked against the run
+    one_at_a_time = invoke("train", path, "--home", "h", "--more", "1", "--dry-run")
+    assert "no time estimate" in one_at_a_time.output  # the --jobs probe does not answer for it

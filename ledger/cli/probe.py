@@ -37,6 +37,8 @@ def probe_memory(
     device: DeviceOpt = None,
     overrides: SetOpt = None,
     home: HomeOpt = None,
+    jobs: Annotated[int, typer.Option(min=1, max=64, help="Probe for `train --jobs N` (CPU): each trial gets a run's "
+                                      "share of the cores, as the runs will.")] = 1,
 ) -> None:
     """Measure peak training memory on the smallest class and pick each model's accumulation factor.
 
@@ -46,6 +48,7 @@ def probe_memory(
     CUDA the trial is also capped at the card's capacity. `accum: auto` in train uses the choice.
 
     Example: ledger probe-memory experiments/fashion.yaml --budget t4 --json
+    Example: ledger probe-memory experiments/fashion.yaml --jobs 2   (before train --jobs 2 on a CPU)
     """
     from ledger.probe import micro_batch_size, nothing_fits_message, usable_bytes
     from ledger.probing import probe_models
@@ -57,8 +60,12 @@ def probe_memory(
     chosen_budget = _budget(budget) or spec.probe.target
     store = Store(home)
     # With --json, stdout carries only the JSON: the trials show on stderr.
-    probes = probe_models(spec, spec.select(model), store, chosen_budget, device=_device(device),
-                          display=ProbeDisplay(err_console if as_json else console))
+    torch_device = _device(device)
+    from ledger.process_pool import check_jobs
+
+    check_jobs(jobs, torch_device)
+    probes = probe_models(spec, spec.select(model), store, chosen_budget, device=torch_device,
+                          display=ProbeDisplay(err_console if as_json else console), jobs=jobs)
     budget_bytes = chosen_budget.capacity_bytes
     limit = usable_bytes(budget_bytes, spec.probe.margin)
     if as_json:

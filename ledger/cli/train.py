@@ -54,7 +54,7 @@ def _plan_table(plans, console_: Console, precisions: dict | None = None, estima
     return fit_table(console_, columns, rows, title="plan")
 
 
-def _dry_run(spec, plans, store, torch_device) -> None:
+def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     """The plan with each run's precision and its time on this device (from the probe's timings), and the
     total: does the spec fit a 12-hour Kaggle session?"""
     from ledger.data import load_competition
@@ -64,7 +64,7 @@ def _dry_run(spec, plans, store, torch_device) -> None:
 
     competition = load_competition(spec.data)
     precisions = {p.run_id: resolve_precision(p.model.precision, torch_device).name for p in plans}
-    estimates = {p.run_id: estimated_seconds(spec, store, p, torch_device, competition) for p in plans}
+    estimates = {p.run_id: estimated_seconds(spec, store, p, torch_device, competition, jobs) for p in plans}
     # An entry's first run decodes its images (the cache serves the others): charged to that run.
     first_runs = {}
     for p in plans:
@@ -174,8 +174,8 @@ def train(
         raise LedgerError("--jobs is for the local executor; on Ray, --cpus-per-run sets how many runs share a node")
     if dry_run:
         plans = plan_experiment(spec, models, store, accum_resolver(spec, store, ProbeDisplay(console), torch_device,
-                                                                    may_probe=False), more, dry_run=True)
-        _dry_run(spec, plans, store, torch_device)
+                                                                    may_probe=False, jobs=jobs), more, dry_run=True)
+        _dry_run(spec, plans, store, torch_device, jobs)
         return
     with experiment_lock(store.home, spec.name, now()):
         _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run, jobs)
@@ -190,7 +190,7 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
 
     # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
     resolver = accum_resolver(spec, store, ProbeDisplay(console), torch_device,
-                              may_probe=executor is Executor.local)
+                              may_probe=executor is Executor.local, jobs=jobs if executor is Executor.local else 1)
     plans = plan_experiment(spec, models, store, resolver, more)
     if not plans:
         console.print(f"nothing to train: every run the spec asks for is done (ledger in {store.home}); "
