@@ -43,12 +43,15 @@ train: data
 ensemble:
 	$(LEDGER) ensemble $(SPEC) --out $(SUBMISSION)
 
-# The whole job in its own ledger folder, so that it bags exactly the runs it trained.
+# The whole job in its own ledger folder, so that it bags exactly the runs it trained. On a CPU two
+# runs train side by side (--jobs 2), each on its share of the cores, and the probe measures them so;
+# on a GPU one run at a time has the card.
 submission: data
 	@set -e; home=runs/submission-$$(date +%Y%m%d-%H%M%S); \
-	echo "== ledger folder $$home"; \
-	$(LEDGER) probe-memory $(SPEC) --home $$home; \
-	$(LEDGER) train $(SPEC) --home $$home; \
+	jobs=$$($(PYTHON) -c 'import torch; print(1 if torch.cuda.is_available() else 2)'); \
+	echo "== ledger folder $$home, $$jobs run(s) at a time"; \
+	$(LEDGER) probe-memory $(SPEC) --home $$home --jobs $$jobs; \
+	$(LEDGER) train $(SPEC) --home $$home --jobs $$jobs; \
 	$(LEDGER) ensemble $(SPEC) --home $$home --out $(SUBMISSION) --tune-weights; \
 	$(LEDGER) runs --home $$home; \
 	$(LEDGER) score $(SUBMISSION) $(DATA)/solution.csv; \

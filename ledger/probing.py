@@ -23,9 +23,9 @@ class ProbeSetting:
     margin: float
     local_capability: tuple[int, int] | None
     versions: dict
-    # On a CPU, for runs trained side by side (`train --jobs N`): the cores each gets. A run's peak
-    # and speed there depend on it (one-thread kernels take other paths: Lite0's peak is 15% higher).
-    # None: the process's own, as one run at a time has.
+    # On a CPU, for runs trained side by side (`train --jobs N`): the cores each gets. A run's speed
+    # and peak depend on it (oneDNN picks kernels and scratch space by thread count), so the probe
+    # trains with it. None: the process's own, as one run at a time has.
     cpu_threads: int | None = None
 
     @property

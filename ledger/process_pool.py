@@ -1,9 +1,8 @@
 """`train --jobs N`: the runs of an experiment N at a time on this machine's CPU, each in its own process
 with its share of the cores.
 
-A small network's step does not keep two cores busy: on 2 cores one ConvNeXt run of the embedded
-default trains at about 5,700 images/s with both, two runs at once at about 4,200 each with one
-core apiece (`bench/bench_jobs.py`). So the runs of a bag finish sooner side by side.
+A small network's step does not keep two cores busy, so the runs of a bag finish sooner side by side
+(`bench/bench_jobs.py` times the embedded default both ways; README: Side by side on one machine).
 
 Each run gets a fresh 'spawn' process, as a probe trial does, so its peak memory is its own and
 comparable with the probe's, and a run the kernel kills fails alone. An entry's first run decodes its
@@ -53,7 +52,7 @@ def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, and stops this process
     torch.set_num_threads(threads)
     from ledger.data import load_competition
-    from ledger.execute import cached_images, execute
+    from ledger.execute import execute
     from ledger.spec import check_model
 
     progress = RelayProgress(events, plan.run_id)
@@ -64,16 +63,26 @@ def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int)
         # The driver's spec check built and ran the model on the meta device, mapping library code
         # into memory before any run's meter started; here too, or the run's peak would count it.
         check_model(Path(plan.data.root), 0, plan.model)
-        cached = cached_images(competition, plan.model, Path(home) / "cache", progress)
-        # A cache hit is memory-mapped: copied into memory before the meter starts, as the probe's
-        # trial does, so that pages read during training are not charged to the run (a Lite0 run on a
-        # cache hit read 39% over its prediction).
-        images = dataclasses.replace(cached, train=np.array(cached.train), test=np.array(cached.test))
-        result = execute(plan, competition, images, Path(home), torch.device("cpu"), progress)
+        result = execute(plan, competition, _images_in_memory(competition, plan.model, Path(home) / "cache", progress),
+                         Path(home), torch.device("cpu"), progress)
     except Exception as error:  # noqa: BLE001 - raised before `execute` took over: the run fails with the reason
         result = RunResult(plan.run_id, "failed", error=describe(error))
     sender.send(result)
     sender.close()
+
+
+def _images_in_memory(competition, model, cache_dir: Path, progress):
+    """The entry's images as the probe's trial holds them: read from the disk cache (decoded into it
+    first on a miss, what is left of decoding then handed back) and copied into memory before the
+    run's meter starts. Neither pages of the memory-mapped cache read during training nor the
+    decoder's leftovers are then charged to the run: Lite0 read 35-39% over its prediction with either."""
+    from ledger.execute import cached_images
+    from ledger.memory import release_memory
+
+    cached_images(competition, model, cache_dir, progress)  # a miss decodes into the cache
+    release_memory()
+    mapped = cached_images(competition, model, cache_dir)
+    return dataclasses.replace(mapped, train=np.array(mapped.train), test=np.array(mapped.test))
 
 
 def _exit_reason(exitcode: int | None) -> str:
