@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ledger.errors import describe
 from ledger.memory import is_out_of_memory
-from ledger.processes import die_with_parent
+from ledger.processes import die_with_parent, exit_reason
 from ledger.units import format_size
 
 
@@ -169,14 +169,9 @@ def run_in_child(
         receiver.close()
     if trial is not None:
         return trial
-    if process.exitcode == -signal.SIGKILL:
-        # On Linux the OOM killer is what SIGKILLs a trial that nobody else would stop.
-        return _failed(k, micro_batch, started, out_of_memory=True, error="child killed by SIGKILL (out of memory?)")
-    if process.exitcode is not None and process.exitcode < 0:
-        number = -process.exitcode
-        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
-        return _failed(k, micro_batch, started, error=f"child killed by {name}")
-    return _failed(k, micro_batch, started, error=f"child exited with code {process.exitcode} without a result")
+    # On Linux the OOM killer is what SIGKILLs a trial that nobody else would stop.
+    return _failed(k, micro_batch, started, out_of_memory=process.exitcode == -signal.SIGKILL,
+                   error=exit_reason("child", process.exitcode))
 
 
 def _child_main(sender, parent_start_time: float, target: Callable[..., Trial], args: tuple, kwargs: dict,

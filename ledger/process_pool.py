@@ -29,7 +29,7 @@ import torch
 
 from ledger.errors import LedgerError, describe
 from ledger.hooks import Progress, RelayProgress
-from ledger.processes import die_with_parent
+from ledger.processes import die_with_parent, exit_reason
 from ledger.record import RunResult
 
 
@@ -85,14 +85,6 @@ def _images_in_memory(competition, model, cache_dir: Path, progress):
     return dataclasses.replace(mapped, train=np.array(mapped.train), test=np.array(mapped.test))
 
 
-def _exit_reason(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        number = -exitcode
-        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
-        return f"worker process killed by {name}" + (" (out of memory?)" if number == signal.SIGKILL else "")
-    return f"worker process exited with code {exitcode} without a result"
-
-
 class ProcessPool:
     """Local worker processes as a `dispatch.WorkerPool`; a run's handle is its id."""
 
@@ -139,7 +131,7 @@ class ProcessPool:
         return result
 
     def result(self, handle: str, plan) -> RunResult:
-        return self.results.pop(handle) or RunResult(plan.run_id, "failed", error=_exit_reason(self.exitcodes[handle]))
+        return self.results.pop(handle) or RunResult(plan.run_id, "failed", error=exit_reason("worker process", self.exitcodes[handle]))
 
     def events(self) -> list[tuple[str, str, tuple]]:
         drawn = []

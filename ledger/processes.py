@@ -41,3 +41,13 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def exit_reason(who: str, exitcode: int | None) -> str:
+    """Why a child ended without a result, in words: `who` killed by which signal (SIGKILL, on Linux
+    the out-of-memory killer's when nobody else would stop it), or its exit code."""
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        return f"{who} killed by {name}" + (" (out of memory?)" if number == signal.SIGKILL else "")
+    return f"{who} exited with code {exitcode} without a result"

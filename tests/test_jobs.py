@@ -49,12 +49,6 @@ def test_runs_side_by_side_equal_the_same_runs_one_after_another(spec_path, tmp_
     assert sorted(jobs) == sorted(serial) == [0, 1, 2]
     for fold in jobs:
         np.testing.assert_allclose(jobs[fold], serial[fold], atol=1e-5)
-    # A worker's meter counts what the driver's does: library code the spec check mapped in (about
-    # 10 MiB of timm) is not charged to the run. Before the worker ran the check, the default's
-    # ConvNeXt read 23-28% over its prediction.
-    serial_peaks = {r.fold: r.peak_bytes for r in Store(one_by_one).runs("tiny")}
-    for row in rows:
-        assert abs(row.peak_bytes - serial_peaks[row.fold]) <= 0.05 * serial_peaks[row.fold], (row.fold, row.peak_bytes)
 
 
 def test_a_worker_killed_fails_its_run_alone(spec_path):
@@ -164,5 +158,9 @@ def test_a_probe_for_jobs_measures_with_a_runs_share_of_the_cores_and_answers_on
     assert "probing first" not in trained.output and "accum 1 (from the memory probe" in trained.output
     [row] = Store("h").runs("tiny")
     assert row.predicted_peak_bytes is not None  # the --jobs probe's prediction, checked against the run
+    # The worker's meter counts what the probe's trial counts: library code the spec check mapped in
+    # (about 10 MiB of timm) is not charged to the run. Before the worker ran the check, the default's
+    # ConvNeXt read 23-28% over its prediction.
+    assert abs(row.peak_bytes - row.predicted_peak_bytes) <= 0.10 * row.predicted_peak_bytes, row.peak_vs_prediction
     one_at_a_time = invoke("train", path, "--home", "h", "--more", "1", "--dry-run")
     assert "no time estimate" in one_at_a_time.output  # the --jobs probe does not answer for it
