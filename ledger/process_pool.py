@@ -15,7 +15,6 @@ its last finished epoch, as after any kill. A worker dies with the driver, even 
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -24,7 +23,6 @@ import signal
 import socket
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ledger.errors import LedgerError, describe
@@ -52,37 +50,19 @@ def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C, and stops this process
     torch.set_num_threads(threads)
     from ledger.data import load_competition
-    from ledger.execute import execute
-    from ledger.spec import check_model
+    from ledger.execute import execute, worker_images
 
     progress = RelayProgress(events, plan.run_id)
     # The first event starts the queue's feeder thread: now, not inside the run's memory meter.
     progress.placed(socket.gethostname(), os.getpid(), "local")
     try:
         competition = load_competition(plan.data)
-        # The driver's spec check built and ran the model on the meta device, mapping library code
-        # into memory before any run's meter started; here too, or the run's peak would count it.
-        check_model(Path(plan.data.root), 0, plan.model)
-        result = execute(plan, competition, _images_in_memory(competition, plan.model, Path(home) / "cache", progress),
-                         Path(home), torch.device("cpu"), progress)
+        images = worker_images(competition, plan.model, Path(home) / "cache", progress)
+        result = execute(plan, competition, images, Path(home), torch.device("cpu"), progress)
     except Exception as error:  # noqa: BLE001 - raised before `execute` took over: the run fails with the reason
         result = RunResult(plan.run_id, "failed", error=describe(error))
     sender.send(result)
     sender.close()
-
-
-def _images_in_memory(competition, model, cache_dir: Path, progress):
-    """The entry's images as the probe's trial holds them: read from the disk cache (decoded into it
-    first on a miss, what is left of decoding then handed back) and copied into memory before the
-    run's meter starts. Neither pages of the memory-mapped cache read during training nor the
-    decoder's leftovers are then charged to the run: Lite0 read 35-39% over its prediction with either."""
-    from ledger.execute import cached_images
-    from ledger.memory import release_memory
-
-    cached_images(competition, model, cache_dir, progress)  # a miss decodes into the cache
-    release_memory()
-    mapped = cached_images(competition, model, cache_dir)
-    return dataclasses.replace(mapped, train=np.array(mapped.train), test=np.array(mapped.test))
 
 
 class ProcessPool:

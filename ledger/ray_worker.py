@@ -85,7 +85,7 @@ def run(plan: RunPlan, home: str, cpus: float, queue=None) -> RunResult:
     import torch
 
     from ledger.checkpoint import CHECKPOINT
-    from ledger.execute import cached_images, committed_result, execute, run_folders
+    from ledger.execute import committed_result, execute, run_folders, worker_images
 
     # Ray exports OMP_NUM_THREADS for the task, but torch may already have read it: runs sharing a
     # node must not each use every core.
@@ -101,5 +101,5 @@ def run(plan: RunPlan, home: str, cpus: float, queue=None) -> RunResult:
         # driver's housekeeping removed every partial folder it did not plan to resume. So this is
         # Ray's retry after the worker or node died: go on from its last finished epoch.
         plan = dataclasses.replace(plan, resume=True)
-    images = cached_images(competition, plan.model, Path(home) / "cache", progress)
+    images = worker_images(competition, plan.model, Path(home) / "cache", progress)
     return execute(plan, competition, images, Path(home), device(), progress)
