@@ -10,7 +10,7 @@ set -euo pipefail
 rev=${1:?a git revision}
 out=$(mktemp -d)
 git show "$rev:experiments/fashion.yaml" > experiments/.compare-$rev.yaml
-trap 'rm -f experiments/.compare-$rev.yaml' EXIT
+trap 'rm -f experiments/.compare-$rev.yaml' EXIT INT TERM
 L=.venv/bin/ledger
 earlier() {
   local home=$out/earlier-$1 start=$SECONDS
