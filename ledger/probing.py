@@ -66,7 +66,8 @@ def probe_key(model, setting: ProbeSetting) -> str:
     """What a probe's answer depends on, besides device, budget and margin (their own columns): the
     model, its input (size, presize, resize) and batch, the target and the precision it resolves to,
     and the versions it ran with; a weight average (`ema`, one more copy of the weights) when it is
-    on, and a CPU run's share of the cores under `--jobs`, so keys of runs without them are as they were. A probe of one key never answers for another."""
+    on, and a CPU run's share of the cores under `--jobs`, so keys of runs without them are as they
+    were. A probe of one key never answers for another."""
     import json
 
     averaged = {"ema": model.ema} if model.ema else {}

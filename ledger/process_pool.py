@@ -74,8 +74,7 @@ class ProcessPool:
         self.threads = threads_per_job(jobs)
         self.queue = self.context.Queue()  # every worker's progress events
         self.workers: dict[str, tuple] = {}  # run id -> (process, the end its result comes out of)
-        self.results: dict[str, RunResult | None] = {}  # ended runs' results, until `result` hands them over
-        self.exitcodes: dict[str, int | None] = {}
+        self.results: dict[str, RunResult] = {}  # ended runs' results, until `result` hands them over
 
     def submit(self, plan, progress: Progress) -> str:
         receiver, sender = self.context.Pipe(duplex=False)
@@ -94,9 +93,10 @@ class ProcessPool:
             self.results[run_id] = self._collect(run_id)
         return ended
 
-    def _collect(self, run_id: str) -> RunResult | None:
-        """An ended worker's result (None if it died without one), once its process has exited: by
-        then every progress event it sent is in the queue, so the run's display ends before its result."""
+    def _collect(self, run_id: str) -> RunResult:
+        """An ended worker's result (a failed one, saying how it ended, if it died without one), once
+        its process has exited: by then every progress event it sent is in the queue, so the run's
+        display ends before its result."""
         process, receiver = self.workers.pop(run_id)
         try:
             result = receiver.recv()
@@ -107,11 +107,10 @@ class ProcessPool:
             process.kill()
             process.join()
         receiver.close()
-        self.exitcodes[run_id] = process.exitcode
-        return result
+        return result or RunResult(run_id, "failed", error=exit_reason("worker process", process.exitcode))
 
     def result(self, handle: str, plan) -> RunResult:
-        return self.results.pop(handle) or RunResult(plan.run_id, "failed", error=exit_reason("worker process", self.exitcodes[handle]))
+        return self.results.pop(handle)
 
     def events(self) -> list[tuple[str, str, tuple]]:
         drawn = []

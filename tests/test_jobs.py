@@ -1,7 +1,6 @@
 """`train --jobs N`: runs side by side in worker processes, each recorded by the driver; a worker's
 death fails its run alone; Ctrl-C stops the workers and records their runs interrupted."""
 
-import json
 import os
 import socket
 from types import SimpleNamespace
@@ -9,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONVNEXT, write_spec
-from hostile_common import invoke, one_error_line
+from conftest import write_spec
+from hostile_common import ONE_RUN, invoke, one_error_line
 
 from ledger.dispatch import dispatch, longest_first
 from ledger.errors import LedgerError
@@ -20,8 +19,7 @@ from ledger.process_pool import ProcessPool, check_jobs
 from ledger.spec import load_spec
 from ledger.store import Store
 
-RUNS = (f"  - {{name: c, arch: convnext_atto, size: 32, runs: 3, epochs: 2, accum: 1,"
-        f" model_kwargs: {json.dumps(TINY_CONVNEXT)}}}\n")
+RUNS = ONE_RUN.replace("runs: 1,", "runs: 3,")  # the hostile tests' tiny entry, three runs
 
 
 @pytest.fixture
@@ -146,7 +144,7 @@ def test_a_probe_for_jobs_measures_with_a_runs_share_of_the_cores_and_answers_on
     from ledger.process_pool import threads_per_job
 
     monkeypatch.chdir(tmp_path)
-    one_run = RUNS.replace("runs: 3", "runs: 1").replace("accum: 1", "accum: auto")
+    one_run = ONE_RUN.replace("accum: 1", "accum: auto")
     path = write_spec(tmp_path / "tiny.yaml", tiny_competition, one_run, "split: {folds: 3, seed: 3}\n")
     spec, cpu = load_spec(path), torch.device("cpu")
     alone, side_by_side = probe_setting(spec, cpu), probe_setting(spec, cpu, jobs=2)

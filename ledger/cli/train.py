@@ -188,9 +188,10 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
     from ledger.probing import accum_resolver
     from ledger.progress import ConsoleEvents, ProbeDisplay
 
-    # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out.
+    # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out
+    # (`train` refused --jobs above 1 there, so `jobs` is the local executor's).
     resolver = accum_resolver(spec, store, ProbeDisplay(console), torch_device,
-                              may_probe=executor is Executor.local, jobs=jobs if executor is Executor.local else 1)
+                              may_probe=executor is Executor.local, jobs=jobs)
     plans = plan_experiment(spec, models, store, resolver, more)
     if not plans:
         console.print(f"nothing to train: every run the spec asks for is done (ledger in {store.home}); "
@@ -198,8 +199,7 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
         return
     results = []
     try:
-        at_once = jobs if executor is Executor.local else 1
-        with _sigterm_as_interrupt(), ConsoleEvents(console, plans, at_once) as events:
+        with _sigterm_as_interrupt(), ConsoleEvents(console, plans, jobs) as events:
             if executor is Executor.ray:
                 from ledger.ray_executor import RayOptions, train_on_ray
 
