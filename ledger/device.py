@@ -61,6 +61,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def threads_per_job(jobs: int) -> int:
+    """The CPU threads each of `jobs` runs side by side gets (`train --jobs`): torch's own default
+    (the cores it may use) shared out."""
+    return max(1, torch.get_num_threads() // jobs)
+
+
 def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.Module, BatchTransform]:
     """The spec entry's network on the training device, channels_last, and its batch transform
     (normalised as the network's pretrained config says, and giving batches in the same layout):

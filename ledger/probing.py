@@ -55,7 +55,7 @@ def probe_setting(spec, device, budget=None, jobs: int = 1) -> ProbeSetting:
     for runs trained `jobs` at a time (`train --jobs`, CPU only)."""
     import torch
 
-    from ledger.process_pool import threads_per_job
+    from ledger.device import threads_per_job
 
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     threads = threads_per_job(jobs) if device.type == "cpu" and jobs > 1 else None

@@ -25,15 +25,11 @@ from pathlib import Path
 
 import torch
 
+from ledger.device import threads_per_job
 from ledger.errors import LedgerError, describe
 from ledger.hooks import Progress, RelayProgress
 from ledger.processes import die_with_parent, exit_reason
 from ledger.record import RunResult
-
-
-def threads_per_job(jobs: int) -> int:
-    """The cores each of `jobs` runs gets: torch's own default (the cores it may use) shared out."""
-    return max(1, torch.get_num_threads() // jobs)
 
 
 def check_jobs(jobs: int, device: torch.device) -> None:
