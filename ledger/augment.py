@@ -27,6 +27,12 @@ from ledger.spec_objects import AugmentSpec
  ZOOM, ZOOM_ON, ZOOM_X, ZOOM_Y, BRIGHTNESS, BRIGHTNESS_ON, CONTRAST, CONTRAST_ON) = range(20)
 N_DRAWS = 20
 
+# fastai's RandomErasing defaults: at most 30% of the area, aspect ratios from 0.3 to 1 / 0.3.
+_MAX_ERASED, _ERASE_ASPECT = 0.3, 0.3
+
+# fastai's RandomErasing defaults: at most 30% of the area, aspect ratios from 0.3 to 1 / 0.3.
+_MAX_ERASED, _ERASE_ASPECT = 0.3, 0.3
+
 # fastai's Dihedral: the 8 symmetries of the square, as signs and a swap of the axes.
 _DIHEDRAL_XS = (1, -1, 1, -1, -1, 1, 1, -1)
 _DIHEDRAL_YS = (1, 1, -1, 1, -1, -1, 1, -1)
@@ -71,6 +77,32 @@ class BatchTransform:
         if self.augment is None:
             return self.plain(images)
         return self.apply(images, self.draw(images.shape[0], generator))
+
+    def erase(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random erasing of a normalised training batch, in place (training only: TTA keeps every
+        pixel). Off, it draws nothing, so runs without it keep their random streams. timm's
+        RandomErasing would draw from Python's and torch's global generators; these five numbers
+        per image come from the run's own generator, so a seed repeats a run on any device."""
+        if self.augment is None or self.augment.erasing <= 0:
+            return x
+        return self.apply_erasing(x, torch.rand(x.shape[0], 5, generator=generator, dtype=torch.float64))
+
+    def apply_erasing(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        """fastai's RandomErasing as `draws` (B, 5) describe it, in place: image i gets a rectangle
+        set to 0 (the mean) when draws[i, 0] < `erasing`; its area is uniform in 0-30% of the image,
+        its aspect ratio log-uniform in [0.3, 1 / 0.3], its position uniform where it fits."""
+        on, area, aspect, top, left = draws.unbind(1)
+        height, width = x.shape[-2:]
+        area = area * _MAX_ERASED * height * width
+        aspect = torch.exp(_uniform(aspect, math.log(_ERASE_ASPECT), -math.log(_ERASE_ASPECT)))
+        rows = torch.sqrt(area * aspect).round().clamp(max=height).long().view(-1, 1, 1)
+        cols = torch.sqrt(area / aspect).round().clamp(max=width).long().view(-1, 1, 1)
+        top = (top.view(-1, 1, 1) * (height - rows + 1)).long().clamp(max=height - rows)
+        left = (left.view(-1, 1, 1) * (width - cols + 1)).long().clamp(max=width - cols)
+        ys, xs = torch.arange(height).view(1, -1, 1), torch.arange(width).view(1, 1, -1)
+        inside = ((ys >= top) & (ys < top + rows) & (xs >= left) & (xs < left + cols)
+                  & (on < self.augment.erasing).view(-1, 1, 1))
+        return x.masked_fill_(inside.unsqueeze(1).to(x.device), 0.0)
 
     def draw(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch, N_DRAWS) uniform numbers on the CPU, all an augmentation of the batch depends on."""

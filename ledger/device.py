@@ -94,5 +94,9 @@ class Runtime:
     generator: torch.Generator  # augmentation's random numbers (drawn on the CPU)
 
     def augmented(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch through the training augmentation, in the network's layout."""
+        """A batch through the training augmentation, in the network's layout (TTA's passes)."""
         return self.transform.random(images, self.generator)
+
+    def training_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """`augmented`, then random erasing, which only training does."""
+        return self.transform.erase(self.augmented(images), self.generator)

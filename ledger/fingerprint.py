@@ -21,7 +21,8 @@ from ledger.spec_objects import DataSpec, ModelSpec, Spec, _plain
 _NOT_PREDICTIVE = {"name", "runs", "weight", "accum", "save_weights"}
 # Settings added after runs were on record, with the value that means "off": left out of the hash
 # while off, so runs trained before a setting existed keep their fingerprints (and are not retrained).
-_ADDED_OFF = {"model": {"clip_grad": None, "ema": None}, "split": {"group": None}, "tta": {"size": None}}
+_ADDED_OFF = {"model": {"clip_grad": None, "ema": None}, "augment": {"erasing": 0.0}, "split": {"group": None},
+              "tta": {"size": None}}
 
 
 def _without_added_off(section: str, fields: dict) -> dict:
@@ -60,6 +61,8 @@ def data_digest(data: DataSpec) -> str:
 def fingerprint_fields(spec: Spec, model: ModelSpec) -> dict:
     fields = {k: v for k, v in _plain(dataclasses.asdict(model)).items() if k not in _NOT_PREDICTIVE}
     split, tta = _plain(dataclasses.asdict(spec.split)), _plain(dataclasses.asdict(spec.tta))
+    if fields.get("augment") is not None:
+        fields["augment"] = _without_added_off("augment", fields["augment"])
     fields = _without_added_off("model", fields) | {"split": _without_added_off("split", split),
                                                    "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
     if spec.pseudo is not None:

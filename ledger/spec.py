@@ -67,6 +67,7 @@ def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
         p_affine=a.get("p_affine", "float", start.p_affine, min=0.0, max=1.0),
         p_lighting=a.get("p_lighting", "float", start.p_lighting, min=0.0, max=1.0),
         min_scale=a.get("min_scale", "float", start.min_scale, above=0.0, max=1.0),
+        erasing=a.get("erasing", "float", start.erasing, min=0.0, max=1.0),
     )
     if augment.min_zoom > augment.max_zoom:
         a.fail(f"must be <= max_zoom ({augment.max_zoom}), got {augment.min_zoom}", "min_zoom")

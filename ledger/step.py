@@ -110,7 +110,7 @@ def train_step(parts: LoopParts, images: torch.Tensor, targets: torch.Tensor, ru
     set): accumulate, clip, step, update the scaler and the average. Returns the batch's loss,
     detached, without waiting for the device."""
     parts.optimizer.zero_grad(set_to_none=True)
-    loss = accumulate_gradients(parts.net, images, targets, runtime.accum, runtime.augmented, runtime.precision,
+    loss = accumulate_gradients(parts.net, images, targets, runtime.accum, runtime.training_batch, runtime.precision,
                                 parts.scaler, criterion)
     if settings.clip_grad:
         parts.scaler.unscale_(parts.optimizer)  # clip the true gradients, not fp16's scaled ones

@@ -129,3 +129,45 @@ def test_random_crop_samples_inside_the_image(min_scale):
     width, shift = matrix[:, 0, 0], matrix[:, 0, 2]
     assert (width >= math.sqrt(min_scale) - 1e-9).all() and (width <= 1).all()
     assert ((shift.abs() + width) <= 1 + 1e-9).all()
+
+
+# ---------------------------------------------------------------- random erasing
+
+
+def test_erasing_by_hand():
+    # 8x8 image, draws (on, area, aspect, top, left) = (0, 0.5, 0.5, 0, 0.999): area 0.5 * 0.3 * 64
+    # = 9.6 pixels, aspect exp(0) = 1, so a round(sqrt(9.6)) = 3-pixel square; top row 0, left
+    # column floor(0.999 * (8 - 3 + 1)) = 5. Every channel of those 9 pixels becomes 0, the mean.
+    erasing = transform(off_but(erasing=0.5), size=(8, 8))
+    x = torch.ones(2, 3, 8, 8)
+    draws = torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.999], [0.5, 0.5, 0.5, 0.0, 0.999]], dtype=torch.float64)
+    erased = erasing.apply_erasing(x, draws)
+    expected = torch.ones(3, 8, 8)
+    expected[:, 0:3, 5:8] = 0.0
+    assert torch.equal(erased[0], expected)
+    # The second image's first draw is not below the probability 0.5: it keeps every pixel.
+    assert torch.equal(erased[1], torch.ones(3, 8, 8))
+    # A tall rectangle: aspect draw 1 is the ratio 1 / 0.3, area 0.3 * 64 = 19.2 -> rows
+    # round(sqrt(19.2 / 0.3)) = 8, columns round(sqrt(19.2 * 0.3)) = 2, at the left edge.
+    tall = erasing.apply_erasing(torch.ones(1, 3, 8, 8), torch.tensor([[0.0, 1.0, 1.0, 0.7, 0.0]],
+                                                                       dtype=torch.float64))
+    assert torch.equal((tall[0, 0] == 0).nonzero()[:, 1].unique(), torch.tensor([0, 1]))
+    assert int((tall[0, 0] == 0).sum()) == 16
+
+
+def test_erasing_is_training_only_and_off_draws_nothing():
+    from ledger.device import Runtime, resolve_precision
+
+    batch = images(n=64, height=16, width=16)
+    for augment in (OFF, None):
+        generator = torch.Generator().manual_seed(3)
+        state = generator.get_state()
+        x = transform(augment).plain(batch)
+        assert torch.equal(transform(augment).erase(x.clone(), generator), x)
+        assert torch.equal(generator.get_state(), state)  # runs without erasing keep their streams
+    on = transform(off_but(erasing=1.0))
+    runtime = Runtime(torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")), 1, on,
+                      torch.Generator().manual_seed(0))
+    zeros_in_training = (runtime.training_batch(batch) == 0).float().mean()
+    assert 0.05 < zeros_in_training < 0.3  # mean erased share 15%; 64 images
+    assert (runtime.augmented(batch) == 0).float().mean() < 0.01  # TTA's passes keep the pixels

@@ -26,6 +26,9 @@ class AsFloat:
 
     plain = random
 
+    def erase(self, x, generator=None):
+        return x
+
 
 def linear_runtime(scaled: bool = False) -> Runtime:
     precision = resolve_precision("fp32", CPU)
@@ -191,8 +194,8 @@ def test_group_folds_reach_the_runs_and_their_fingerprint(tmp_path, tiny_competi
 
 
 def test_settings_at_their_off_value_leave_old_fingerprints_alone(tmp_path, tiny_competition):
-    # Runs on record from before clip_grad, ema, split.group and tta.size existed must keep their
-    # fingerprints: the hash of a spec that does not use them has none of their keys.
+    # Runs on record from before clip_grad, ema, augment.erasing, split.group and tta.size existed
+    # must keep their fingerprints: the hash of a spec that does not use them has none of their keys.
     from ledger.fingerprint import fingerprint_fields
     from ledger.spec import load_spec
 
@@ -202,9 +205,12 @@ def test_settings_at_their_off_value_leave_old_fingerprints_alone(tmp_path, tiny
     fields = fingerprint_fields(spec, spec.models[0])
     assert not {"clip_grad", "ema"} & set(fields)
     assert "group" not in fields["split"] and "size" not in fields["tta"]
-    changed = load_spec(path, check_models=False, overrides=["train.ema=0.99", "tta.size=1.25"])
+    assert "erasing" not in fields["augment"]
+    changed = load_spec(path, check_models=False,
+                        overrides=["train.ema=0.99", "tta.size=1.25", "augment.erasing=0.5"])
     changed_fields = fingerprint_fields(changed, changed.models[0])
     assert changed_fields["ema"] == 0.99 and changed_fields["tta"]["size"] == [1.25]
+    assert changed_fields["augment"]["erasing"] == 0.5
 
 
 # ---------------------------------------------------------------- test-time resolution

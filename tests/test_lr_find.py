@@ -125,7 +125,7 @@ def plain(x):
 
 def _runtime(accum=1, prepare=plain):
     """The range test's runtime with `prepare` as the (augmentation-free) batch transform."""
-    transform = SimpleNamespace(random=lambda x, generator: prepare(x), plain=prepare)
+    transform = SimpleNamespace(random=lambda x, generator: prepare(x), plain=prepare, erase=lambda x, generator: x)
     return Runtime(CPU, FP32, accum, transform, torch.Generator().manual_seed(0))
 
 
