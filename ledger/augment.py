@@ -30,9 +30,6 @@ N_DRAWS = 20
 # fastai's RandomErasing defaults: at most 30% of the area, aspect ratios from 0.3 to 1 / 0.3.
 _MAX_ERASED, _ERASE_ASPECT = 0.3, 0.3
 
-# fastai's RandomErasing defaults: at most 30% of the area, aspect ratios from 0.3 to 1 / 0.3.
-_MAX_ERASED, _ERASE_ASPECT = 0.3, 0.3
-
 # fastai's Dihedral: the 8 symmetries of the square, as signs and a swap of the axes.
 _DIHEDRAL_XS = (1, -1, 1, -1, -1, 1, 1, -1)
 _DIHEDRAL_YS = (1, 1, -1, 1, -1, -1, 1, -1)
