@@ -85,9 +85,11 @@ class BatchTransform:
         return self.apply_erasing(x, torch.rand(x.shape[0], 5, generator=generator, dtype=torch.float64))
 
     def apply_erasing(self, x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """fastai's RandomErasing as `draws` (B, 5) describe it, in place: image i gets a rectangle
-        set to 0 (the mean) when draws[i, 0] < `erasing`; its area is uniform in 0-30% of the image,
-        its aspect ratio log-uniform in [0.3, 1 / 0.3], its position uniform where it fits."""
+        """Random erasing as `draws` (B, 5) describe it, in place: image i gets a rectangle set to 0
+        (the mean) when draws[i, 0] < `erasing`; its area is uniform in 0-30% of the image, its aspect
+        ratio log-uniform in [0.3, 1 / 0.3], its position uniform where it fits (fastai's
+        RandomErasing's shapes; fastai fills the rectangle with N(0, 1) noise instead, which would
+        cost a random number per pixel)."""
         on, area, aspect, top, left = draws.unbind(1)
         height, width = x.shape[-2:]
         area = area * _MAX_ERASED * height * width

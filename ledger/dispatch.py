@@ -55,8 +55,9 @@ class RowFacts:
 
 def longest_first(plans: Sequence[RunPlan], seconds: Callable[[RunPlan], float | None]) -> list[RunPlan]:
     """The runs in the order to hand them out: the longest first (by `seconds`, the probe's estimate),
-    so that no slot is left with a long run after the others are done (on 2 slots the default's one
-    pretrained run, as long as three of its others, last would leave a slot idle for its whole length).
+    so that no slot is left with a long run after the others are done (on 2 slots, a spec's one
+    pretrained run as long as three of its others, handed out last, would leave a slot idle for its
+    whole length).
     Runs without an estimate keep their order, after the others."""
     estimates = [seconds(plan) for plan in plans]
     order = sorted(range(len(plans)), key=lambda i: (estimates[i] is None, -(estimates[i] or 0.0), i))

@@ -58,8 +58,8 @@ class AugmentSpec:
     p_affine: float = 0.75
     p_lighting: float = 0.75
     min_scale: float = 0.75
-    # Random erasing (Zhong et al. 2017; fastai's RandomErasing, timm's RandomErasing): the chance
-    # that a training image gets one rectangle of 0-30% of its area set to the mean. 0: off.
+    # Random erasing (Zhong et al. 2017; the rectangles of fastai's RandomErasing): the chance that a
+    # training image gets one rectangle of 0-30% of its area set to the mean. 0: off.
     erasing: float = 0.0
 
 
