@@ -221,6 +221,8 @@ BAD_SPECS = [
     ("augment-probability-negative", _models(_model(augment={"p_lighting": -0.1})), "models[0].augment.p_lighting"),
     ("augment-min-scale-zero", _with(augment={"min_scale": 0}), "augment.min_scale"),
     ("augment-min-scale-above-one", _with(augment={"min_scale": 1.2}), "augment.min_scale"),
+    ("augment-erasing-above-one", _with(augment={"erasing": 1.5}), "augment.erasing"),
+    ("augment-erasing-negative", _models(_model(augment={"erasing": -0.5})), "models[0].augment.erasing"),
     ("augment-zoom-inverted", _with(augment={"min_zoom": 1.2, "max_zoom": 1.1}), "augment.min_zoom"),
     # inherited max_zoom 1.1 from the top level, own min_zoom above it
     ("augment-zoom-inverted-in-model", _models(_model(augment={"min_zoom": 1.5})), "models[0].augment.min_zoom"),
