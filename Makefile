@@ -66,7 +66,7 @@ gpu-check: install
 
 # fastai lives only in this benchmark's own environment, never in ledger's: same torch, torchvision and
 # timm as .venv (read from it), so the two sides differ only in their own code; ledger is installed too
-# because the fastai side loads the packaged lite0 weights through ledger.models' key map.
+# because the fastai side loads the packaged lite0 weights through ledger.training.models' key map.
 PEER_VENV := bench/.venv-peer
 $(PEER_VENV)/.installed: pyproject.toml | install
 	rm -rf $(PEER_VENV)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, append_record, load_average, machine, now  # noqa: E402
 
-from ledger.augment import BatchTransform  # noqa: E402
-from ledger.spec import AugmentSpec  # noqa: E402
+from ledger.data.augment import BatchTransform  # noqa: E402
+from ledger.spec.loader import AugmentSpec  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

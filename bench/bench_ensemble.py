@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from common import Context, Result, machine, now
-from ledger.artifacts import TEST_PREDS, Predictions, load_predictions, save_predictions
-from ledger.ensemble import RunInput, bag, normalise_weights
-from ledger.submission_csv import write_submission
+from ledger.runs.artifacts import TEST_PREDS, Predictions, load_predictions, save_predictions
+from ledger.bag.ensemble import RunInput, bag, normalise_weights
+from ledger.bag.submission_csv import write_submission
 
 RUNS, IMAGES, CLASSES = 100, 3469, 10
 TARGET_SECONDS = 1.0

@@ -125,7 +125,7 @@ def _figures(timing: dict, out: Path, solution: Path) -> dict:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict:
-    from ledger.fashion import write_competition
+    from ledger.data.fashion_mnist import write_competition
 
     competition = workdir / "competition"
     # A subset of the embedded competition (same writer, same seed, so the same images every time),

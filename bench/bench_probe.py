@@ -40,8 +40,8 @@ def run_probe(context: Context) -> dict:
         return context.shared["probe"]
     import torch
 
-    from ledger.probing import probe_models
-    from ledger.store import Store
+    from ledger.probe.spec_probe import probe_models
+    from ledger.store.database import Store
 
     spec, models = _models(context)
     store = Store(context.scratch("probe-home"))

@@ -66,7 +66,7 @@ def _imports() -> float:
     import timm  # noqa: F401
     import torch  # noqa: F401
 
-    import ledger.execute  # noqa: F401
+    import ledger.runs.execution  # noqa: F401
 
     return time.perf_counter() - started
 
@@ -106,10 +106,10 @@ def _spec(folder: Path, root: Path, epochs: int, size: int) -> Path:
 
 
 def _plans(spec, home: Path):
-    from ledger.data import load_competition
-    from ledger.execute import cached_images
-    from ledger.experiment import plan_experiment
-    from ledger.store import Store
+    from ledger.data.competition import load_competition
+    from ledger.runs.execution import cached_images
+    from ledger.executors.local import plan_experiment
+    from ledger.store.database import Store
 
     store = Store(home)
     # Decoded before the clock starts, for both executors alike: the bench measures runs, not decoding.
@@ -121,10 +121,10 @@ def measure(train_per_class: int, epochs: int, size: int) -> dict:
     import ray
     import torch
 
-    from ledger.experiment import train_experiment
-    from ledger.fashion import write_competition
-    from ledger.ray_executor import RayOptions, train_on_ray
-    from ledger.spec import load_spec
+    from ledger.executors.local import train_experiment
+    from ledger.data.fashion_mnist import write_competition
+    from ledger.executors.ray_executor import RayOptions, train_on_ray
+    from ledger.spec.loader import load_spec
 
     folder = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     root = folder / "competition"

@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from common import Context, Result
-from ledger.data import Competition, load_competition
-from ledger.images import load_images
-from ledger.splits import split_indices
-from ledger.schedule import Phase
-from ledger.batches import Batches
-from ledger.device import Runtime, model_on_device, resolve_precision
-from ledger.loss import Criterion
-from ledger.step import StepSettings
-from ledger.train import fit
+from ledger.data.competition import Competition, load_competition
+from ledger.data.images import load_images
+from ledger.data.splits import split_indices
+from ledger.training.schedule import Phase
+from ledger.data.batches import Batches
+from ledger.training.device import Runtime, model_on_device, resolve_precision
+from ledger.training.loss import Criterion
+from ledger.training.step import StepSettings
+from ledger.training.loop import fit
 
 TARGET_RATIO = 0.95
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from timm.data import ImageNetInfo
 
-from ledger.models import create_model
-from ledger.spec import ModelSpec
+from ledger.training.models import create_model
+from ledger.spec.loader import ModelSpec
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # a tabby cat, a cup of coffee, a person, a rocket
 

@@ -30,7 +30,7 @@ DATA_DIR = REPO / "data" / "fashion"  # what `make data` writes; `make bench` de
 
 
 def _processor_model() -> str:
-    from ledger.memory import processor_model  # imported here: this module's top level stays light
+    from ledger.probe.memory import processor_model  # imported here: this module's top level stays light
 
     return processor_model()
 
@@ -114,7 +114,7 @@ class Context:
             if not self.quick and (DATA_DIR / "solution.csv").is_file():
                 self._competition = DATA_DIR
             else:
-                from ledger.fashion import write_competition
+                from ledger.data.fashion_mnist import write_competition
 
                 root = self.workdir / "competition"
                 sizes = dict(train_per_class=60, test=100) if self.quick else {}
@@ -125,7 +125,7 @@ class Context:
 
     def spec(self):
         """experiments/fashion.yaml with data.root pointed at the competition used here."""
-        from ledger.spec import load_spec
+        from ledger.spec.loader import load_spec
 
         spec = load_spec(SPEC_PATH)
         return dataclasses.replace(spec, data=dataclasses.replace(spec.data, root=self.competition_root.resolve()))

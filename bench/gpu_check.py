@@ -73,7 +73,7 @@ def _runs(home: Path) -> list[dict]:
 
 
 def check_precision(work: Path, root: Path, device: str, capability: tuple[int, int]) -> dict:
-    from ledger.targets import precision_for
+    from ledger.probe.targets import precision_for
 
     expected = precision_for("auto", capability)
     rows = {}
@@ -93,8 +93,8 @@ def check_precision(work: Path, root: Path, device: str, capability: tuple[int, 
 def check_channels_last(device: str) -> dict:
     import torch
 
-    from ledger.spec import ModelSpec
-    from ledger.device import model_on_device
+    from ledger.spec.loader import ModelSpec
+    from ledger.training.device import model_on_device
 
     model = ModelSpec(name="m", arch="convnext_atto", size=(32, 32), model_kwargs=TINY_CONVNEXT)
     net, _ = model_on_device(model, 10, torch.device(device))

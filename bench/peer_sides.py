@@ -55,12 +55,12 @@ def write_submission(path: Path, ids, labels) -> None:
 
 def lite0_weights_file(folder: Path) -> Path:
     """The packaged lite0 weights under timm's key names, saved where timm's `pretrained_cfg_overlay`
-    can load them. ledger.models' own mapping is used (by position, every shape checked), so both
+    can load them. ledger.training.models' own mapping is used (by position, every shape checked), so both
     sides start from exactly the same tensors."""
     import timm
     import torch
 
-    from ledger.models import map_by_position, packaged_state_dict
+    from ledger.training.models import map_by_position, packaged_state_dict
 
     own = timm.create_model(ARCH, pretrained=False).state_dict()
     path = folder / "tf_efficientnet_lite0_packaged.pth"
@@ -169,9 +169,9 @@ def ledger_side(args: argparse.Namespace) -> dict:
     import torch
     import yaml
 
-    import ledger.ensemble  # noqa: F401 - imported before the clock, as the CLI's own lazy imports are
-    import ledger.experiment  # noqa: F401
-    from ledger import artifacts
+    import ledger.bag.ensemble  # noqa: F401 - imported before the clock, as the CLI's own lazy imports are
+    import ledger.executors.local  # noqa: F401
+    from ledger.runs import artifacts
     from ledger.cli import app
 
     torch.set_num_threads(args.threads)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels-last", action="store_true", help="fastai side: add learn.to_channelslast(use_amp=False)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ledger.models, for the fastai side too
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # ledger.training.models, for the fastai side too
     result = ledger_side(args) if args.side == "ledger" else fastai_side(args)
     (args.out / "timing.json").write_text(json.dumps(result, indent=2))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.matching import few
+from ledger.bag.matching import few
 from ledger.errors import LedgerError
 
 

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def tiny_competition(tmp_path_factory) -> Path:
     """A real (tiny) competition folder written from the embedded Fashion-MNIST subset."""
-    from ledger.fashion import write_competition
+    from ledger.data.fashion_mnist import write_competition
 
     root = tmp_path_factory.mktemp("competition") / "fashion"
     write_competition(root, seed=1, train_per_class=6, test=12)
@@ -49,7 +49,7 @@ def ledger_at_version(home: Path, version: int):
     connection in autocommit mode for the test to add rows, which it closes."""
     import sqlite3
 
-    from ledger.migrations import _MIGRATIONS
+    from ledger.store.migrations import _MIGRATIONS
 
     home.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(home / "ledger.db", isolation_level=None)

@@ -13,8 +13,8 @@ import time
 import numpy
 import torch
 
-from ledger.memory import PeakMemory
-from ledger.probe import Trial
+from ledger.probe.memory import PeakMemory
+from ledger.probe.accumulation import Trial
 
 
 def allocate(megabytes: int, *, k: int, micro_batch: int) -> Trial:

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from ledger.augment import (
+from ledger.data.augment import (
     BRIGHTNESS, BRIGHTNESS_ON, CONTRAST, CONTRAST_ON, FLIP, N_DRAWS, ROTATE, ROTATE_ON, BatchTransform, homography,
 )
-from ledger.spec import AugmentSpec
+from ledger.spec.loader import AugmentSpec
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 # Every augmentation off: the random pass must reduce to the plain one.
@@ -156,7 +156,7 @@ def test_erasing_by_hand():
 
 
 def test_erasing_is_training_only_and_off_draws_nothing():
-    from ledger.device import Runtime, resolve_precision
+    from ledger.training.device import Runtime, resolve_precision
 
     batch = images(n=64, height=16, width=16)
     for augment in (OFF, None):

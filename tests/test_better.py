@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from ledger.batches import Batches
-from ledger.device import Runtime, resolve_precision
-from ledger.loss import Criterion
-from ledger.step import StepSettings, loop_parts, train_step
+from ledger.data.batches import Batches
+from ledger.training.device import Runtime, resolve_precision
+from ledger.training.loss import Criterion
+from ledger.training.step import StepSettings, loop_parts, train_step
 
 CPU = torch.device("cpu")
 
@@ -122,7 +122,7 @@ def test_weight_average_follows_timms_warm_up_worked_by_hand():
 
 def test_group_folds_keep_every_group_inside_one_fold():
     pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
-    from ledger.splits import fold_indices
+    from ledger.data.splits import fold_indices
 
     rng = np.random.default_rng(0)
     groups = np.repeat(np.arange(30), 4)  # 30 sources of 4 images each
@@ -140,7 +140,7 @@ def test_group_folds_keep_every_group_inside_one_fold():
 
 def test_group_folds_need_as_many_groups_as_folds():
     pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
-    from ledger.splits import fold_indices
+    from ledger.data.splits import fold_indices
     from ledger.errors import LedgerError
 
     with pytest.raises(LedgerError, match="4 group"):
@@ -154,7 +154,7 @@ def _spec_text(root, split):
 
 def test_a_group_column_that_does_not_exist_is_refused_naming_key_and_file(tmp_path, tiny_competition):
     from ledger.errors import SpecError
-    from ledger.spec import load_spec
+    from ledger.spec.loader import load_spec
 
     path = tmp_path / "g.yaml"
     path.write_text(_spec_text(tiny_competition, "{folds: 3, group: source}"))
@@ -171,11 +171,11 @@ def test_a_group_column_that_does_not_exist_is_refused_naming_key_and_file(tmp_p
 
 def test_group_folds_reach_the_runs_and_their_fingerprint(tmp_path, tiny_competition):
     pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
-    from ledger.data import load_competition
-    from ledger.fingerprint import run_fingerprint
-    from ledger.plan import plan
-    from ledger.spec import load_spec
-    from ledger.training_run import split_of
+    from ledger.data.competition import load_competition
+    from ledger.spec.fingerprint import run_fingerprint
+    from ledger.runs.plan import plan
+    from ledger.spec.loader import load_spec
+    from ledger.runs.training_run import split_of
 
     path = tmp_path / "g.yaml"
     path.write_text(_spec_text(tiny_competition, "{folds: 3, seed: 0}"))
@@ -196,8 +196,8 @@ def test_group_folds_reach_the_runs_and_their_fingerprint(tmp_path, tiny_competi
 def test_settings_at_their_off_value_leave_old_fingerprints_alone(tmp_path, tiny_competition):
     # Runs on record from before clip_grad, ema, augment.erasing, split.group and tta.size existed
     # must keep their fingerprints: the hash of a spec that does not use them has none of their keys.
-    from ledger.fingerprint import fingerprint_fields
-    from ledger.spec import load_spec
+    from ledger.spec.fingerprint import fingerprint_fields
+    from ledger.spec.loader import load_spec
 
     path = tmp_path / "g.yaml"
     path.write_text(_spec_text(tiny_competition, "{folds: 3, seed: 0}"))
@@ -218,7 +218,7 @@ def test_settings_at_their_off_value_leave_old_fingerprints_alone(tmp_path, tiny
 
 def test_tta_size_parses_pixels_factors_and_lists(tmp_path, tiny_competition):
     from ledger.errors import SpecError
-    from ledger.spec import load_spec
+    from ledger.spec.loader import load_spec
 
     path = tmp_path / "t.yaml"
     path.write_text(_spec_text(tiny_competition, "{folds: 3}"))
@@ -238,8 +238,8 @@ def test_tta_size_parses_pixels_factors_and_lists(tmp_path, tiny_competition):
 def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
     import timm
 
-    from ledger.augment import BatchTransform
-    from ledger.inference import predict, tta_at_sizes
+    from ledger.data.augment import BatchTransform
+    from ledger.training.inference import predict, tta_at_sizes
 
     torch.manual_seed(0)
     net = timm.create_model("convnext_atto", num_classes=3, dims=[8, 16, 32, 64], depths=[1, 1, 1, 1])
@@ -256,9 +256,9 @@ def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
 
 
 def _one_run(tmp_path, tiny_competition, models, tta="{n: 0, beta: 0.25, size: [1.0, 1.5]}", extra=""):
-    from ledger.data import load_competition
-    from ledger.plan import plan
-    from ledger.spec import load_spec
+    from ledger.data.competition import load_competition
+    from ledger.runs.plan import plan
+    from ledger.spec.loader import load_spec
 
     path = tmp_path / "r.yaml"
     path.write_text(f"name: r\ndata: {{root: {tiny_competition}, labels: train.csv}}\nsplit: {{folds: 3}}\n"
@@ -272,11 +272,13 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
                                                                                monkeypatch):
     from safetensors.torch import load_file
 
-    from ledger import artifacts, training_run
-    from ledger.checkpoint import Checkpoint
-    from ledger.execute import cached_images
-    from ledger.hooks import SilentProgress
-    from ledger.inference import predict
+    from ledger.runs import artifacts
+
+    from ledger.runs import training_run
+    from ledger.training.checkpoint import Checkpoint
+    from ledger.runs.execution import cached_images
+    from ledger.training.hooks import SilentProgress
+    from ledger.training.inference import predict
 
     models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, ema: 0.9, save_weights: true,"
               " model_kwargs: {dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}}\n")
@@ -314,11 +316,11 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
 
 
 def test_an_architecture_of_one_input_size_is_refused_before_training(tmp_path, tiny_competition):
-    from ledger.checkpoint import Checkpoint
+    from ledger.training.checkpoint import Checkpoint
     from ledger.errors import LedgerError
-    from ledger.execute import cached_images
-    from ledger.hooks import SilentProgress
-    from ledger.training_run import train_run
+    from ledger.runs.execution import cached_images
+    from ledger.training.hooks import SilentProgress
+    from ledger.runs.training_run import train_run
 
     models = ("  - {name: v, arch: vit_tiny_patch16_224, size: 16, runs: 1,"
               " model_kwargs: {img_size: 16, patch_size: 4, depth: 1, embed_dim: 32, num_heads: 2}}\n")
@@ -341,7 +343,7 @@ def test_ledger_predict_repeats_a_runs_test_time_sizes(tmp_path, tiny_competitio
     from conftest import write_spec
     from typer.testing import CliRunner
 
-    from ledger import artifacts
+    from ledger.runs import artifacts
     from ledger.cli import app
 
     models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, accum: 1, save_weights: true,"

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from ledger import __version__
 from ledger.cli import app
-from ledger.data import load_competition
-from ledger.spec import DataSpec
+from ledger.data.competition import load_competition
+from ledger.spec.loader import DataSpec
 
 runner = CliRunner()
 

@@ -13,10 +13,10 @@ from rich.console import Console
 from conftest import TINY_CONVNEXT, write_spec
 from test_submission import HALVES, add_run, invoke, setup  # noqa: F401 - setup is a fixture
 
-from ledger.rows import RunRow
+from ledger.store.rows import RunRow
 from ledger.cli import WORKFLOW, app
 from ledger.cli.ledger_cmds import _runs_table, _submissions_table
-from ledger.store import Store
+from ledger.store.database import Store
 
 
 def _one_error_line(result) -> str:
@@ -85,7 +85,7 @@ def test_report_takes_set_overrides(setup, tmp_path):
 
 
 def test_lr_find_passes_device_and_overrides(tmp_path, tiny_competition, monkeypatch):
-    import ledger.lr_find_run
+    import ledger.runs.lr_find_run
 
     spec_path = write_spec(tmp_path / "one.yaml", tiny_competition,
                            f"  - {{name: convnext, arch: convnext_atto, size: 32, model_kwargs: {TINY_CONVNEXT}}}\n")
@@ -96,7 +96,7 @@ def test_lr_find_passes_device_and_overrides(tmp_path, tiny_competition, monkeyp
         seen.update(device=device, lr=entry.lr, accum=accum)
         return SimpleNamespace(suggested_lrs=lambda: {"valley": 1e-3}, plot=store.home / "x.png")
 
-    monkeypatch.setattr(ledger.lr_find_run, "lr_find", fake_lr_find)
+    monkeypatch.setattr(ledger.runs.lr_find_run, "lr_find", fake_lr_find)
     result = invoke("lr-find", spec_path, "--json", "--device", "cpu", "--set", "train.lr=0.0123",
                     "--set", "models.convnext.accum=2", "--home", tmp_path / "home")
     assert result.exit_code == 0, result.output
@@ -220,7 +220,7 @@ def test_commands_are_listed_in_workflow_order_and_completion_is_on():
 
 
 def test_a_v3_ledger_gains_the_submit_columns_and_keeps_its_submissions(tmp_path):
-    from ledger.migrations import SCHEMA_VERSION
+    from ledger.store.migrations import SCHEMA_VERSION
 
     from conftest import ledger_at_version
 

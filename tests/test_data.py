@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import ledger.images
-from ledger.data import load_competition
-from ledger.images import decode_image, load_images
-from ledger.splits import fold_indices, smallest_class_indices, split_indices
+import ledger.data.images
+from ledger.data.competition import load_competition
+from ledger.data.images import decode_image, load_images
+from ledger.data.splits import fold_indices, smallest_class_indices, split_indices
 from ledger.errors import LedgerError
-from ledger.spec import DataSpec
+from ledger.spec.loader import DataSpec
 
 
 def _image(path: Path, size=(12, 10), color=(200, 30, 30)) -> Path:
@@ -400,7 +400,7 @@ def test_disk_cache_is_hit_the_second_time(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although the cache holds these images")
 
-    monkeypatch.setattr(ledger.images, "decode_image", no_decoding)
+    monkeypatch.setattr(ledger.data.images, "decode_image", no_decoding)
     second = load_images(paths, (8, 8), "squish", cache_dir=cache)
     np.testing.assert_array_equal(first, second)
     assert second.shape == (4, 3, 8, 8) and second.dtype == np.uint8
@@ -419,8 +419,8 @@ def test_touched_file_misses_the_cache(tmp_path, monkeypatch):
     stat = paths[1].stat()
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     calls = []
-    real = ledger.images.decode_image
-    monkeypatch.setattr(ledger.images, "decode_image", lambda *a: calls.append(a[0]) or real(*a))
+    real = ledger.data.images.decode_image
+    monkeypatch.setattr(ledger.data.images, "decode_image", lambda *a: calls.append(a[0]) or real(*a))
     load_images(paths, (8, 8), "squish", cache_dir=cache)
     assert sorted(calls) == sorted(paths)  # everything decoded again
     assert len(list(cache.glob("images-*.npy"))) == 2
@@ -540,9 +540,9 @@ def _never_decode(*args, **kwargs):
 
 def test_cache_larger_than_free_disk(tmp_path, monkeypatch):
     paths = (_image(tmp_path / "a.png"), _image(tmp_path / "b.png"))
-    monkeypatch.setattr(ledger.images, "_free_disk_bytes", lambda folder: 20 * 1024**3)
-    monkeypatch.setattr(ledger.images, "_memory_bytes", lambda: 2**60)
-    monkeypatch.setattr(ledger.images, "decode_image", _never_decode)
+    monkeypatch.setattr(ledger.data.images, "_free_disk_bytes", lambda folder: 20 * 1024**3)
+    monkeypatch.setattr(ledger.data.images, "_memory_bytes", lambda: 2**60)
+    monkeypatch.setattr(ledger.data.images, "decode_image", _never_decode)
     cache = tmp_path / "cache"
     with pytest.raises(LedgerError) as caught:
         load_images(paths, (100000, 100000), "squish", cache_dir=cache, label="models[0].size")
@@ -556,15 +556,15 @@ def test_cache_larger_than_free_disk(tmp_path, monkeypatch):
 
 def test_cache_larger_than_memory(tmp_path, monkeypatch):
     paths = (_image(tmp_path / "a.png"),)
-    monkeypatch.setattr(ledger.images, "_memory_bytes", lambda: 1024**2)
-    monkeypatch.setattr(ledger.images, "decode_image", _never_decode)
+    monkeypatch.setattr(ledger.data.images, "_memory_bytes", lambda: 1024**2)
+    monkeypatch.setattr(ledger.data.images, "decode_image", _never_decode)
     with pytest.raises(LedgerError, match=r"^size 1000x800: the image cache needs 2.3 MiB, more than the 1.0 MiB of memory"):
         load_images(paths, (1000, 800), "squish")  # no cache folder: memory is still checked
 
 
 def test_free_disk_is_read_where_the_cache_will_be(tmp_path):
-    assert ledger.images._free_disk_bytes(tmp_path / "not" / "made" / "yet") == ledger.images.shutil.disk_usage(tmp_path).free
-    assert ledger.images._memory_bytes() > 2**20
+    assert ledger.data.images._free_disk_bytes(tmp_path / "not" / "made" / "yet") == ledger.data.images.shutil.disk_usage(tmp_path).free
+    assert ledger.data.images._memory_bytes() > 2**20
 
 
 # ---------------------------------------------------------------- k-fold splits

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from conftest import TINY_CONVNEXT, write_spec
 
-from ledger.checkpoint import CHECKPOINT
-from ledger.experiment import housekeeping
-from ledger.migrations import _SCHEMA_V1, SCHEMA_VERSION
-from ledger.store import Store
+from ledger.training.checkpoint import CHECKPOINT
+from ledger.executors.local import housekeeping
+from ledger.store.migrations import _SCHEMA_V1, SCHEMA_VERSION
+from ledger.store.database import Store
 
 
 def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path):

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ledger import matching
-from ledger.artifacts import Predictions
-from ledger.ensemble import RunInput, align, bag, normalise_weights
-from ledger.submission_csv import remove_stale_temporaries, write_submission
+from ledger.bag import matching
+from ledger.runs.artifacts import Predictions
+from ledger.bag.ensemble import RunInput, align, bag, normalise_weights
+from ledger.bag.submission_csv import remove_stale_temporaries, write_submission
 from ledger.errors import LedgerError
-from ledger.metrics import metric_by_name
-from ledger.submission_shape import submission_shape
+from ledger.bag.metrics import metric_by_name
+from ledger.bag.submission_shape import submission_shape
 
 VOCAB = ["cat", "dog"]
 
@@ -199,7 +199,7 @@ def test_one_probability_column_holds_the_positive_class(tmp_path):
 
 
 def test_written_probabilities_give_back_the_float32_values():
-    from ledger.submission_shape import DIGITS
+    from ledger.bag.submission_shape import DIGITS
 
     values = np.random.default_rng(0).random(1000).astype(np.float32)
     assert (np.char.mod(DIGITS, values.astype(np.float64)).astype(np.float32) == values).all()

@@ -9,12 +9,12 @@ import torch
 from conftest import TINY_CONVNEXT, write_spec
 from typer.testing import CliRunner
 
-from ledger import artifacts
+from ledger.runs import artifacts
 from ledger.cli import app
 from ledger.errors import SpecError
-from ledger.spec import load_spec
-from ledger.inference import classification_metrics, head_softmax
-from ledger.loss import Criterion
+from ledger.spec.loader import load_spec
+from ledger.training.inference import classification_metrics, head_softmax
+from ledger.training.loss import Criterion
 
 
 def test_the_loss_is_the_sum_of_each_targets_cross_entropy():

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ledger import fashion
+from ledger.data import fashion_mnist as fashion
 from ledger.errors import LedgerError
-from ledger.fashion import CLASS_NAMES, GROUPS, read_idx, write_competition
+from ledger.data.fashion_mnist import CLASS_NAMES, GROUPS, read_idx, write_competition
 
 SMALL = dict(train_per_class=5, test=20)
 

@@ -9,8 +9,8 @@ from conftest import write_spec
 from hostile_common import invoke, one_error_line
 from test_submission import add_run, setup  # noqa: F401 - setup is a fixture
 
-from ledger.checkpoint import CHECKPOINT
-from ledger.store import Store
+from ledger.training.checkpoint import CHECKPOINT
+from ledger.store.database import Store
 
 
 # ---------------------------------------------------------------- 7, 11, 12, 14, 16: specs
@@ -55,7 +55,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, tiny_competition):
 
 
 def test_scientific_notation_is_a_number_in_the_spec_and_in_set(tmp_path, tiny_competition):
-    from ledger.spec import load_spec
+    from ledger.spec.loader import load_spec
 
     models = "  - {name: c, arch: convnext_atto, size: 32, lr: 3e-3, weight: 1E1}\n"
     spec_path = write_spec(tmp_path / "s.yaml", tiny_competition, models)
@@ -73,7 +73,7 @@ def test_scientific_notation_is_a_number_in_the_spec_and_in_set(tmp_path, tiny_c
 def test_a_corrupt_or_non_finite_test_preds_file_is_named_and_nothing_is_written(setup, tmp_path):
     import numpy as np
 
-    from ledger.artifacts import Predictions, save_predictions
+    from ledger.runs.artifacts import Predictions, save_predictions
 
     add_run(setup, "c0", "convnext")
     add_run(setup, "v0", "vit")
@@ -112,7 +112,7 @@ def _loop_parts():
 
     import torch
 
-    from ledger.step import LoopParts
+    from ledger.training.step import LoopParts
 
     net = torch.nn.Linear(4, 2)
     return LoopParts(net=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
@@ -121,7 +121,7 @@ def _loop_parts():
 
 
 def test_a_full_disk_while_checkpointing_says_disk_full(tmp_path):
-    from ledger.checkpoint import Checkpoint
+    from ledger.training.checkpoint import Checkpoint
     from ledger.errors import LedgerError
 
     if not Path("/dev/full").exists():
@@ -135,7 +135,7 @@ def test_a_full_disk_while_checkpointing_says_disk_full(tmp_path):
 
 
 def test_a_corrupt_checkpoint_never_shows_torchs_weights_only_advice(tmp_path):
-    from ledger.checkpoint import Checkpoint
+    from ledger.training.checkpoint import Checkpoint
     from ledger.errors import LedgerError
 
     checkpoint = Checkpoint(tmp_path)
@@ -159,12 +159,12 @@ def test_plain_and_tta_accuracy_are_labelled_where_shown(tmp_path):
 
     from ledger.cli.ledger_cmds import _runs_table
     from ledger.cli.train import _results_table
-    from ledger.progress import ConsoleEvents
-    from ledger.record import RunResult
+    from ledger.cli.progress import ConsoleEvents
+    from ledger.runs.recording import RunResult
 
     console = Console(file=io.StringIO(), width=200)
     plan = SimpleNamespace(run_id="r1", model=SimpleNamespace(name="m", epochs=1, freeze_epochs=0, finetune=False))
-    from ledger.rows import RunRow, RunSummary
+    from ledger.store.rows import RunRow, RunSummary
 
     figures = dict(experiment="e", model="m", arch="a", size="8", fingerprint="f", run_number=0, train_seed=1,
                    split_seed=1, fold=None, folds=None, accum=1, micro_batch=8, epochs=1, train_images=8,
@@ -194,7 +194,7 @@ def test_at_80_columns_a_failed_runs_reason_is_never_cut_mid_word():
 
     reason = ("RuntimeError: something very bad happened in the convolution layer while computing gradients of the "
               "network")
-    from ledger.rows import RunRow
+    from ledger.store.rows import RunRow
 
     row = RunRow(id="20260101-120000-abcdef", experiment="e", model="convnext", arch="a", size="8", split_seed=1,
                  accum=1, epochs=1, status="failed", started_at="2026-01-01T12:00:00+00:00", error=reason,

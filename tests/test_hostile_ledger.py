@@ -14,7 +14,7 @@ from hostile_common import dead_pid, invoke, one_error_line
 from test_cli_ux import _fake_kaggle
 from test_submission import HALVES, add_run, setup  # noqa: F401 - setup is a fixture
 
-from ledger.store import Store
+from ledger.store.database import Store
 
 
 # ---------------------------------------------------------------- 1, 6: recorded submission files
@@ -75,7 +75,7 @@ def test_a_moved_home_submits_its_own_file_and_a_copy_never_the_original(setup, 
 def test_a_v4_ledger_gets_relative_submission_paths_and_the_missing_status(tmp_path):
     from conftest import ledger_at_version
 
-    from ledger.migrations import SCHEMA_VERSION
+    from ledger.store.migrations import SCHEMA_VERSION
 
     home = tmp_path / "home"
     db = ledger_at_version(home, 4)
@@ -121,7 +121,7 @@ def test_a_done_run_whose_folder_is_gone_is_missing_and_owed_again(setup, tmp_pa
     assert "tiny/c1" in next(r["error"] for r in listed if r["id"] == "c1")
     bagged = _bag(setup)
     assert bagged["runs"] == ["c0", "v0"]  # the missing run is not bagged, and ensemble works
-    from ledger.plan import plan
+    from ledger.runs.plan import plan
 
     owed = plan(setup["spec"], setup["spec"].models, Store(setup["home"]).runs("tiny"), lambda m: 1, lambda: "new")
     assert [(p.model.name, p.run_number) for p in owed] == [("convnext", 0)]  # c1 is owed again

@@ -9,17 +9,17 @@ import sys
 import pytest
 from hostile_common import dead_pid, invoke, one_error_line, tiny_spec  # noqa: F401 - tiny_spec is a fixture
 
-from ledger.checkpoint import CHECKPOINT
-from ledger.store import Store
+from ledger.training.checkpoint import CHECKPOINT
+from ledger.store.database import Store
 
 
 # ---------------------------------------------------------------- 2: a kill at the commit
 
 
 def _plan_and_train(spec_path, home):
-    from ledger.experiment import plan_experiment, train_experiment
-    from ledger.progress import ConsoleEvents
-    from ledger.spec import load_spec
+    from ledger.executors.local import plan_experiment, train_experiment
+    from ledger.cli.progress import ConsoleEvents
+    from ledger.spec.loader import load_spec
     from rich.console import Console
     import torch
 
@@ -34,7 +34,7 @@ def _plan_and_train(spec_path, home):
 
 def test_a_kill_after_the_rename_but_before_the_row_records_the_run_not_retrains_it(tiny_spec, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    import ledger.experiment as experiment
+    import ledger.executors.local as experiment
 
     real_record = experiment.record
 
@@ -63,7 +63,7 @@ def test_a_kill_after_the_rename_but_before_the_row_records_the_run_not_retrains
 
 def test_a_kill_after_the_last_epoch_but_before_the_rename_resumes_without_training(tiny_spec, tmp_path, monkeypatch):
     home = tmp_path / "home"
-    import ledger.execute as execute
+    import ledger.runs.execution as execute
 
     real_replace = os.replace
 
@@ -92,7 +92,7 @@ def test_a_kill_after_the_last_epoch_but_before_the_rename_resumes_without_train
 
 
 def test_a_second_train_of_the_same_experiment_refuses_in_one_line(tiny_spec, tmp_path):
-    from ledger.lock import experiment_lock
+    from ledger.runs.lock import experiment_lock
 
     home = tmp_path / "home"
     with experiment_lock(home, "tiny", "2026-01-01T00:00:00"):  # a first `ledger train` holds it
@@ -106,9 +106,9 @@ def test_a_second_train_of_the_same_experiment_refuses_in_one_line(tiny_spec, tm
 
 
 def test_the_lock_dies_with_its_process(tmp_path):
-    from ledger.lock import experiment_lock
+    from ledger.runs.lock import experiment_lock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ledger.lock import experiment_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ledger.runs.lock import experiment_lock\n"
                                f"with experiment_lock({str(tmp_path)!r}, 'e', 'now'):\n"
                                "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
@@ -168,7 +168,7 @@ def test_dry_run_shows_the_ids_and_seeds_the_real_run_uses(tiny_spec, tmp_path, 
 
 @pytest.mark.parametrize("epochs_done", [0, 1])
 def test_ctrl_c_says_whether_the_run_resumes_or_starts_again(tiny_spec, tmp_path, monkeypatch, epochs_done):
-    import ledger.execute as execute
+    import ledger.runs.execution as execute
 
     def interrupted(plan, competition, images, device, progress, checkpoint):
         if epochs_done:

@@ -11,9 +11,11 @@ import ledger
 PACKAGE = Path(ledger.__file__).parent
 
 # Config, data listing, planning, the ledger, bagging and reports: none of them trains or predicts.
-TORCH_FREE = ("cli", "spec", "spec_checks", "overrides", "packaged", "fingerprint", "rows", "hooks", "ids", "plan",
-              "store", "record", "artifacts", "data", "fashion", "ensemble", "oob", "submission", "score",
-              "leaderboard", "report", "interpret", "plots", "tables", "schedule", "errors")
+TORCH_FREE = ("cli", "spec.loader", "spec.checks", "spec.overrides", "training.packaged_weights",
+              "spec.fingerprint", "store.rows", "training.hooks", "ids", "runs.plan", "store.database",
+              "runs.recording", "runs.artifacts", "data.competition", "data.fashion_mnist", "bag.ensemble",
+              "bag.out_of_bag", "bag.submission", "bag.score", "bag.leaderboard", "report.page",
+              "report.interpretation", "report.plots", "cli.tables", "training.schedule", "errors")
 
 
 def test_the_command_line_and_the_pure_core_never_import_torch():

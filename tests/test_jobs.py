@@ -11,13 +11,13 @@ import torch
 from conftest import write_spec
 from hostile_common import ONE_RUN, invoke, one_error_line
 
-from ledger.dispatch import dispatch, longest_first
+from ledger.executors.dispatch import dispatch, longest_first
 from ledger.errors import LedgerError
-from ledger.experiment import plan_experiment, row_facts
-from ledger.hooks import Progress
-from ledger.process_pool import ProcessPool, check_jobs
-from ledger.spec import load_spec
-from ledger.store import Store
+from ledger.executors.local import plan_experiment, row_facts
+from ledger.training.hooks import Progress
+from ledger.executors.process_pool import ProcessPool, check_jobs
+from ledger.spec.loader import load_spec
+from ledger.store.database import Store
 
 RUNS = ONE_RUN.replace("runs: 1,", "runs: 3,")  # the hostile tests' tiny entry, three runs
 
@@ -119,8 +119,8 @@ def test_the_eta_counts_the_runs_that_train_at_once():
 
     from rich.console import Console
 
-    from ledger.hooks import EpochMetrics
-    from ledger.progress import ConsoleEvents, RunProgress
+    from ledger.training.hooks import EpochMetrics
+    from ledger.cli.progress import ConsoleEvents, RunProgress
 
     out = StringIO()
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=4, freeze_epochs=0, finetune=False, name="m"))] * 2
@@ -140,8 +140,8 @@ def test_the_longest_runs_are_handed_out_first_and_runs_without_an_estimate_last
 
 def test_a_probe_for_jobs_measures_with_a_runs_share_of_the_cores_and_answers_only_for_them(tmp_path, tiny_competition,
                                                                                          monkeypatch):
-    from ledger.probing import probe_key, probe_setting
-    from ledger.device import threads_per_job
+    from ledger.probe.spec_probe import probe_key, probe_setting
+    from ledger.training.device import threads_per_job
 
     monkeypatch.chdir(tmp_path)
     one_run = ONE_RUN.replace("accum: 1", "accum: auto")

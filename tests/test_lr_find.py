@@ -14,14 +14,14 @@ from typer.testing import CliRunner
 
 from conftest import TINY_CONVNEXT, write_spec
 from ledger.cli import app
-from ledger.lr_find import (
+from ledger.training.lr_find import (
     SmoothLoss, exponential_lr, minimum, range_test, slide, steep, suggest, suggestion_window, valley,
 )
-from ledger.models import freeze_body, split_body_head
-from ledger.batches import Batches
-from ledger.device import Runtime, resolve_precision
-from ledger.loss import Criterion
-from ledger.step import StepSettings
+from ledger.training.models import freeze_body, split_body_head
+from ledger.data.batches import Batches
+from ledger.training.device import Runtime, resolve_precision
+from ledger.training.loss import Criterion
+from ledger.training.step import StepSettings
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -171,8 +171,8 @@ def test_accumulation_does_not_change_the_curve():
 
 
 def test_frozen_body_is_not_trained():
-    from ledger.models import create_model
-    from ledger.spec import ModelSpec
+    from ledger.training.models import create_model
+    from ledger.spec.loader import ModelSpec
 
     net = create_model(ModelSpec(name="m", arch="convnext_atto", size=(32, 32), model_kwargs=TINY_CONVNEXT), 4)
     freeze_body(net, True)
@@ -205,7 +205,7 @@ def _spec(tmp_path, competition, finetune="false", models=1):
 
 
 def test_cli_json_records_and_plots(tmp_path, tiny_competition):
-    from ledger.store import Store
+    from ledger.store.database import Store
 
     spec = _spec(tmp_path, tiny_competition, finetune="true")
     home = tmp_path / "home"
@@ -245,8 +245,8 @@ def test_cli_needs_model_when_the_spec_has_several(tmp_path, tiny_competition):
 
 
 def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
-    from ledger.migrations import SCHEMA_VERSION
-    from ledger.store import Store
+    from ledger.store.migrations import SCHEMA_VERSION
+    from ledger.store.database import Store
 
     from conftest import ledger_at_version
 

@@ -2,7 +2,7 @@ import numpy
 import pytest
 import torch
 
-from ledger.memory import PeakMemory, device_name, is_out_of_memory, release_memory
+from ledger.probe.memory import PeakMemory, device_name, is_out_of_memory, release_memory
 from ledger.units import format_size, parse_size
 
 MB = 1_000_000

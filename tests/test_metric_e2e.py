@@ -12,11 +12,11 @@ from conftest import write_spec
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from typer.testing import CliRunner
 
-from ledger.artifacts import TEST_PREDS, VALID_PREDS, Predictions, save_predictions
+from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, Predictions, save_predictions
 from ledger.cli import app
-from ledger.fingerprint import run_fingerprint
-from ledger.spec import load_spec
-from ledger.store import Store
+from ledger.spec.fingerprint import run_fingerprint
+from ledger.spec.loader import load_spec
+from ledger.store.database import Store
 
 runner = CliRunner()
 # The float32 probabilities of runs miss 1 by ~1e-7 a row; scikit-learn's float64 check would say so.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ledger.errors import LedgerError
-from ledger.metrics import METRICS, NAMES, class_ranks, metric_by_name
+from ledger.bag.metrics import METRICS, NAMES, class_ranks, metric_by_name
 
 
 def one_hot_like(predicted, classes, confidence=0.6):
@@ -167,7 +167,7 @@ def test_class_order_defaults_to_sorted_and_numeric_names_sort_as_numbers():
 
 
 def test_importing_the_metrics_imports_neither_sklearn_nor_torch():
-    code = "import sys, ledger.metrics; print('sklearn' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, ledger.bag.metrics; print('sklearn' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 
@@ -178,7 +178,7 @@ def test_importing_the_metrics_imports_neither_sklearn_nor_torch():
 def _spec(tmp_path, extra):
     from conftest import write_spec
 
-    from ledger.spec import load_spec
+    from ledger.spec.loader import load_spec
 
     (tmp_path / "data").mkdir(exist_ok=True)
     path = write_spec(tmp_path / "spec.yaml", tmp_path / "data", "  - {name: m, arch: convnext_atto, size: 32}\n", extra)

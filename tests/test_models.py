@@ -8,11 +8,11 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from ledger.errors import LedgerError
-from ledger.models import (
+from ledger.training.models import (
     LAYER_GROUPS, create_model, freeze_body, map_by_position, packaged_state_dict, parameter_groups,
 )
-from ledger.packaged import PACKAGED_WEIGHTS
-from ledger.spec import ModelSpec
+from ledger.training.packaged_weights import PACKAGED_WEIGHTS
+from ledger.spec.loader import ModelSpec
 
 
 class NormZoo(nn.Module):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from ledger.artifacts import Predictions
+from ledger.runs.artifacts import Predictions
 from ledger.errors import LedgerError
-from ledger.metrics import metric_by_name
-from ledger.oob import by_runs, compare, estimate, held_out, tune_weights
+from ledger.bag.metrics import metric_by_name
+from ledger.bag.out_of_bag import by_runs, compare, estimate, held_out, tune_weights
 
 VOCAB = ["cat", "dog"]
 LABELS = {"x1": "cat", "x2": "cat", "x3": "dog", "x4": "dog"}

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from ledger.cli import app
 from ledger.errors import SpecError
-from ledger.overrides import apply_overrides, parse_override
-from ledger.spec import AugmentSpec, load_spec
+from ledger.spec.overrides import apply_overrides, parse_override
+from ledger.spec.loader import AugmentSpec, load_spec
 
 runner = CliRunner()
 

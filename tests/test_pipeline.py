@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_CONVNEXT, TINY_VIT, write_spec
 from typer.testing import CliRunner
 
-from ledger import artifacts
+from ledger.runs import artifacts
 from ledger.cli import app
 
 runner = CliRunner()
@@ -103,7 +103,7 @@ def test_train_probe_ensemble_end_to_end(tmp_path, tiny_competition):
     # A run made to fail (weights for another arch) is recorded failed, the command exits 1, the runs
     # after it go on, and the earlier runs' artifacts are untouched.
     before = {r["id"]: folder_digest(home / "tiny" / r["id"]) for r in rows}
-    from ledger.models import save_weights
+    from ledger.training.models import save_weights
     from test_train import tiny_vit
 
     save_weights(tiny_vit(), tmp_path / "other.safetensors")

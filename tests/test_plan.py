@@ -5,10 +5,10 @@ import itertools
 import pytest
 from conftest import TINY_CONVNEXT, write_spec
 
-from ledger.fingerprint import run_fingerprint
-from ledger.rows import RunRow
-from ledger.plan import plan
-from ledger.spec import load_spec
+from ledger.spec.fingerprint import run_fingerprint
+from ledger.store.rows import RunRow
+from ledger.runs.plan import plan
+from ledger.spec.loader import load_spec
 
 MODELS = (f"  - {{name: a, arch: convnext_atto, size: 32, runs: 2, model_kwargs: {TINY_CONVNEXT}}}\n"
           f"  - {{name: b, arch: convnext_atto, size: 32, lr: 0.001, model_kwargs: {TINY_CONVNEXT}}}\n")

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_CONVNEXT, TINY_VIT, write_spec, unique_prefix
 from typer.testing import CliRunner
 
-from ledger import artifacts
+from ledger.runs import artifacts
 from ledger.cli import app
 
 runner = CliRunner()

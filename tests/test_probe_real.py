@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from conftest import TINY_CONVNEXT
 
-from ledger.data import load_competition
-from ledger.images import load_images
-from ledger.splits import smallest_class_indices
-from ledger.probe import micro_batch_size, run_in_child, search_accum
-from ledger.probe_trial import TIMING_STEPS, training_trial
-from ledger.spec import DataSpec, ModelSpec
+from ledger.data.competition import load_competition
+from ledger.data.images import load_images
+from ledger.data.splits import smallest_class_indices
+from ledger.probe.accumulation import micro_batch_size, run_in_child, search_accum
+from ledger.probe.trial import TIMING_STEPS, training_trial
+from ledger.spec.loader import DataSpec, ModelSpec
 
 BATCH = 32
 
@@ -34,7 +34,9 @@ def measured(tiny_competition, tmp_path_factory):
 def test_peak_grows_with_the_micro_batch(measured):
     peaks = [measured[k].peak_bytes for k in (BATCH, 4, 1)]  # micro-batches 1, 8, 32
     assert peaks[0] < peaks[1] < peaks[2]
-    assert peaks[2] > 1.5 * peaks[0]  # not noise: 32 images' activations against one image's
+    # Not noise: 31 more images hold at least their float32 input tensors (a ratio of peaks would also
+    # count the process's own memory, which varies with the machine and its load).
+    assert peaks[2] - peaks[0] > (BATCH - 1) * 3 * 96 * 96 * 4
     assert all(measured[k].startup_seconds > 0 and measured[k].seconds > 0 for k in measured)
 
 
@@ -56,12 +58,14 @@ def test_fit_the_range_test_and_the_probe_take_the_same_training_step(monkeypatc
     in-process), each step one effective batch of the run's size."""
     import torch
 
-    from ledger import step, train
-    from ledger.batches import Batches
-    from ledger.device import Runtime, model_on_device, resolve_precision
-    from ledger.loss import Criterion
-    from ledger.lr_find import range_test
-    from ledger.schedule import Phase
+    from ledger.training import step
+
+    from ledger.training import loop as train
+    from ledger.data.batches import Batches
+    from ledger.training.device import Runtime, model_on_device, resolve_precision
+    from ledger.training.loss import Criterion
+    from ledger.training.lr_find import range_test
+    from ledger.training.schedule import Phase
 
     calls = []
     original = step.train_step

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import probe_targets  # importable here and in spawn children: see its docstring
-from ledger.probe import (
+from ledger.probe.accumulation import (
     _child_main,
     Trial,
     accum_factors,
@@ -213,7 +213,7 @@ def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
     tests = Path(__file__).parent
     parent = subprocess.Popen([sys.executable, "-c",
                                "import sys; sys.path.insert(0, sys.argv[1]); import probe_targets; "
-                               "from ledger.probe import run_in_child; "
+                               "from ledger.probe.accumulation import run_in_child; "
                                "run_in_child(probe_targets.write_pid_and_sleep, sys.argv[2], k=1, micro_batch=1)",
                                str(tests), str(pid_file)])
     deadline = time.monotonic() + 60
@@ -238,7 +238,7 @@ def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
 
 
 def test_timed_batches_give_the_median_step_after_the_first():
-    from ledger.probe_trial import _TimedBatches
+    from ledger.probe.trial import _TimedBatches
 
     timed = _TimedBatches([1, 2, 3])
     assert [item for item in timed] == [1, 2, 3] and len(timed) == 3

@@ -11,12 +11,12 @@ from PIL import Image
 from rich.console import Console
 from test_train import CPU, FP32, random_images, tiny_vit, transform_for
 
-from ledger.images import load_images
-from ledger.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
-from ledger.batches import Batches
-from ledger.device import Runtime
-from ledger.hooks import SilentProgress, stage_callback
-from ledger.inference import tta
+from ledger.data.images import load_images
+from ledger.cli.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
+from ledger.data.batches import Batches
+from ledger.training.device import Runtime
+from ledger.training.hooks import SilentProgress, stage_callback
+from ledger.training.inference import tta
 
 
 def test_decoding_reports_every_image_in_order_and_a_cache_hit_reports_nothing(tmp_path):
@@ -111,7 +111,7 @@ def test_stage_display_draws_nothing_from_the_library_side():
 
 
 def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
-    from ledger.train import EpochMetrics
+    from ledger.training.loop import EpochMetrics
 
     console, out = _console(False)
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=3, freeze_epochs=1, finetune=True, name="m"))] * 2
@@ -127,7 +127,7 @@ def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
 
 
 def test_off_a_terminal_a_long_stage_prints_its_progress_with_a_unit(monkeypatch):
-    import ledger.progress as progress
+    import ledger.cli.progress as progress
 
     clock = iter([0.0, 31.0, 32.0, 70.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))

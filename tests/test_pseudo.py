@@ -11,14 +11,14 @@ import yaml
 from conftest import TINY_CONVNEXT
 from typer.testing import CliRunner
 
-from ledger import artifacts
-from ledger.artifacts import Predictions
-from ledger.splits import fold_indices
+from ledger.runs import artifacts
+from ledger.runs.artifacts import Predictions
+from ledger.data.splits import fold_indices
 from ledger.errors import LedgerError, SpecError
-from ledger.loss import Criterion
-from ledger.plan import SplitPlan
-from ledger.pseudo import PseudoPlan, TeacherRun, pseudo_labels, pseudo_plan, training_set
-from ledger.pseudo_spec import PseudoSpec
+from ledger.training.loss import Criterion
+from ledger.runs.plan import SplitPlan
+from ledger.runs.pseudo_labels import PseudoPlan, TeacherRun, pseudo_labels, pseudo_plan, training_set
+from ledger.spec.pseudo_section import PseudoSpec
 
 VOCAB = ("a", "b", "c")
 
@@ -111,8 +111,8 @@ def write(path, root, split="{folds: 3, seed: 0}", pseudo="", epochs=1):
 
 
 def test_the_teacher_must_split_as_the_student_and_is_in_the_fingerprint(tmp_path, tiny_competition):
-    from ledger.fingerprint import run_fingerprint
-    from ledger.spec import load_spec
+    from ledger.spec.fingerprint import run_fingerprint
+    from ledger.spec.loader import load_spec
 
     write(tmp_path / "teacher.yaml", tiny_competition, split="{folds: 2, seed: 0}")
     student = write(tmp_path / "student.yaml", tiny_competition, pseudo="pseudo: {teacher: teacher.yaml}\n")

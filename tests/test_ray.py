@@ -20,16 +20,16 @@ from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
-from ledger import ray_executor  # noqa: E402 - only with Ray installed
+from ledger.executors import ray_executor  # noqa: E402 - only with Ray installed
 from ledger.cli import app  # noqa: E402
 from ledger.errors import LedgerError  # noqa: E402
-from ledger.experiment import plan_experiment  # noqa: E402
-from ledger.memory import device_name  # noqa: E402
-from ledger.probe import Trial  # noqa: E402
-from ledger.probing import probe_key, probe_setting  # noqa: E402
-from ledger.ray_executor import RayOptions, train_on_ray, worker_accum  # noqa: E402
-from ledger.spec import load_spec  # noqa: E402
-from ledger.store import Store, new_id  # noqa: E402
+from ledger.executors.local import plan_experiment  # noqa: E402
+from ledger.probe.memory import device_name  # noqa: E402
+from ledger.probe.accumulation import Trial  # noqa: E402
+from ledger.probe.spec_probe import probe_key, probe_setting  # noqa: E402
+from ledger.executors.ray_executor import RayOptions, train_on_ray, worker_accum  # noqa: E402
+from ledger.spec.loader import load_spec  # noqa: E402
+from ledger.store.database import Store, new_id  # noqa: E402
 
 runner = CliRunner()
 CONVNEXT = f"arch: convnext_atto, size: 32, model_kwargs: {json.dumps(TINY_CONVNEXT)}"
@@ -109,7 +109,7 @@ def test_train_on_ray_records_both_runs_done_and_they_bag(tmp_path, tiny_competi
 def test_failed_and_crashed_runs_are_recorded_failed_while_the_other_is_done(tmp_path, tiny_competition):
     from test_train import tiny_vit
 
-    from ledger.models import save_weights
+    from ledger.training.models import save_weights
 
     save_weights(tiny_vit(), tmp_path / "other.safetensors")
     models = entry("name: good, runs: 1, accum: 1") + entry(
@@ -171,9 +171,9 @@ class InterruptedAtSecond(Finished):
 
 
 def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tiny_competition):
-    from ledger.execute import run_folders
-    from ledger.dispatch import RowFacts, dispatch
-    from ledger.ray_executor import RayPool
+    from ledger.runs.execution import run_folders
+    from ledger.executors.dispatch import RowFacts, dispatch
+    from ledger.executors.ray_executor import RayPool
 
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 2, accum: 1")))
     store = Store(tmp_path / "home")
@@ -198,7 +198,7 @@ def test_ctrl_c_cancels_and_records_the_runs_in_flight_interrupted(tmp_path, tin
 
 
 def test_a_task_is_retried_when_its_worker_dies_but_not_when_it_raises(tmp_path):
-    from ledger.ray_worker import TASK_OPTIONS
+    from ledger.executors.ray_worker import TASK_OPTIONS
 
     # Each attempt leaves a file, so the attempts are counted across processes. (Lambdas, so that
     # Ray ships them by value: workers cannot import this test module.)
@@ -223,7 +223,7 @@ def test_a_task_is_retried_when_its_worker_dies_but_not_when_it_raises(tmp_path)
 @pytest.fixture(scope="module")
 def slower_competition(tmp_path_factory):
     """Enough images that an epoch of the tiny model takes seconds: a node can be lost mid-epoch."""
-    from ledger.fashion import write_competition
+    from ledger.data.fashion_mnist import write_competition
 
     root = tmp_path_factory.mktemp("competition") / "fashion"
     write_competition(root, seed=1, train_per_class=200, test=12)
@@ -247,7 +247,7 @@ class Kept:
     with whether the run's folder was committed yet when it arrived."""
 
     def __init__(self, home, plan):
-        from ledger.execute import run_folders
+        from ledger.runs.execution import run_folders
 
         self.partial, self.final = run_folders(home, plan)
         self.nodes, self.ended, self.resumed_after = [], [], None
@@ -270,9 +270,9 @@ class Kept:
 
 def test_a_lost_worker_node_costs_its_run_an_epoch_and_epochs_are_drawn_as_they_end(tmp_path, slower_competition,
                                                                                    cluster):
-    from ledger.checkpoint import CHECKPOINT
-    from ledger.data import load_competition
-    from ledger.execute import cached_images
+    from ledger.training.checkpoint import CHECKPOINT
+    from ledger.data.competition import load_competition
+    from ledger.runs.execution import cached_images
 
     home = tmp_path / "home"
     path = write_spec(tmp_path / "tiny.yaml", slower_competition,
@@ -323,7 +323,7 @@ def test_a_lost_worker_node_costs_its_run_an_epoch_and_epochs_are_drawn_as_they_
 
 
 def test_a_retry_that_finds_its_run_committed_reports_it_done(tmp_path, tiny_competition):
-    from ledger.ray_worker import run
+    from ledger.executors.ray_worker import run
 
     spec = load_spec(write_spec(tmp_path / "tiny.yaml", tiny_competition, entry("name: convnext, runs: 1, accum: 1")))
     store = Store(tmp_path / "home")

@@ -12,16 +12,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import write_spec, unique_prefix
-from ledger import artifacts
-from ledger.artifacts import Predictions
+from ledger.runs import artifacts
+from ledger.runs.artifacts import Predictions
 from ledger.cli import app
-from ledger.data import load_competition
-from ledger.splits import split_indices
+from ledger.data.competition import load_competition
+from ledger.data.splits import split_indices
 from ledger.errors import LedgerError
-from ledger.interpret import Interpretation, bag, interpretation, most_confused, per_class_accuracy
-from ledger.report import write_report
-from ledger.spec import DataSpec, load_spec
-from ledger.store import Store
+from ledger.report.interpretation import Interpretation, bag, interpretation, most_confused, per_class_accuracy
+from ledger.report.page import write_report
+from ledger.spec.loader import DataSpec, load_spec
+from ledger.store.database import Store
 
 VOCAB = np.array(["a", "b", "c"])
 

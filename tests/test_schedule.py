@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 import torch
 
-from ledger.schedule import OneCycle, Phase, cycle_momentum, even_mults, fit_phases, lr_range, one_cycle
-from ledger.spec import ModelSpec
+from ledger.training.schedule import OneCycle, Phase, cycle_momentum, even_mults, fit_phases, lr_range, one_cycle
+from ledger.spec.loader import ModelSpec
 
 approx = pytest.approx
 

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from ledger.errors import LedgerError
-from ledger.score import score_submission
+from ledger.bag.score import score_submission
 
 
 def _csv(path, text):

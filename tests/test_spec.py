@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ledger.cli import app
 from ledger.errors import SpecError
-from ledger.spec import (
+from ledger.spec.loader import (
     AugmentSpec,
     DataSpec,
     ModelSpec,

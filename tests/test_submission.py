@@ -12,11 +12,11 @@ import pytest
 from conftest import write_spec
 from typer.testing import CliRunner
 
-from ledger.artifacts import TEST_PREDS, VALID_PREDS, Predictions, save_predictions
+from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, Predictions, save_predictions
 from ledger.cli import app
-from ledger.fingerprint import run_fingerprint
-from ledger.spec import load_spec
-from ledger.store import Store
+from ledger.spec.fingerprint import run_fingerprint
+from ledger.spec.loader import load_spec
+from ledger.store.database import Store
 
 runner = CliRunner()
 

@@ -9,12 +9,12 @@ from conftest import TINY_CONVNEXT, ledger_at_version, write_spec
 from typer.testing import CliRunner
 
 from ledger.cli import app
-from ledger.estimate import RunShape, Timings, format_duration, run_seconds
-from ledger.probe import Trial
-from ledger.probing import ProbeSetting, probe_key
-from ledger.spec import ModelSpec
-from ledger.store import Store
-from ledger.targets import TARGETS, check_peak, memory_fraction, parse_budget, precision_for, sdpa_kernels
+from ledger.probe.time_estimate import RunShape, Timings, format_duration, run_seconds
+from ledger.probe.accumulation import Trial
+from ledger.probe.spec_probe import ProbeSetting, probe_key
+from ledger.spec.loader import ModelSpec
+from ledger.store.database import Store
+from ledger.probe.targets import TARGETS, check_peak, memory_fraction, parse_budget, precision_for, sdpa_kernels
 
 GiB, MiB = 1024**3, 1024**2
 VERSIONS = dict(torch="2.9.0", cudnn=91002, alloc_conf=None)
@@ -176,10 +176,10 @@ def test_probe_for_a_t4_then_train_carries_predicted_and_measured_peaks(tmp_path
 
 
 def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_competition):
-    from ledger.data import load_competition
-    from ledger.images import load_images
-    from ledger.probing import decoding_seconds
-    from ledger.spec import DataSpec
+    from ledger.data.competition import load_competition
+    from ledger.data.images import load_images
+    from ledger.probe.spec_probe import decoding_seconds
+    from ledger.spec.loader import DataSpec
 
     competition = load_competition(DataSpec(root=tiny_competition, labels="train.csv"))
     model = ModelSpec(name="m", arch="convnext_atto", size=(24, 24))
@@ -193,7 +193,7 @@ def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_
 def test_training_resolves_auto_by_the_cards_capability_as_the_probe_does(monkeypatch):
     import torch
 
-    from ledger.device import resolve_precision
+    from ledger.training.device import resolve_precision
 
     cuda = torch.device("cuda", 0)  # only its capability is asked: no card needed
     for capability, expected in (((7, 5), "fp16"), ((6, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")):

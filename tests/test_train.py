@@ -9,19 +9,19 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from conftest import TINY_CONVNEXT, TINY_VIT
 
-from ledger.augment import BatchTransform
+from ledger.data.augment import BatchTransform
 from ledger.errors import LedgerError, SpecError
-from ledger.models import create_model, save_weights, split_body_head
-from ledger.spec import ModelSpec
-from ledger.checkpoint import Checkpoint
-from ledger.schedule import Phase
-from ledger.batches import Batches
-from ledger.device import Runtime, model_on_device, resolve_precision
-from ledger.hooks import SilentProgress
-from ledger.inference import predict, tta
-from ledger.loss import Criterion
-from ledger.step import StepSettings, accumulate_gradients
-from ledger.train import NonFiniteLoss, fit
+from ledger.training.models import create_model, save_weights, split_body_head
+from ledger.spec.loader import ModelSpec
+from ledger.training.checkpoint import Checkpoint
+from ledger.training.schedule import Phase
+from ledger.data.batches import Batches
+from ledger.training.device import Runtime, model_on_device, resolve_precision
+from ledger.training.hooks import SilentProgress
+from ledger.training.inference import predict, tta
+from ledger.training.loss import Criterion
+from ledger.training.step import StepSettings, accumulate_gradients
+from ledger.training.loop import NonFiniteLoss, fit
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)

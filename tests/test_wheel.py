@@ -41,7 +41,7 @@ def test_a_built_wheel_in_a_clean_environment_writes_the_embedded_competition(tm
     result = subprocess.run([str(venv / "bin" / "ledger"), "data", "fashion-mnist", str(out), "--train-per-class", "2",
                              "--test", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    where = subprocess.run([str(python), "-c", "import ledger.fashion as f; print(f.EMBEDDED_SOURCE)"], cwd=tmp_path,
+    where = subprocess.run([str(python), "-c", "import ledger.data.fashion_mnist as f; print(f.EMBEDDED_SOURCE)"], cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.strip()
     assert str(venv) in where and str(ROOT) not in where  # the installed package's data, not the checkout's
     assert len(list((out / "train_images").rglob("*.png"))) == 20 and len(list((out / "test_images").iterdir())) == 5

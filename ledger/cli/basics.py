@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ledger.cli.common import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
-from ledger.metrics import NAMES as METRIC_NAMES, format_score
+from ledger.bag.metrics import NAMES as METRIC_NAMES, format_score
 
 
 
@@ -28,7 +28,7 @@ def data_fashion_mnist(
 
     Example: ledger data fashion-mnist data/fashion --train-per-class 500 --test 1000
     """
-    from ledger.fashion import write_competition
+    from ledger.data.fashion_mnist import write_competition
 
     summary = write_competition(out_dir, seed=seed, train_per_class=train_per_class, test=test, full=full, force=force)
     console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images in {summary['classes']} "
@@ -44,8 +44,8 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
 
     Example: ledger check experiments/fashion.yaml --set train.lr=0.003 --set models.vit.epochs=5
     """
-    from ledger.spec import dump_yaml
-    from ledger.submission import check_spec_shape
+    from ledger.spec.loader import dump_yaml
+    from ledger.bag.submission import check_spec_shape
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
     shape = check_spec_shape(spec)  # None without a sample submission: nothing to check yet
@@ -75,7 +75,7 @@ def score(
 
     Example: ledger score submissions/fashion.csv data/fashion/solution.csv --metric f1_macro
     """
-    from ledger.score import score_submission
+    from ledger.bag.score import score_submission
 
     order = None if class_order is None else [c.strip() for c in class_order.split(",")]
     report = score_submission(submission, solution, metric, order)

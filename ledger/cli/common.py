@@ -107,7 +107,7 @@ def main(
 
 
 def _load(spec_path: Path, check_models: bool = True, overrides: list[str] | None = None, check_data: bool = False):
-    from ledger.spec import load_spec
+    from ledger.spec.loader import load_spec
 
     return load_spec(spec_path, overrides or (), check_models=check_models, check_data=check_data)
 
@@ -117,7 +117,7 @@ def _print_json(data) -> None:
 
 
 def _device(name: str | None):
-    from ledger.device import default_device, parse_device
+    from ledger.training.device import default_device, parse_device
 
     return parse_device(name) if name else default_device()
 

@@ -76,7 +76,7 @@ def _print_submission(submission) -> None:
         table.add_row(entry, str(len(rows_by_entry.get(entry, []))), f"{weight:.3f}", " ".join(rows_by_entry.get(entry, [])))
     console.print(table)
     if submission.excluded:
-        from ledger.tables import Column, fit_table
+        from ledger.cli.tables import Column, fit_table
 
         console.print(fit_table(console, [Column("run", is_id=True), Column("reason")],
                                 [[e.run_id, e.reason] for e in submission.excluded], title="runs not bagged"))
@@ -138,8 +138,8 @@ def ensemble(
 
     Example: ledger ensemble experiments/fashion.yaml --tune-weights --dry-run
     """
-    from ledger.store import Store
-    from ledger.submission import make_submission
+    from ledger.store.database import Store
+    from ledger.bag.submission import make_submission
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
     submission = make_submission(spec, Store(home, existing=True), run, _weights(weight), out, dry_run=dry_run,
@@ -165,8 +165,8 @@ def report(
 
     Example: ledger report experiments/fashion.yaml --out reports/fashion
     """
-    from ledger.report import write_report
-    from ledger.store import Store
+    from ledger.report.page import write_report
+    from ledger.store.database import Store
 
     if out.exists() and not out.is_dir():
         raise SpecError(f"--out {out}: is a file; report --out takes a folder (report.html and its pictures go in it)")
@@ -199,9 +199,9 @@ def predict(
 
     Example: ledger predict 20260101-1200 new_images/ --out predictions.csv --no-tta
     """
-    from ledger.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
-    from ledger.progress import StageDisplay
-    from ledger.store import Store
+    from ledger.export.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
+    from ledger.cli.progress import StageDisplay
+    from ledger.store.database import Store
 
     if out.is_dir():
         raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")

@@ -40,9 +40,9 @@ def export(
 
     Example: ledger export experiments/fashion.yaml --out bundles/fashion
     """
-    from ledger.export import export_bag
+    from ledger.export.bundle import export_bag
     from ledger.units import format_size, parse_size
-    from ledger.store import Store
+    from ledger.store.database import Store
 
     try:
         limit = parse_size(max_size)

@@ -10,12 +10,12 @@ from rich.table import Table
 
 from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
 from ledger.errors import LedgerError
-from ledger.rows import RunRow
+from ledger.store.rows import RunRow
 
 
 def _runs_table(rows: list[RunRow], console_: Console) -> Table:
     """Accuracy (1 - error rate), the one name the console uses for the metric everywhere."""
-    from ledger.tables import Column, fit_table, shorten
+    from ledger.cli.tables import Column, fit_table, shorten
 
     fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
 
@@ -63,7 +63,7 @@ def _submissions_table(submissions: list[dict], console_: Console) -> Table:
     """The out-of-bag estimate (on the competition's metric, accuracy beside it) against the
     leaderboard; the sha256 prefix tells whether the file on disk is still the one recorded, the run
     count which runs made it (ids in --json)."""
-    from ledger.tables import Column, fit_table
+    from ledger.cli.tables import Column, fit_table
 
     score = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     columns = [Column("id", is_id=True), Column("experiment", drop=3), Column("metric"), Column("out-of-bag"),
@@ -91,7 +91,7 @@ def runs_command(
 
     Example: ledger runs --experiment fashion --json
     """
-    from ledger.store import Store
+    from ledger.store.database import Store
 
     store = Store(home, existing=True)
     if experiment:
@@ -103,7 +103,7 @@ def runs_command(
     console.print(_runs_table(rows, console))
     if probes:
         from ledger.units import format_size
-        from ledger.tables import Column, fit_table
+        from ledger.cli.tables import Column, fit_table
 
         columns = [Column("experiment", drop=2), Column("model"), Column("size"), Column("device", drop=3),
                    Column("budget"), Column("precision", drop=4), Column("chosen k"), Column("trials", drop=4),
@@ -138,7 +138,7 @@ def submissions_list(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from ledger.store import Store
+    from ledger.store.database import Store
 
     store = Store(home, existing=True)
     if experiment:
@@ -162,8 +162,8 @@ def submissions_score(
 
     Example: ledger submissions score 20260101-1200 0.9712 0.9698
     """
-    from ledger.leaderboard import record_scores
-    from ledger.store import Store
+    from ledger.bag.leaderboard import record_scores
+    from ledger.store.database import Store
 
     row = record_scores(Store(home, existing=True), submission_id, public, private)
     private_text = "" if row.get("private_score") is None else f", private {row['private_score']:.4f}"
@@ -186,8 +186,8 @@ def submit(
 
     Example: ledger submit 20260101-1200 -m "convnext + vit, tuned weights" --competition paddy-disease-classification
     """
-    from ledger.leaderboard import submit as hand_to_kaggle
-    from ledger.store import Store
+    from ledger.bag.leaderboard import submit as hand_to_kaggle
+    from ledger.store.database import Store
 
     handed = hand_to_kaggle(Store(home, existing=True), submission_id, message, competition)
     if handed.output:

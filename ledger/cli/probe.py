@@ -16,8 +16,8 @@ from ledger.errors import SpecError
 
 
 def _budget(text: str | None):
-    """--budget as a ledger.targets.Budget (a card or a size), None when not given."""
-    from ledger.targets import parse_budget
+    """--budget as a ledger.probe.targets.Budget (a card or a size), None when not given."""
+    from ledger.probe.targets import parse_budget
 
     if text is None:
         return None
@@ -50,10 +50,10 @@ def probe_memory(
     Example: ledger probe-memory experiments/fashion.yaml --budget t4 --json
     Example: ledger probe-memory experiments/fashion.yaml --jobs 2   (before train --jobs 2 on a CPU)
     """
-    from ledger.probe import micro_batch_size, nothing_fits_message, usable_bytes
-    from ledger.probing import probe_models
-    from ledger.progress import ProbeDisplay
-    from ledger.store import Store
+    from ledger.probe.accumulation import micro_batch_size, nothing_fits_message, usable_bytes
+    from ledger.probe.spec_probe import probe_models
+    from ledger.cli.progress import ProbeDisplay
+    from ledger.store.database import Store
     from ledger.units import format_size
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
@@ -61,7 +61,7 @@ def probe_memory(
     store = Store(home)
     # With --json, stdout carries only the JSON: the trials show on stderr.
     torch_device = _device(device)
-    from ledger.process_pool import check_jobs
+    from ledger.executors.process_pool import check_jobs
 
     check_jobs(jobs, torch_device)
     probes = probe_models(spec, spec.select(model), store, chosen_budget, device=torch_device,

@@ -40,8 +40,8 @@ def _sigterm_as_interrupt():
 
 
 def _plan_table(plans, console_: Console, precisions: dict | None = None, estimates: dict | None = None) -> Table:
-    from ledger.estimate import format_duration
-    from ledger.tables import Column, fit_table
+    from ledger.probe.time_estimate import format_duration
+    from ledger.cli.tables import Column, fit_table
 
     precisions, estimates = precisions or {}, estimates or {}
     columns = [Column("run", is_id=True), Column("model"), Column("arch", drop=3), Column("size", drop=2),
@@ -57,10 +57,10 @@ def _plan_table(plans, console_: Console, precisions: dict | None = None, estima
 def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     """The plan with each run's precision and its time on this device (from the probe's timings), and the
     total: does the spec fit a 12-hour Kaggle session?"""
-    from ledger.data import load_competition
-    from ledger.estimate import format_duration
-    from ledger.probing import decoding_seconds, estimated_seconds
-    from ledger.device import resolve_precision
+    from ledger.data.competition import load_competition
+    from ledger.probe.time_estimate import format_duration
+    from ledger.probe.spec_probe import decoding_seconds, estimated_seconds
+    from ledger.training.device import resolve_precision
 
     competition = load_competition(spec.data)
     precisions = {p.run_id: resolve_precision(p.model.precision, torch_device).name for p in plans}
@@ -99,7 +99,7 @@ def _over_prediction(store, results, console_: Console) -> None:
 
 def _results_table(plans, results, console_: Console) -> Table:
     from ledger.units import format_size
-    from ledger.tables import Column, fit_table
+    from ledger.cli.tables import Column, fit_table
 
     # Both accuracies, each labelled: the last epoch's plain one and the held-out TTA'd one.
     columns = [Column("run", is_id=True), Column("model"), Column("status"), Column("acc no TTA"),
@@ -154,18 +154,18 @@ def train(
     Example: ledger train experiments/fashion.yaml --jobs 2
     Example: ledger train experiments/fashion.yaml --executor ray --address auto --home /shared/runs
     """
-    from ledger.experiment import plan_experiment
-    from ledger.lock import experiment_lock
-    from ledger.probing import accum_resolver
-    from ledger.progress import ProbeDisplay
-    from ledger.store import Store, now
+    from ledger.executors.local import plan_experiment
+    from ledger.runs.lock import experiment_lock
+    from ledger.probe.spec_probe import accum_resolver
+    from ledger.cli.progress import ProbeDisplay
+    from ledger.store.database import Store, now
 
     spec = _load(spec_path, overrides=overrides, check_data=True)
     models = _override(spec.select(model), runs, epochs)
     store = Store(home)
     torch_device = _device(device)
     if executor is Executor.local:
-        from ledger.process_pool import check_jobs
+        from ledger.executors.process_pool import check_jobs
 
         check_jobs(jobs, torch_device)
     elif jobs > 1:
@@ -184,9 +184,9 @@ def train(
 def _train_locked(spec, models, store, torch_device, more, executor, address, gpus_per_run, cpus_per_run,
                   jobs) -> None:
     """`train` once it holds the experiment's lock: housekeeping, plan, execute, record."""
-    from ledger.experiment import plan_experiment, train_experiment
-    from ledger.probing import accum_resolver
-    from ledger.progress import ConsoleEvents, ProbeDisplay
+    from ledger.executors.local import plan_experiment, train_experiment
+    from ledger.probe.spec_probe import accum_resolver
+    from ledger.cli.progress import ConsoleEvents, ProbeDisplay
 
     # Under Ray, `accum: auto` is settled for the workers' device, which the executor finds out
     # (`train` refused --jobs above 1 there, so `jobs` is the local executor's).
@@ -201,7 +201,7 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
     try:
         with _sigterm_as_interrupt(), ConsoleEvents(console, plans, jobs) as events:
             if executor is Executor.ray:
-                from ledger.ray_executor import RayOptions, train_on_ray
+                from ledger.executors.ray_executor import RayOptions, train_on_ray
 
                 options = RayOptions(address=address, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run)
                 results = train_on_ray(spec, plans, store, events, options)
@@ -228,8 +228,8 @@ def _print_bag_estimate(spec, store) -> None:
     """The spec's bag as `ledger ensemble` would make it, judged out of bag on the competition's
     metric: what the runs just trained are worth together. Nothing when there is no bag to judge yet."""
     from ledger.errors import LedgerError
-    from ledger.metrics import format_score
-    from ledger.submission import make_submission
+    from ledger.bag.metrics import format_score
+    from ledger.bag.submission import make_submission
 
     try:
         figure = make_submission(spec, store, dry_run=True).estimate
@@ -283,10 +283,10 @@ def lr_find_command(
 
     Example: ledger lr-find experiments/fashion.yaml --model convnext --json
     """
-    from ledger.lr_find_run import lr_find
-    from ledger.probing import accum_resolver
-    from ledger.progress import ProbeDisplay
-    from ledger.store import Store
+    from ledger.runs.lr_find_run import lr_find
+    from ledger.probe.spec_probe import accum_resolver
+    from ledger.cli.progress import ProbeDisplay
+    from ledger.store.database import Store
 
     spec = _load(spec_path, overrides=overrides)
     if model is None and len(spec.models) != 1:

@@ -1,0 +1,245 @@
+"""Out-of-bag estimate of a bag's score on the competition's metric, and ensemble weights chosen
+from it.
+
+The bag is a weighted mean of model ENTRIES, each entry the plain mean of its runs (see
+`ensemble.normalise_weights`). The estimate mirrors that construction image by image:
+  1. for each entry and training image, average the entry's held-out predictions over the runs
+     that held the image out (runs that trained on it never vote);
+  2. combine the entries with the normalised weights;
+  3. score only images that every weighted entry covers, so each image is predicted by the whole
+     bag and not by whichever runs happened to hold it out.
+With K-fold splits every entry covers every training image, each by ONE of its runs: the figure is
+that of a bag with one run per entry, while the submission averages K; it usually scores better.
+Where images are held out by several runs of an entry (random splits, or more runs than folds),
+`by_runs` shows the gain of averaging them. With random splits the coverage is smaller, and every
+figure states it. Figures compared with one another (each entry alone, the spec's weights, equal
+weights, tuned weights) are scored on one image set: those every entry covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ledger.bag.matching import as_str, check_shape, check_unique, column_positions, few
+from ledger.errors import LedgerError
+from ledger.bag.metrics import ACCURACY, LOG_LOSS, Metric
+
+DEFAULT_STEPS = 30  # greedy selection steps; Caruana et al. find the curve flat well before 50
+
+
+@dataclass(frozen=True, eq=False)
+class HeldOut:
+    """Each entry's held-out predictions, averaged over its runs that held the image out."""
+
+    entries: tuple[str, ...]  # entry (spec model) names, in the order given
+    ids: np.ndarray  # str (N,): every image some run held out, sorted
+    labels: np.ndarray  # int (N,): true class, index into vocab
+    vocab: np.ndarray  # str (C,)
+    probs: np.ndarray  # float64 (E, N, C): the entry's mean over its runs; 0 where it does not cover
+    counts: np.ndarray  # int (E, N): the entry's runs that held the image out
+    train_images: int  # training images in total, for the coverage figure
+    # (entry index, rows into ids, float64 probs in vocab order) of every run, in the order given
+    runs: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
+
+    @property
+    def covered(self) -> np.ndarray:
+        """bool (E, N): the entry has at least one run that held the image out."""
+        return self.counts > 0
+
+    def common(self, entries: Sequence[str] | None = None) -> np.ndarray:
+        """Images (bool mask) covered by every one of `entries` (default: all entries)."""
+        rows = [self.entries.index(e) for e in (self.entries if entries is None else entries)]
+        return self.covered[rows].all(axis=0) if rows else np.zeros(len(self.ids), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    metric: str  # the metric's name
+    score: float  # the metric's figure; nan when no image is scored
+    accuracy: float  # nan when no image is scored
+    images: int  # training images scored
+    train_images: int  # training images in total
+
+
+@dataclass(frozen=True)
+class Tuned:
+    counts: dict[str, int]  # times each entry was picked: weights to paste into the spec
+    weights: dict[str, float]  # the counts normalised
+    steps: int  # greedy steps taken (the ensemble kept may be an earlier one on the path)
+
+
+def held_out(
+    valids: Sequence[tuple[str, str, object]], vocab: Sequence[str], train_images: int | None = None
+) -> HeldOut:
+    """`valids`: (run_id, entry, Predictions with labels) for every run that has held-out
+    predictions. Columns are matched by class name; an image's true label must agree across runs."""
+    vocab = as_str(vocab)
+    entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
+    ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids])) if valids else np.zeros(0, str)
+    sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
+    counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
+    labels = np.full(len(ids), -1, dtype=np.int64)
+    runs = []
+    for run_id, entry, preds in valids:
+        check_shape(run_id, preds, "validation")
+        run_ids = as_str(preds.ids)
+        # Fancy-index += adds a repeated row only once, so repeats must be refused, not summed.
+        check_unique(run_ids, f"run {run_id}: validation predictions")
+        if preds.labels is None:
+            raise LedgerError(f"run {run_id}: validation predictions carry no labels")
+        rows = np.searchsorted(ids, run_ids)  # ids is sorted and holds them all
+        columns = column_positions(run_id, as_str(preds.vocab), vocab, "validation")
+        run_labels = pd.Index(vocab).get_indexer(as_str(preds.labels))
+        if (run_labels < 0).any():
+            raise LedgerError(f"run {run_id}: validation labels not in the class vocab: "
+                              f"{few(np.unique(as_str(preds.labels)[run_labels < 0]))}")
+        known = labels[rows]
+        disagree = (known >= 0) & (known != run_labels)
+        if disagree.any():
+            raise LedgerError(f"run {run_id}: validation labels disagree with another run's for "
+                              f"{few(ids[rows[disagree]])}")
+        labels[rows] = run_labels
+        e = entries.index(entry)
+        run_probs = np.asarray(preds.probs[:, columns], dtype=np.float64)
+        sums[e, rows] += run_probs
+        counts[e, rows] += 1
+        runs.append((e, rows, run_probs))
+    probs = sums / np.maximum(counts, 1)[..., None]
+    return HeldOut(entries, ids, labels, vocab, probs, counts,
+                   len(ids) if train_images is None else int(train_images), tuple(runs))
+
+
+def _weight_vector(held: HeldOut, weights: Mapping[str, float]) -> np.ndarray:
+    unknown = sorted(set(weights) - set(held.entries))
+    if unknown:
+        raise LedgerError(f"weight for {unknown[0]!r}, which has no held-out predictions "
+                          f"(entries: {', '.join(held.entries) or 'none'})")
+    vector = np.array([float(weights.get(e, 0.0)) for e in held.entries])
+    if not (np.isfinite(vector).all() and (vector >= 0).all() and vector.sum() > 0):
+        raise LedgerError("out-of-bag weights must be finite, >= 0 and not all zero")
+    return vector / vector.sum()
+
+
+def _combined(probs: np.ndarray, vector: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """(n, C): the entries' probabilities (E, N, C) weighted by `vector`, on the images of the mask."""
+    return np.tensordot(vector, probs[:, images], axes=1)  # rows sum to 1
+
+
+def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | None = None,
+             metric: Metric = ACCURACY) -> Estimate:
+    """`metric` (and accuracy) of the entries combined with `weights` (entry name -> weight, unnamed
+    entries 0). `images` (bool mask over held.ids) defaults to those covered by every entry weighted
+    above 0; pass one mask to compare weightings on the same images."""
+    vector = _weight_vector(held, weights)
+    if images is None:
+        images = held.common([e for e, w in zip(held.entries, vector) if w > 0])
+    probs, truth = _combined(held.probs, vector, images), held.labels[images]
+    return Estimate(metric.name, metric.score(truth, probs), ACCURACY.score(truth, probs), int(images.sum()),
+                    held.train_images)
+
+
+def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACCURACY) -> Tuned:
+    """Greedy ensemble selection with replacement (Caruana et al. 2004) on `metric`, on the images
+    every entry covers. Start from the best single entry; at each step add the entry (again, if it
+    helps) whose addition scores best; keep the best ensemble on the path, the earliest among
+    equals (fewer picks, less fitted to these images). Scores within `metrics.TOLERANCE` of each
+    other are equal, so rounding (which differs between CPUs and BLAS builds) decides nothing; a
+    label metric's ties go to the lower log loss (ties are common on few images), then to the
+    earlier choice: the entry listed first, the shorter path."""
+    if not held.entries:
+        raise LedgerError("no held-out predictions to tune weights on")
+    images = held.common()
+    if not images.any():
+        raise LedgerError("no training image is held out by every entry: nothing to tune weights on")
+    truth = held.labels[images]
+
+    def evaluate(counts: np.ndarray) -> tuple[float, float]:
+        probs = _combined(held.probs, counts / counts.sum(), images)
+        return metric.score(truth, probs), (float("nan") if metric.needs_probabilities
+                                            else LOG_LOSS.score(truth, probs))
+
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        if metric.better(a[0], b[0]) or metric.better(b[0], a[0]):
+            return metric.better(a[0], b[0])
+        return LOG_LOSS.better(a[1], b[1])
+
+    def best_next(counts: np.ndarray) -> tuple[tuple[float, float], np.ndarray]:
+        best = None
+        for e in range(len(held.entries)):  # only a strict win replaces: the first entry among equals
+            candidate = counts.copy()
+            candidate[e] += 1
+            score = evaluate(candidate)
+            if best is None or beats(score, best[0]):
+                best = (score, candidate)
+        return best
+
+    best_score, counts = best_next(np.zeros(len(held.entries), dtype=np.int64))
+    kept = counts
+    for _ in range(steps):
+        score, counts = best_next(counts)
+        if beats(score, best_score):
+            best_score, kept = score, counts
+    return Tuned(counts={e: int(c) for e, c in zip(held.entries, kept)},
+                 weights={e: float(c) / kept.sum() for e, c in zip(held.entries, kept)},
+                 steps=steps)
+
+
+def compare(held: HeldOut, spec_weights: Mapping[str, float], tuned: Tuned | None = None,
+            metric: Metric = ACCURACY) -> pd.DataFrame:
+    """Out-of-bag table on the images every entry covers: each entry alone, the spec's weights,
+    equal weights and (if given) the tuned weights. Columns: kind, name, weights, score (of
+    `metric`), accuracy, images, train_images."""
+    images = held.common()
+    rows = [("entry", e, {e: 1.0}) for e in held.entries]
+    rows.append(("weights", "spec", dict(spec_weights)))
+    rows.append(("weights", "equal", {e: 1.0 for e in held.entries}))
+    if tuned is not None:
+        rows.append(("weights", "tuned", dict(tuned.counts)))
+    table = []
+    for kind, name, weights in rows:
+        if sum(weights.values()) <= 0:  # e.g. the spec weighs every entry with held-out predictions 0
+            table.append((kind, name, weights, float("nan"), float("nan"), 0, held.train_images))
+            continue
+        result = estimate(held, weights, images, metric)
+        table.append((kind, name, weights, result.score, result.accuracy, result.images, result.train_images))
+    return pd.DataFrame(table, columns=["kind", "name", "weights", "score", "accuracy", "images", "train_images"])
+
+
+def _first_runs_mean(held: HeldOut, k: int) -> np.ndarray:
+    """(E, N, C): each entry's mean over the first k of its runs (in the order given) that held
+    the image out."""
+    sums = np.zeros_like(held.probs)
+    taken = np.zeros(held.counts.shape, dtype=np.int64)
+    for e, rows, probs in held.runs:
+        take = taken[e, rows] < k
+        sums[e, rows[take]] += probs[take]
+        taken[e, rows[take]] += 1
+    return sums / np.maximum(taken, 1)[..., None]
+
+
+def by_runs(held: HeldOut, weights: Mapping[str, float], metric: Metric = ACCURACY) -> pd.DataFrame:
+    """The bagging gain, where images are held out by several runs of every weighted entry: for
+    k = 1, 2, ...: on the images each weighted entry holds out k times or more, the bag averaging
+    k runs per entry against the bag of one run per entry (the first that held the image out).
+    Columns: runs, images, score, one_run_score, accuracy, one_run_accuracy. Empty where no image
+    is held out twice by every weighted entry (K folds, one run per fold)."""
+    columns = ["runs", "images", "score", "one_run_score", "accuracy", "one_run_accuracy"]
+    vector = _weight_vector(held, weights)
+    depth = held.counts[vector > 0].min(axis=0)  # runs of the thinnest weighted entry, per image
+    most = int(depth.max()) if len(depth) else 0
+    if most < 2:
+        return pd.DataFrame([], columns=columns)
+    table = []
+    one_run = _first_runs_mean(held, 1)
+    for k in range(1, most + 1):
+        images = depth >= k
+        truth = held.labels[images]
+        bag_k = _combined(_first_runs_mean(held, k), vector, images)
+        bag_1 = _combined(one_run, vector, images)
+        table.append((k, int(images.sum()), metric.score(truth, bag_k), metric.score(truth, bag_1),
+                      ACCURACY.score(truth, bag_k), ACCURACY.score(truth, bag_1)))
+    return pd.DataFrame(table, columns=columns)

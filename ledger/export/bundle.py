@@ -1,0 +1,198 @@
+"""`ledger export`: a bag as an offline inference bundle, for Kaggle's code competitions (a notebook
+with no network predicts a hidden test set).
+
+The bag is the one `ledger ensemble` makes: the same selection and weights, asked of
+`submission.make_submission` on a dry run. The bundle folder holds:
+  predict.py                      `python predict.py TEST_DIR SAMPLE_SUBMISSION OUT.csv`
+  ledger_bundle/                  ledger's inference code, generated from its modules (bundle_code.py)
+  bag.json                        the experiment, its runs in bag order, the classes
+  runs/<run_id>/model.safetensors the run's weights
+  runs/<run_id>/entry.json        its resolved entry: model settings, TTA n, beta and seed, classes,
+                                  head sizes, entry name and normalised weight
+  manifest.json                   sha256 and size of every other file; torch and timm that trained it
+It is written under a temporary name next to the folder and renamed when complete, so a bundle
+folder is always whole, and an existing one is replaced only with `force`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+import ledger
+from ledger.runs import artifacts
+from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, library_versions, sha256_file
+from ledger.export.bundle_code import write_code
+from ledger.errors import LedgerError, first_line
+from ledger.store.rows import RunRow
+
+DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
+FORMAT = 1  # of the manifest, for bundles read by a later ledger
+
+
+@dataclass(frozen=True)
+class Member:
+    """A run of the bag: its ledger row, its folder and its normalised weight."""
+
+    row: RunRow
+    entry: str
+    folder: Path
+    weight: float
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    weights: dict[str, float]  # run id -> normalised weight, in bag order
+    size_bytes: int  # every file of the bundle
+    files: int
+    versions: dict[str, str]  # torch and timm that trained the bag
+    notes: list[str]  # what the user should know: runs whose TTA cannot be repeated, versions
+
+
+def bag_members(spec, store, run_ids: Sequence[str] | None = None, weight_overrides: Mapping[str, float] | None = None,
+                use_tuned: bool = False, steps: int | None = None) -> list[Member]:
+    """The runs `ledger ensemble` would bag with these options, weighted as it weighs them."""
+    from ledger.bag.submission import make_submission
+
+    options = {} if steps is None else {"steps": steps}
+    submission = make_submission(spec, store, run_ids, weight_overrides, dry_run=True, use_tuned=use_tuned, **options)
+    rows = {row.id: row for row in submission.selection.rows}
+    return [Member(rows[run_id], submission.selection.entry[run_id], store.artifact_path(rows[run_id]), weight)
+            for run_id, weight in submission.weights.items()]
+
+
+def check_weights(members: list[Member]) -> None:
+    """Refuses, naming the runs and the setting, when a bagged run kept no weights."""
+    without = [m for m in members if not (m.folder / artifacts.WEIGHTS).is_file()]
+    if without:
+        entries = sorted({m.entry for m in without})
+        raise LedgerError(f"run(s) {', '.join(m.row.id for m in without)} kept no weights (`save_weights` is off for "
+                          f"entry {', '.join(entries)}): set `save_weights: true` (train: or the model entry), train "
+                          f"again, then export")
+
+
+def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
+    """The run's entry as the bundle keeps it, and its resolved spec.yaml as the run wrote it."""
+    spec_file = member.folder / artifacts.SPEC
+    try:
+        resolved = yaml.safe_load(spec_file.read_text())
+        model, tta = dict(resolved["model"]), resolved.get("tta") or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise LedgerError(f"{spec_file}: unreadable resolved spec ({first_line(e)})") from None
+    vocab = [str(v) for v in artifacts.load_predictions(member.folder / artifacts.TEST_PREDS).vocab]
+    # The head holds the submission's classes first, then each extra target's in the spec's order.
+    extras = {p.name.removeprefix("test_preds_").removesuffix(".npz"): p for p in member.folder.glob("test_preds_*.npz")}
+    order = [t for t in extra_targets if t in extras] + sorted(set(extras) - set(extra_targets))
+    sizes = [len(vocab)] + [len(artifacts.load_predictions(extras[t]).vocab) for t in order]
+    entry = RunEntry(run_id=member.row.id, entry=member.entry, weight=member.weight,
+                     model=model | {"pretrained": False},  # its own weights replace any starting weights
+                     tta_n=int(tta.get("n", 0)), tta_beta=float(tta.get("beta", 0.0)),
+                     tta_seed=int(tta.get("seed", 0)), vocab=vocab, head_sizes=sizes,
+                     tta_sizes=[list(size) for size in tta.get("sizes") or []])
+    return entry, resolved
+
+
+def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
+               weight_overrides: Mapping[str, float] | None = None, use_tuned: bool = False, steps: int | None = None,
+               max_size: int | None = None, force: bool = False) -> Bundle:
+    """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
+    written when the weights alone exceed it."""
+    from ledger.units import format_size
+    from ledger.bag.submission import check_spec_shape
+
+    members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps)
+    check_weights(members)
+    out = Path(out).absolute()
+    weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
+    if max_size is not None and weights_bytes > max_size:
+        raise LedgerError(f"{out}: the bag's weights alone are {format_size(weights_bytes)}, over --max-size "
+                          f"{format_size(max_size)}; bag fewer or smaller runs, or raise --max-size")
+    if out.exists() and not force:
+        raise LedgerError(f"{out}: already exists; give another --out, or --force to replace it")
+
+    entries = [run_entry(m, spec.data.extra_targets) for m in members]
+    notes = [f"run {e.run_id} was trained before its TTA seed was recorded: the bundle's {e.tta_n} augmented "
+             f"passes are not the run's own, so a few labels may differ from its submission"
+             for e, resolved in entries if e.tta_n and "seed" not in (resolved.get("tta") or {})]
+    versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
+    notes += version_notes
+
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        write_code(partial)
+        for member, (entry, _) in zip(members, entries):
+            folder = partial / RUNS / entry.run_id
+            folder.mkdir(parents=True)
+            shutil.copyfile(member.folder / artifacts.WEIGHTS, folder / WEIGHTS)
+            _write_json(folder / ENTRY, dataclasses.asdict(entry))
+        shape = check_spec_shape(spec)  # the CSV's shape, from the sample submission and the metric
+        _write_json(partial / BAG, {"experiment": spec.name, "runs": [e.run_id for e, _ in entries],
+                                    "shape": None if shape is None else dataclasses.asdict(shape),
+                                    "vocab": entries[0][0].vocab, "spec": str(spec.path) if spec.path else None,
+                                    "weights": "tuned" if use_tuned else "spec" if not weight_overrides
+                                    else dict(weight_overrides)})
+        files = sorted(p for p in partial.rglob("*") if p.is_file())
+        manifest = {"format": FORMAT, "ledger": ledger.__version__, "experiment": spec.name,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions,
+                    "files": {p.relative_to(partial).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                              for p in files}}
+        _write_json(partial / MANIFEST, manifest)
+        size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
+        if max_size is not None and size > max_size:
+            raise LedgerError(f"{out}: the bundle is {format_size(size)}, over --max-size {format_size(max_size)}")
+        _replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, len(files) + 1, versions, notes)
+
+
+def _training_versions(recorded: list[dict[str, str] | None]) -> tuple[dict[str, str], list[str]]:
+    """torch and timm that trained the runs; this environment's, with a note, where runs predate the
+    record or disagree."""
+    here = library_versions()
+    known = [v for v in recorded if v]
+    if len(known) < len(recorded):
+        return here, [f"{len(recorded) - len(known)} run(s) predate the record of torch and timm versions; "
+                      f"the manifest names this environment's ({_versions_text(here)})"]
+    distinct = {json.dumps(v, sort_keys=True) for v in known}
+    if len(distinct) > 1:
+        return here, [f"the runs were trained with different versions ({'; '.join(sorted(distinct))}); "
+                      f"the manifest names this environment's ({_versions_text(here)})"]
+    return dict(known[0]), []
+
+
+def _versions_text(versions: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _replace(partial: Path, out: Path) -> None:
+    """`partial` becomes `out`; an old `out` is moved aside first and removed only once the new one stands."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    try:
+        os.replace(partial, out)
+    except OSError:
+        if old.exists():
+            os.replace(old, out)
+        raise
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    elif old.exists():
+        old.unlink()

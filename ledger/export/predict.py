@@ -1,0 +1,178 @@
+"""`ledger predict`: class probabilities for new images from runs that kept their weights.
+
+One run (named by id or unique prefix), or a spec's bag: the current spec's done runs chosen and
+weighted exactly as `ledger ensemble` chooses and weighs them. Each model is rebuilt from its run's
+resolved `spec.yaml` (arch, model_kwargs, size, resize, augmentation, TTA) with its saved weights,
+so the images go through the transform the run was trained and tested with.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ledger.runs import artifacts
+from ledger.store.rows import RunRow
+from ledger.errors import LedgerError, first_line
+
+Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then each run's prediction
+
+
+@dataclass(frozen=True)
+class Member:
+    """A run of the bag and its normalised weight."""
+
+    row: RunRow
+    folder: Path
+    weight: float
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    ids: list[str]  # image file names, sorted
+    vocab: list[str]
+    probs: np.ndarray  # (N, C) float32, the weighted mean over the runs
+    weights: dict[str, float]  # run id -> weight
+
+    def frame(self) -> pd.DataFrame:
+        """id, label, then one probability column per class."""
+        labels = np.asarray(self.vocab)[self.probs.argmax(axis=1)]
+        return pd.concat([pd.DataFrame({"id": self.ids, "label": labels}),
+                          pd.DataFrame(self.probs, columns=self.vocab)], axis=1)
+
+
+def image_paths(where: Path) -> list[Path]:
+    """One image file, or every image directly in a folder (hidden files skipped), by name."""
+    from ledger.data.competition import IMAGE_SUFFIXES, image_files
+
+    if where.is_file():
+        return [where]
+    if not where.is_dir():
+        raise LedgerError(f"{where}: no such image file or folder")
+    paths = image_files(where)
+    if not paths:
+        raise LedgerError(f"{where}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths
+
+
+def members_of_run(store, prefix: str) -> list[Member]:
+    from ledger.bag.submission import resolve_run_ids
+
+    row = resolve_run_ids(store, [prefix])[0]
+    if row.status != "done":
+        raise LedgerError(f"run {row.id}: status is {row.status}; only done runs can predict")
+    return [Member(row, _folder(store, row), 1.0)]
+
+
+def members_of_spec(spec, store) -> list[Member]:
+    """The bag `ledger ensemble SPEC` would make, with its weights."""
+    from ledger.bag.ensemble import RunInput, normalise_weights
+    from ledger.bag.submission import select_runs
+
+    selection = select_runs(spec, store)
+    runs = [RunInput(row.id, selection.entry[row.id], test=None) for row in selection.rows]
+    entries = {run.model for run in runs}
+    weights = normalise_weights(runs, {m.name: m.weight for m in spec.models if m.name in entries})
+    return [Member(row, _folder(store, row), weights[row.id]) for row in selection.rows if weights[row.id] > 0]
+
+
+def _folder(store, row: RunRow) -> Path:
+    folder = store.artifact_path(row)
+    if folder is None or not folder.is_dir():
+        raise LedgerError(f"run {row.id}: its folder {folder} is gone")
+    return folder
+
+
+def check_weights(members: list[Member]) -> None:
+    """Every run kept its weights, checked before any image is decoded."""
+    for member in members:
+        if not (member.folder / artifacts.WEIGHTS).is_file():
+            raise LedgerError(f"run {member.row.id} kept no weights ({member.folder / artifacts.WEIGHTS} is "
+                              f"missing): train with `save_weights: true` (train: or its model entry) to predict with it")
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    """What predicting with a run needs, read back from its folder."""
+
+    model: object  # its ModelSpec, its own weights in place of any starting ones
+    tta_n: int
+    tta_beta: float
+    tta_seed: int  # the seed its TTA generator drew from (0 for runs trained before it was recorded)
+    tta_sizes: tuple  # tta.size, resolved: () for the run's own size
+    vocab: list[str]  # the submission's classes, in the head's order
+    head: int  # the head's size: the submission's classes, then any extra target's
+
+
+def run_model(folder: Path) -> SavedRun:
+    """The run's model entry and TTA settings from its resolved spec.yaml, its classes and head size
+    from its predictions."""
+    from ledger.spec.objects import model_from_dict
+
+    path = folder / artifacts.SPEC
+    try:
+        resolved = yaml.safe_load(path.read_text())
+        # The run's own weights replace any starting weights.
+        model = model_from_dict(dict(resolved["model"]) | {"pretrained": False})
+        tta = resolved.get("tta") or {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
+        raise LedgerError(f"{path}: unreadable resolved spec ({first_line(e)})") from None
+    vocab = [str(v) for v in artifacts.load_predictions(folder / artifacts.TEST_PREDS).vocab]
+    # The head holds the submission's classes first, then any extra target's: its total size is
+    # the sum over every test prediction file, whatever the targets' order.
+    head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
+    return SavedRun(model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), int(tta.get("seed", 0)),
+                    tuple(tuple(size) for size in tta.get("sizes") or ()), vocab, head)
+
+
+def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
+                   stage: Stage | None = None) -> Prediction:
+    """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
+    from ledger.export.runtime import predict_run
+    from ledger.data.images import load_images
+    from ledger.probe.memory import release_memory
+
+    check_weights(members)
+    decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
+    total, vocab = None, None
+    for member in members:
+        saved = run_model(member.folder)
+        model, n = saved.model, saved.tta_n if use_tta else 0
+        if vocab is not None and saved.vocab != vocab:
+            raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
+                              f"runs of one bag must share their classes")
+        vocab = saved.vocab
+        key = (model.item_size, model.resize)
+        if key not in decoded:
+            decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None,
+                                       progress=None if stage is None else
+                                       (lambda done, count: stage("decoding", done, count)))
+        images = decoded[key]
+        label = f"run {member.row.id}" + (" (tta)" if n else "")
+        progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
+        sizes = (len(vocab), saved.head - len(vocab)) if saved.head > len(vocab) else (len(vocab),)
+        # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
+        # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
+        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n, saved.tta_beta,
+                            saved.tta_seed, progress, saved.tta_sizes if use_tta else ())
+        total = probs * member.weight if total is None else total + probs * member.weight
+        release_memory()
+    weight_sum = sum(m.weight for m in members)
+    return Prediction([p.name for p in paths], vocab, (total / weight_sum).astype(np.float32),
+                      {m.row.id: m.weight / weight_sum for m in members})
+
+
+def write_csv(prediction: Prediction, out: Path) -> Path:
+    """Written under a temporary name and renamed: a CSV that exists is whole."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    prediction.frame().to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out

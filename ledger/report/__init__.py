@@ -1,0 +1,1 @@
+"""What runs got wrong: interpretation, matplotlib plots, report.html."""

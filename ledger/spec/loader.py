@@ -1,0 +1,255 @@
+"""Experiment specs: YAML -> frozen, validated objects.
+
+Every error names the spec file and the key path (`models[2].arch`) in one line (or the `--set`
+item that caused it). Model entries inherit the `train` and `augment` settings they do not set
+themselves, key by key, so each `ModelSpec` is complete on its own and is what gets saved beside a
+run. Relative paths (data.root, weights files) are relative to the spec file's folder and are
+stored absolute. The objects are in `spec/objects.py`, the checking plumbing in `spec/checks.py`,
+`--set` overrides in `spec/overrides.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ledger.errors import SpecError
+from ledger.bag.metrics import NAMES as METRIC_NAMES
+from ledger.spec.overrides import apply_overrides, blame
+from ledger.spec.pseudo_section import check_pseudo_models, parse_pseudo
+from ledger.spec.checks import (Checker, check_group_column, check_model, read_yaml, resolve_path, spec_error,
+                                tta_sizes)
+from ledger.spec.objects import (MAX_RUNS, RESIZE_METHODS, AugmentSpec, DataSpec, ModelSpec, ProbeSpec, Spec, SplitSpec,
+                                  TrainSpec, TtaSpec)
+
+# ---------------------------------------------------------------- sections
+
+_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSpec)}
+_AUGMENT_KEYS = {f.name for f in dataclasses.fields(AugmentSpec)}
+_MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)} - _TRAIN_KEYS  # what only an entry has
+
+
+def _train_fields(c: Checker, defaults: TrainSpec) -> dict:
+    """The train settings of a `train:` section or of a model entry that overrides them, each
+    checked as its field's metadata says."""
+    return {f.name: c.get(f.name, f.metadata["kind"], getattr(defaults, f.name), **f.metadata["limits"])
+            for f in dataclasses.fields(TrainSpec)}
+
+
+def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
+    """`augment:` of the top level or of a model entry. Absent: `base` as it is. false: None.
+    true: `base`, or the defaults when `base` is off. A mapping: those keys changed, the others
+    kept, as model entries inherit `train` settings."""
+    if "augment" not in c.mapping:
+        return base
+    value = c.mapping["augment"]
+    if value is False:
+        return None
+    start = base or AugmentSpec()
+    if value is True:
+        return start
+    if not isinstance(value, dict):
+        c.fail(f"expected true, false or a mapping of {', '.join(sorted(_AUGMENT_KEYS))}; got {value!r}", "augment")
+    a = Checker(c.file, c.key("augment"), value)
+    a.reject_unknown(_AUGMENT_KEYS)
+    augment = AugmentSpec(
+        do_flip=a.get("do_flip", "bool", start.do_flip),
+        flip_vert=a.get("flip_vert", "bool", start.flip_vert),
+        max_rotate=a.get("max_rotate", "float", start.max_rotate, min=0.0),
+        min_zoom=a.get("min_zoom", "float", start.min_zoom, above=0.0),
+        max_zoom=a.get("max_zoom", "float", start.max_zoom, above=0.0),
+        # Lighting scales brightness and contrast by up to 1 +- max_lighting: 1 reaches black.
+        max_lighting=a.get("max_lighting", "float", start.max_lighting, min=0.0, below=1.0),
+        max_warp=a.get("max_warp", "float", start.max_warp, min=0.0),
+        p_affine=a.get("p_affine", "float", start.p_affine, min=0.0, max=1.0),
+        p_lighting=a.get("p_lighting", "float", start.p_lighting, min=0.0, max=1.0),
+        min_scale=a.get("min_scale", "float", start.min_scale, above=0.0, max=1.0),
+        erasing=a.get("erasing", "float", start.erasing, min=0.0, max=1.0),
+    )
+    if augment.min_zoom > augment.max_zoom:
+        a.fail(f"must be <= max_zoom ({augment.max_zoom}), got {augment.min_zoom}", "min_zoom")
+    return augment
+
+
+def _check_data_root(file: Path, data: DataSpec, given: str) -> None:
+    """The data root exists (what `ledger check` promises). `given`: the root as the spec wrote it."""
+    if not data.root.is_dir():
+        relative = "" if Path(given).expanduser().is_absolute() else f" ({given} from the spec's folder)"
+        raise spec_error(file, "data.root", f"no such folder: {data.root}{relative}")
+
+
+def _parse_data(file: Path, raw: Any) -> DataSpec:
+    c = Checker(file, "data", raw)
+    c.reject_unknown({f.name for f in dataclasses.fields(DataSpec)})
+    root = resolve_path(file, c.get("root", "str"))
+    labels = c.get("labels", "str", "folders")
+    extra = c.get("extra_targets", "list", [])
+    if not all(isinstance(name, str) and name for name in extra):
+        c.fail(f"expected a list of column names, got {extra!r}", "extra_targets")
+    if extra and labels == "folders":
+        c.fail("needs a label CSV (data.labels: train.csv): class folders hold one target only", "extra_targets")
+    label_col = c.get("label_col", "str", "label")
+    if label_col in extra or len(set(extra)) != len(extra):
+        c.fail(f"each column once, and not label_col ({label_col!r}); got {extra!r}", "extra_targets")
+    return DataSpec(
+        root=root,
+        labels=labels,
+        extra_targets=tuple(extra),
+        id_col=c.get("id_col", "str", "image_id"),
+        label_col=label_col,
+        train_dir=c.get("train_dir", "str", "train_images"),
+        test_dir=c.get("test_dir", "str", "test_images"),
+        sample_submission=c.get("sample_submission", "str", "sample_submission.csv"),
+    )
+
+
+def _parse_split(file: Path, raw: Any) -> SplitSpec:
+    c = Checker(file, "split", raw)
+    c.reject_unknown({"valid_pct", "seed", "folds", "group"})
+    folds = c.get("folds", "int?", None, min=2)
+    valid_pct = c.get("valid_pct", "float?", None, min=0.0, below=1.0)
+    seed = c.get("seed", "int?", None, min=0)
+    group = c.get("group", "str?", None)
+    if folds is None:
+        if group is not None:
+            c.fail("needs split.folds (groups are kept whole by K-fold splits)", "group")
+        return SplitSpec(valid_pct=0.2 if valid_pct is None else valid_pct, seed=seed)
+    if valid_pct is not None:
+        c.fail(f"cannot be used with split.valid_pct {valid_pct} (each fold holds out 1/{folds} of the "
+               f"images); drop valid_pct or set it to null", "folds")
+    # Folds must be the same partition in every run, so a null seed means 0, not a fresh one.
+    return SplitSpec(valid_pct=1 / folds, seed=0 if seed is None else seed, folds=folds, group=group)
+
+
+def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, split: SplitSpec) -> ModelSpec:
+    c.reject_unknown(_MODEL_KEYS | _TRAIN_KEYS)
+    model = ModelSpec(
+        name=c.get("name", "str"),
+        arch=c.get("arch", "str"),
+        size=c.get("size", "size"),
+        resize=c.get("resize", "str", "squish", choices=RESIZE_METHODS),
+        presize=c.get("presize", "size?", None),
+        # Bounded, so that `check` never accepts a plan that would take hours to list.
+        runs=c.get("runs", "int", split.folds or 1, min=1, max=MAX_RUNS),  # with folds: one run per fold
+        weight=c.get("weight", "float", 1.0, min=0.0),
+        accum=c.get("accum", "accum", "auto"),
+        model_kwargs=c.get("model_kwargs", "dict", {}),
+        augment=_augment(c, augment),
+        **_train_fields(c, train),
+    )
+    if isinstance(model.accum, int) and model.accum > model.batch_size:
+        c.fail(f"must be <= batch_size ({model.batch_size}), got {model.accum}", "accum")
+    _check_name(c, "names files")
+    return model
+
+
+# What a ledger home holds besides experiment folders: an experiment must not be named as one.
+_HOME_ENTRIES = {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "cache", "submissions"}
+
+
+def _check_name(top: Checker, what: str = "names folders") -> str:
+    """A name that becomes a file or folder name: an experiment's (runs/<name>) or a model
+    entry's (lr-find plots, --set models.<name>.key)."""
+    name = top.get("name", "str")
+    if not all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in name):
+        top.fail(f"use letters, digits, '-', '_' and '.' only (it {what}), got {name!r}", "name")
+    if name.startswith("."):  # '.', '..' and hidden folders: runs/<name> must be a folder of its own
+        top.fail(f"must not start with '.' (it {what}), got {name!r}", "name")
+    if name in _HOME_ENTRIES or name.endswith(".lock"):
+        top.fail(f"{name!r} is a file of the ledger home; choose another name", "name")
+    return name
+
+
+def parse_spec(
+    raw: Any, file: Path, check_models: bool = True, overrides: list[str] | tuple[str, ...] = (), check_data: bool = False
+) -> Spec:
+    """Raw YAML -> Spec. `overrides` are `--set` items (`train.lr=0.003`, `models.vit.epochs=5`),
+    applied to `raw` first and then validated like the file; an error they cause names the item.
+    `check_data`: the data root must exist (what `ledger check` promises)."""
+    raw, origins = apply_overrides(raw, overrides)
+    try:
+        return _parse(raw, file, check_models, check_data)
+    except SpecError as error:
+        item = blame(error.keypath, origins)
+        if item is None:
+            raise
+        raise SpecError(f"--set {item}: {error.keypath}: {error.detail}", error.keypath, error.detail) from None
+
+
+def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
+    top = Checker(file, "", raw)
+    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "metric", "class_order",
+                        "pseudo"})
+    name = _check_name(top)
+    metric = top.get("metric", "str", "accuracy", choices=METRIC_NAMES)
+    order = top.get("class_order", "list?", None)  # checked against the classes with the data (ledger check)
+    if order is not None and (len({str(c) for c in order}) != len(order) or not all(
+            isinstance(c, (str, int)) and not isinstance(c, bool) for c in order)):
+        top.fail(f"expected a list of distinct class names, got {order!r}", "class_order")
+    # The data root is checked last: a typo in a key is the more useful error to see first.
+    data = _parse_data(file, top.get("data", "dict"))
+    split = _parse_split(file, top.get("split", "dict", {}))
+    check_group_column(file, data, split)
+    pseudo = parse_pseudo(file, top.get("pseudo", "dict?", None), data, split,
+                          lambda teacher: load_spec(teacher, check_models=False))
+
+    train_c = Checker(file, "train", top.get("train", "dict", {}))
+    train_c.reject_unknown(_TRAIN_KEYS)
+    train = TrainSpec(**_train_fields(train_c, TrainSpec()))
+    augment = _augment(top, AugmentSpec())
+
+    tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
+    tta_c.reject_unknown({"n", "beta", "size"})
+    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0),
+                  size=tta_sizes(tta_c))
+
+    probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
+    probe_c.reject_unknown({"budget", "steps", "margin"})
+    probe = ProbeSpec(
+        budget=probe_c.get("budget", "budget", "t4"),
+        steps=probe_c.get("steps", "int", 3, min=1),
+        margin=probe_c.get("margin", "float", 0.05, min=0.0, below=1.0),
+    )
+    try:
+        probe.budget_bytes
+    except ValueError as e:
+        probe_c.fail(str(e), "budget")
+
+    raw_models = top.get("models", "list")
+    models = tuple(
+        _parse_model(Checker(file, f"models[{i}]", m), train, augment, split) for i, m in enumerate(raw_models)
+    )
+    seen: dict[str, int] = {}
+    for i, model in enumerate(models):
+        if model.name in seen:
+            raise spec_error(file, f"models[{i}].name", f"duplicate model name {model.name!r} (also models[{seen[model.name]}])")
+        seen[model.name] = i
+    for i, model in enumerate(models):
+        if data.extra_targets and (model.mixup or model.cutmix):
+            key = "mixup" if model.mixup else "cutmix"
+            raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
+    check_pseudo_models(file, pseudo, models)
+    if check_data:
+        _check_data_root(file, data, top.mapping["data"]["root"])
+    if check_models:
+        for i, model in enumerate(models):
+            check_model(file, i, model)
+    return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
+                augment=augment, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
+                pseudo=pseudo, path=file)
+
+
+def load_spec(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_models: bool = True, check_data: bool = False
+) -> Spec:
+    """Read, override (`--set` items, see `parse_spec`) and validate a spec file. Relative paths in
+    it (data.root, pretrained weights) are relative to the file's folder."""
+    file = Path(path)
+    return parse_spec(read_yaml(file), file, check_models=check_models, overrides=overrides, check_data=check_data)
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,1 @@
+"""The ledger: one SQLite file, its migrations, and the typed rows it hands back."""

@@ -1,0 +1,120 @@
+"""The ledger's own schema, typed: a run's summary (its `summary.json`, and what its ledger row takes
+from it) and a row of the `runs` table. Torch-free, so every reader can use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A finished run's figures, written as `summary.json` in its folder."""
+
+    experiment: str
+    model: str  # the spec's entry name
+    arch: str
+    size: str
+    fingerprint: str
+    run_number: int
+    train_seed: int
+    split_seed: int | None
+    fold: int | None
+    folds: int | None
+    accum: int
+    micro_batch: int
+    epochs: int
+    train_images: int
+    valid_images: int
+    test_images: int
+    valid_loss: float | None  # the last epoch's, plain (no TTA)
+    error_rate: float | None  # the last epoch's, plain
+    tta_accuracy: float | None  # on the held-out images, TTA'd as the submission is
+    train_seconds: float
+    images_per_s: float
+    precision: str  # what ran: fp32, bf16 or fp16
+    device: str
+    resumed_epochs: int
+    peak_bytes: int
+    metric: str = "accuracy"  # the competition's metric (spec `metric:`)
+    valid_metric: float | None = None  # that metric, the last epoch's, plain
+    tta_metric: float | None = None  # that metric on the held-out images, TTA'd
+
+    @property
+    def accuracy(self) -> float | None:
+        """The last epoch's plain accuracy on the held-out images."""
+        return None if self.error_rate is None else 1.0 - self.error_rate
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"accuracy": self.accuracy}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunSummary":
+        """From a `summary.json`; keys it lacks (an older run) take their defaults, unknown keys are
+        ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the `runs` table. Written only by `ledger.runs.recording`; read everywhere else."""
+
+    id: str
+    experiment: str
+    model: str
+    arch: str
+    size: str
+    status: str  # running, done, failed or interrupted
+    started_at: str
+    split_seed: int | None = None
+    accum: int | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    finished_at: str | None = None
+    valid_loss: float | None = None
+    error_rate: float | None = None
+    images_per_s: float | None = None
+    peak_bytes: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    artifact_dir: str | None = None  # relative to the ledger home (absolute in older ledgers)
+    error: str | None = None
+    pid: int | None = None
+    spec: str | None = None  # the resolved model entry, as JSON
+    host: str | None = None
+    fingerprint: str | None = None
+    run_number: int | None = None
+    fold: int | None = None
+    folds: int | None = None
+    train_seed: int | None = None
+    resumed_epochs: int | None = None
+    metric: str | None = None  # the competition's metric (None: a run recorded before metrics, on accuracy)
+    valid_metric: float | None = None  # that metric, the last epoch's, plain
+    tta_metric: float | None = None  # that metric on the held-out images, TTA'd
+    tta_accuracy: float | None = None  # accuracy on the held-out images, TTA'd
+    predicted_peak_bytes: int | None = None  # the memory probe's prediction for the run's configuration
+    peak_vs_prediction: str | None = None  # how the measured peak compares with it, in words
+    peak_over_prediction: int | None = None  # 1 when the peak went over it by more than the probe's margin
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "RunRow":
+        """From a database row; columns a newer schema added and this code does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in columns.items() if name in known})
+
+    @property
+    def accuracy(self) -> float | None:
+        """The last epoch's plain accuracy on the held-out images (no TTA)."""
+        return None if self.error_rate is None else 1.0 - self.error_rate
+
+    @property
+    def entry(self) -> dict:
+        """The resolved model entry the run trained (`spec`), as a dict; {} when not recorded."""
+        return json.loads(self.spec) if self.spec else {}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
