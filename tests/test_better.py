@@ -249,7 +249,7 @@ def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
     runtime = Runtime(CPU, resolve_precision("fp32", CPU), 1, transform, torch.Generator().manual_seed(0))
     at = lambda size: predict(net, batches, Runtime(CPU, runtime.precision, 1, BatchTransform(  # noqa: E731
         size, (0.5,) * 3, (0.25,) * 3, augment=None), runtime.generator))[0]
-    both = tta_at_sizes(net, batches, runtime, 0, 0.25, ((32, 32), (48, 48)))
+    both = tta_at_sizes(net, batches, runtime, 0, 0.25, sizes=((32, 32), (48, 48)))
     torch.testing.assert_close(both, (at((32, 32)) + at((48, 48))) / 2)
     assert not torch.allclose(at((32, 32)), at((48, 48)))  # the size really changes the prediction
     torch.testing.assert_close(tta_at_sizes(net, batches, runtime, 0, 0.25), at((32, 32)))

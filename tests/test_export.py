@@ -234,7 +234,8 @@ def test_size_limit_and_an_existing_folder(exported):
 
 
 def test_versions_that_differ_are_a_warning(exported):
-    from ledger.export.runtime import library_versions, version_warnings
+    from ledger.export.runtime import version_warnings
+    from ledger.training.device import library_versions
 
     manifest = json.loads((exported["bundle"] / "manifest.json").read_text())
     assert manifest["versions"] == library_versions()  # the runs were trained here

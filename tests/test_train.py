@@ -212,7 +212,8 @@ def test_identity_augmentation_tta_equals_plain_prediction():
     model, transform = tiny_vit(), transform_for()
     batches = Batches(images, None, np.arange(10), batch_size=4)
     plain, _ = predict(model, batches, runtime(transform=transform))
-    blended = tta(model, batches, runtime(transform=transform), n=3, beta=0.25, augment=transform.plain)
+    blended = tta(model, batches, runtime(transform=transform), n=3, beta=0.25,
+                  augment=lambda x, keys, index: transform.plain(x))
     torch.testing.assert_close(blended, plain)
     # ... and real augmentation changes the result, so the equality above is not vacuous.
     augmented = tta(model, batches, runtime(transform=transform), n=3, beta=0.25)
@@ -225,9 +226,11 @@ def test_tta_blends_as_lerp_of_augmented_mean_and_plain():
     model, transform = tiny_vit(), transform_for()
     batches = Batches(images, None, np.arange(6), batch_size=6)
     torch.manual_seed(5)
-    blended = tta(model, batches, runtime(transform=transform), n=2, beta=0.25, augment=lambda x: transform.random(x))
+    blended = tta(model, batches, runtime(transform=transform), n=2, beta=0.25,
+                  augment=lambda x, keys, index: transform.random(x))
     torch.manual_seed(5)
-    passes = [predict(model, batches, runtime(transform=transform), lambda x: transform.random(x))[0] for _ in range(2)]
+    passes = [predict(model, batches, runtime(transform=transform), lambda x, keys: transform.random(x))[0]
+              for _ in range(2)]
     plain, _ = predict(model, batches, runtime(transform=transform))
     torch.testing.assert_close(blended, 0.75 * (passes[0] + passes[1]) / 2 + 0.25 * plain)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +27,32 @@ from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric
 from ledger.bag.out_of_bag import DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare, estimate, held_out, tune_weights
 from ledger.bag.submission_shape import Shape, spec_metric, submission_shape
+
+
+@dataclass(frozen=True)
+class BagOptions:
+    """How a bag's runs are chosen and weighed: one set of options for `ensemble`, `predict SPEC` and
+    `export`, so the three bag the same runs with the same weights."""
+
+    run_ids: tuple[str, ...] = ()  # --run: exactly these runs (ids or unique prefixes); () for the spec's
+    weights: Mapping[str, float] = field(default_factory=dict)  # --weight: entry weights over the spec's
+    tune: bool = False  # --tune-weights: search greedy weights out of bag and report them
+    use_tuned: bool = False  # --use-tuned: bag with those weights (implies tune)
+    steps: int = DEFAULT_STEPS  # greedy selection steps
+
+    def __post_init__(self):
+        if self.use_tuned and self.weights:
+            raise LedgerError("--use-tuned and --weight both set the weights: give one of them")
+
+
+@dataclass(frozen=True)
+class BagMember:
+    """A run of a bag, with what predicting with it needs."""
+
+    row: RunRow
+    entry: str  # the spec entry it is a run of
+    folder: Path
+    weight: float  # normalised over the bag
 
 
 @dataclass(frozen=True)
@@ -145,15 +171,21 @@ def default_out(home: Path, experiment: str) -> Path:
     return path
 
 
-def make_submission(spec, store, run_ids: Sequence[str] | None = None,
-                    weight_overrides: Mapping[str, float] | None = None, out: Path | None = None,
-                    dry_run: bool = False, tune: bool = False, use_tuned: bool = False,
-                    steps: int = DEFAULT_STEPS, message: str | None = None) -> Submission:
-    """Bag the selected runs into a checked submission CSV and record in the ledger which runs, with
-    which weights and out-of-bag figure, made it. `use_tuned` bags with the tuned weights instead of
-    the spec's (and implies `tune`)."""
-    if use_tuned and weight_overrides:
-        raise LedgerError("--use-tuned and --weight both set the weights: give one of them")
+def bag_members(spec, store, options: BagOptions = BagOptions()) -> list[BagMember]:
+    """The runs `ledger ensemble` bags with these options, weighted as it weighs them (runs weighted 0
+    left out): what `predict SPEC` and `export` predict with."""
+    submission = make_submission(spec, store, options, dry_run=True)
+    rows = {row.id: row for row in submission.selection.rows}
+    return [BagMember(rows[run_id], submission.selection.entry[run_id], store.artifact_path(rows[run_id]), weight)
+            for run_id, weight in submission.weights.items()]
+
+
+def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path | None = None,
+                    dry_run: bool = False, message: str | None = None) -> Submission:
+    """Bag the runs `options` choose into a checked submission CSV and record in the ledger which
+    runs, with which weights and out-of-bag figure, made it."""
+    run_ids, weight_overrides = options.run_ids, options.weights
+    tune, use_tuned, steps = options.tune, options.use_tuned, options.steps
     selection = select_runs(spec, store, run_ids)
     runs = []
     for row in selection.rows:

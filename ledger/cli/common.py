@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from ledger import __version__
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, SpecError
 
 # `--help` lists the commands in the order of a competitor's week, not in registration order
 # (Typer puts every group after every command).
@@ -52,6 +52,14 @@ HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (
 ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the first GPU, else CPU).")]
+# How a bag is chosen and weighed: the same four options on ensemble, predict SPEC and export.
+RunsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")]
+WeightOpt = Annotated[Optional[list[str]], typer.Option(
+    "--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")]
+UseTunedOpt = Annotated[bool, typer.Option(
+    "--use-tuned", help="Bag with the greedy out-of-bag weights instead of the spec's.")]
+StepsOpt = Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for the tuned weights.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY.PATH=VALUE",
     help="Change one spec value before validation (repeatable; values are YAML), e.g. --set train.lr=0.003 "
@@ -110,6 +118,27 @@ def _load(spec_path: Path, check_models: bool = True, overrides: list[str] | Non
     from ledger.spec.loader import load_spec
 
     return load_spec(spec_path, overrides or (), check_models=check_models, check_data=check_data)
+
+
+def _weights(pairs: list[str] | None) -> dict[str, float]:
+    weights = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise SpecError(f"--weight {pair!r}: expected NAME=NUMBER, e.g. --weight vit=2") from None
+    return weights
+
+
+def _bag_options(run: list[str] | None, weight: list[str] | None, use_tuned: bool, steps: int,
+                 tune: bool = False):
+    """The bag options of ensemble, predict SPEC and export, as one object."""
+    from ledger.bag.submission import BagOptions
+
+    return BagOptions(tuple(run or ()), _weights(weight), tune or use_tuned, use_tuned, steps)
 
 
 def _print_json(data) -> None:

@@ -8,23 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli.common import (DeviceOpt, HomeOpt, SetOpt, SpecArg, _accuracy, _coverage, _device, _load, _print_json, app,
-                        console, friendly_errors)
+from ledger.cli.common import (DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
+                               _accuracy, _bag_options, _coverage, _device, _load, _print_json, app, console,
+                               friendly_errors)
 from ledger.errors import SpecError
-
-def _weights(pairs: list[str] | None) -> dict[str, float]:
-    weights = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            weights[name] = float(value)
-        except ValueError:
-            raise SpecError(f"--weight {pair!r}: expected NAME=NUMBER, e.g. --weight vit=2") from None
-    return weights
-
-
 
 def _number(value: float) -> float | None:
     return None if value != value else value  # nan (no image scored) is null in JSON
@@ -118,11 +105,11 @@ def _print_submission(submission) -> None:
 def ensemble(
     spec_path: SpecArg,
     out: Annotated[Optional[Path], typer.Option(help="Submission CSV (default: a new file in <home>/submissions/ named <experiment>-<time>.csv).")] = None,
-    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding the spec (repeatable).")] = None,
-    run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")] = None,
+    weight: WeightOpt = None,
+    run: RunsOpt = None,
     tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
-    use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the tuned weights instead of the spec's (implies --tune-weights).")] = False,
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
+    use_tuned: UseTunedOpt = False,
+    steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
@@ -142,8 +129,8 @@ def ensemble(
     from ledger.bag.submission import make_submission
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    submission = make_submission(spec, Store(home, existing=True), run, _weights(weight), out, dry_run=dry_run,
-                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message)
+    options = _bag_options(run, weight, use_tuned, steps, tune=tune_weights)
+    submission = make_submission(spec, Store(home, existing=True), options, out, dry_run=dry_run, message=message)
     if as_json:
         _print_json(_submission_json(submission))
     else:
@@ -191,13 +178,21 @@ def predict(
     out: Annotated[Path, typer.Option(help="CSV to write: id, label, one probability column per class.")],
     use_tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation as each run's spec says, "
                                                                   "or the plain pass only.")] = True,
+    run: RunsOpt = None,
+    weight: WeightOpt = None,
+    use_tuned: UseTunedOpt = False,
+    steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
     device: DeviceOpt = None,
     overrides: SetOpt = None,
     home: HomeOpt = None,
 ) -> None:
     """Class probabilities and labels for new images from runs that kept their weights.
 
-    Example: ledger predict 20260101-1200 new_images/ --out predictions.csv --no-tta
+    Given a spec, it bags the runs `ledger ensemble` bags with the same --run, --weight, --use-tuned
+    and --steps. Each image's TTA is keyed to the image, so an image gets the same probabilities
+    alone, in any folder, and in the ensemble's submission.
+
+    Example: ledger predict experiments/fashion.yaml new_images/ --out predictions.csv --use-tuned
     """
     from ledger.export.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
     from ledger.cli.progress import StageDisplay
@@ -207,7 +202,10 @@ def predict(
         raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")
     store = Store(home, existing=True)
     is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
-    members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store) if is_spec \
+    if not is_spec and (run or weight or use_tuned):
+        raise SpecError("--run, --weight and --use-tuned choose a spec's bag; give a spec, not a run id")
+    members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store,
+                              _bag_options(run, weight, use_tuned, steps)) if is_spec \
         else members_of_run(store, target)
     paths = image_paths(images)
     with StageDisplay(console) as stage:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ledger.cli.common import HomeOpt, SetOpt, SpecArg, _load, app, console, err_console, friendly_errors
-from ledger.cli.ensemble import _weights
+from ledger.cli.common import (HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt, _bag_options, _load,
+                               app, console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
 
@@ -18,13 +18,10 @@ def export(
     spec_path: SpecArg,
     out: Annotated[Path, typer.Option("--out", help="Bundle folder to write (a Kaggle dataset, or a folder "
                                                      "inside one).")],
-    run: Annotated[Optional[list[str]], typer.Option("--run", "--runs", help="Bag exactly this run (id or unique id "
-                                                                              "prefix; repeatable), as ensemble does.")] = None,
-    weight: Annotated[Optional[list[str]], typer.Option("--weight", help="NAME=W: weight of a model entry, overriding "
-                                                                          "the spec (repeatable).")] = None,
-    use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the greedy out-of-bag weights, as "
-                                                                 "`ensemble --use-tuned` does.")] = False,
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --use-tuned.")] = 30,
+    run: RunsOpt = None,
+    weight: WeightOpt = None,
+    use_tuned: UseTunedOpt = False,
+    steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
     max_size: Annotated[str, typer.Option("--max-size", help="Refuse a bundle larger than this (Kaggle datasets "
                                                              "have a size limit), e.g. 20GB, 100GiB.")] = "20GB",
     force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it exists.")] = False,
@@ -49,8 +46,8 @@ def export(
     except ValueError as e:
         raise SpecError(f"--max-size {max_size!r}: {e}") from None
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    bundle = export_bag(spec, Store(home, existing=True), out, run, _weights(weight), use_tuned=use_tuned,
-                        steps=steps, max_size=limit, force=force)
+    bundle = export_bag(spec, Store(home, existing=True), out, _bag_options(run, weight, use_tuned, steps),
+                        max_size=limit, force=force)
     for note in bundle.notes:
         err_console.print(f"note: {note}", markup=False)
     runs = ", ".join(f"{run_id} ({weight:.3f})" for run_id, weight in bundle.weights.items())

@@ -14,7 +14,11 @@ part of the one bilinear sample, without antialiasing (as fastai's).
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +107,13 @@ class BatchTransform:
                   & (on < self.augment.erasing).view(-1, 1, 1))
         return x.masked_fill_(inside.unsqueeze(1).to(x.device), 0.0)
 
+    def keyed(self, images: torch.Tensor, keys: Sequence[str], seed: int, stream: int) -> torch.Tensor:
+        """The augmentation `keyed_draws` gives each image: a TTA pass that treats an image the same
+        whatever shares its batch."""
+        if self.augment is None:
+            return self.plain(images)
+        return self.apply(images, keyed_draws(seed, keys, stream))
+
     def draw(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(batch, N_DRAWS) uniform numbers on the CPU, all an augmentation of the batch depends on."""
         return torch.rand(batch, N_DRAWS, generator=generator, dtype=torch.float64)
@@ -165,6 +176,21 @@ class BatchTransform:
         matrix[:, 0, 0], matrix[:, 0, 1] = xs * (1 - swap), xs * swap
         matrix[:, 1, 0], matrix[:, 1, 1] = ys * swap, ys * (1 - swap)
         return matrix
+
+
+def keyed_draws(seed: int, keys: Sequence[str], stream: int) -> torch.Tensor:
+    """(len(keys), N_DRAWS) uniform numbers in [0, 1) that depend on the seed, the image's key and the
+    stream (a TTA pass) alone. Hashed, not drawn from a generator: a generator's numbers depend on how
+    many came before, so an image would be augmented differently alone than in its folder. BLAKE2b
+    gives the same bits on every machine."""
+    blocks = -(-N_DRAWS // 8)  # a 64-byte digest holds eight 64-bit words
+    words = np.empty((len(keys), blocks * 8), dtype="<u8")
+    for row, key in enumerate(keys):
+        for block in range(blocks):
+            digest = hashlib.blake2b(f"{seed}\0{stream}\0{block}\0{key}".encode(), digest_size=64).digest()
+            words[row, block * 8 : (block + 1) * 8] = np.frombuffer(digest, dtype="<u8")
+    # The top 53 bits of each word, as a double in [0, 1): exact, and uniform as a generator's.
+    return torch.from_numpy((words[:, :N_DRAWS] >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
 def _eye(draws: torch.Tensor) -> torch.Tensor:

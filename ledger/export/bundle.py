@@ -29,23 +29,13 @@ import yaml
 
 import ledger
 from ledger.runs import artifacts
-from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, library_versions, sha256_file
+from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, sha256_file
+from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
-from ledger.store.rows import RunRow
 
 DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
-
-
-@dataclass(frozen=True)
-class Member:
-    """A run of the bag: its ledger row, its folder and its normalised weight."""
-
-    row: RunRow
-    entry: str
-    folder: Path
-    weight: float
 
 
 @dataclass(frozen=True)
@@ -58,19 +48,7 @@ class Bundle:
     notes: list[str]  # what the user should know: runs whose TTA cannot be repeated, versions
 
 
-def bag_members(spec, store, run_ids: Sequence[str] | None = None, weight_overrides: Mapping[str, float] | None = None,
-                use_tuned: bool = False, steps: int | None = None) -> list[Member]:
-    """The runs `ledger ensemble` would bag with these options, weighted as it weighs them."""
-    from ledger.bag.submission import make_submission
-
-    options = {} if steps is None else {"steps": steps}
-    submission = make_submission(spec, store, run_ids, weight_overrides, dry_run=True, use_tuned=use_tuned, **options)
-    rows = {row.id: row for row in submission.selection.rows}
-    return [Member(rows[run_id], submission.selection.entry[run_id], store.artifact_path(rows[run_id]), weight)
-            for run_id, weight in submission.weights.items()]
-
-
-def check_weights(members: list[Member]) -> None:
+def check_weights(members: list[BagMember]) -> None:
     """Refuses, naming the runs and the setting, when a bagged run kept no weights."""
     without = [m for m in members if not (m.folder / artifacts.WEIGHTS).is_file()]
     if without:
@@ -80,7 +58,7 @@ def check_weights(members: list[Member]) -> None:
                           f"again, then export")
 
 
-def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
+def run_entry(member: BagMember, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
     """The run's entry as the bundle keeps it, and its resolved spec.yaml as the run wrote it."""
     spec_file = member.folder / artifacts.SPEC
     try:
@@ -101,15 +79,14 @@ def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, d
     return entry, resolved
 
 
-def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
-               weight_overrides: Mapping[str, float] | None = None, use_tuned: bool = False, steps: int | None = None,
-               max_size: int | None = None, force: bool = False) -> Bundle:
+def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_size: int | None = None,
+               force: bool = False) -> Bundle:
     """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
     written when the weights alone exceed it."""
     from ledger.units import format_size
     from ledger.bag.submission import check_spec_shape
 
-    members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps)
+    members = bag_members(spec, store, options)
     check_weights(members)
     out = Path(out).absolute()
     weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
@@ -120,9 +97,10 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
         raise LedgerError(f"{out}: already exists; give another --out, or --force to replace it")
 
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
-    notes = [f"run {e.run_id} was trained before its TTA seed was recorded: the bundle's {e.tta_n} augmented "
-             f"passes are not the run's own, so a few labels may differ from its submission"
-             for e, resolved in entries if e.tta_n and "seed" not in (resolved.get("tta") or {})]
+    # Runs trained before TTA keyed its draws to each image drew them per batch: not repeatable here.
+    notes = [f"run {e.run_id} was trained before TTA keyed its draws to each image: the bundle's {e.tta_n} "
+             f"augmented passes are not the run's own, so a few labels may differ from its submission"
+             for e, resolved in entries if e.tta_n and (resolved.get("tta") or {}).get("draws") != artifacts.KEYED_DRAWS]
     versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
 
@@ -140,8 +118,8 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
         _write_json(partial / BAG, {"experiment": spec.name, "runs": [e.run_id for e, _ in entries],
                                     "shape": None if shape is None else dataclasses.asdict(shape),
                                     "vocab": entries[0][0].vocab, "spec": str(spec.path) if spec.path else None,
-                                    "weights": "tuned" if use_tuned else "spec" if not weight_overrides
-                                    else dict(weight_overrides)})
+                                    "weights": "tuned" if options.use_tuned else "spec" if not options.weights
+                                    else dict(options.weights)})
         files = sorted(p for p in partial.rglob("*") if p.is_file())
         manifest = {"format": FORMAT, "ledger": ledger.__version__, "experiment": spec.name,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions,
@@ -161,6 +139,8 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
 def _training_versions(recorded: list[dict[str, str] | None]) -> tuple[dict[str, str], list[str]]:
     """torch and timm that trained the runs; this environment's, with a note, where runs predate the
     record or disagree."""
+    from ledger.training.device import library_versions
+
     here = library_versions()
     known = [v for v in recorded if v]
     if len(known) < len(recorded):

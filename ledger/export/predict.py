@@ -1,7 +1,7 @@
 """`ledger predict`: class probabilities for new images from runs that kept their weights.
 
 One run (named by id or unique prefix), or a spec's bag: the current spec's done runs chosen and
-weighted exactly as `ledger ensemble` chooses and weighs them. Each model is rebuilt from its run's
+weighted by the same code and options (`BagOptions`) as `ledger ensemble` and `ledger export`. Each model is rebuilt from its run's
 resolved `spec.yaml` (arch, model_kwargs, size, resize, augmentation, TTA) with its saved weights,
 so the images go through the transform the run was trained and tested with.
 """
@@ -18,19 +18,11 @@ import pandas as pd
 import yaml
 
 from ledger.runs import artifacts
+from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.store.rows import RunRow
 from ledger.errors import LedgerError, first_line
 
 Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then each run's prediction
-
-
-@dataclass(frozen=True)
-class Member:
-    """A run of the bag and its normalised weight."""
-
-    row: RunRow
-    folder: Path
-    weight: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,25 +53,21 @@ def image_paths(where: Path) -> list[Path]:
     return paths
 
 
-def members_of_run(store, prefix: str) -> list[Member]:
+def members_of_run(store, prefix: str) -> list[BagMember]:
     from ledger.bag.submission import resolve_run_ids
 
     row = resolve_run_ids(store, [prefix])[0]
     if row.status != "done":
         raise LedgerError(f"run {row.id}: status is {row.status}; only done runs can predict")
-    return [Member(row, _folder(store, row), 1.0)]
+    return [BagMember(row, row.model, _folder(store, row), 1.0)]
 
 
-def members_of_spec(spec, store) -> list[Member]:
-    """The bag `ledger ensemble SPEC` would make, with its weights."""
-    from ledger.bag.ensemble import RunInput, normalise_weights
-    from ledger.bag.submission import select_runs
-
-    selection = select_runs(spec, store)
-    runs = [RunInput(row.id, selection.entry[row.id], test=None) for row in selection.rows]
-    entries = {run.model for run in runs}
-    weights = normalise_weights(runs, {m.name: m.weight for m in spec.models if m.name in entries})
-    return [Member(row, _folder(store, row), weights[row.id]) for row in selection.rows if weights[row.id] > 0]
+def members_of_spec(spec, store, options: BagOptions = BagOptions()) -> list[BagMember]:
+    """The bag `ledger ensemble SPEC` makes with these options, with its weights."""
+    members = bag_members(spec, store, options)
+    for member in members:
+        _folder(store, member.row)
+    return members
 
 
 def _folder(store, row: RunRow) -> Path:
@@ -89,7 +77,7 @@ def _folder(store, row: RunRow) -> Path:
     return folder
 
 
-def check_weights(members: list[Member]) -> None:
+def check_weights(members: list[BagMember]) -> None:
     """Every run kept its weights, checked before any image is decoded."""
     for member in members:
         if not (member.folder / artifacts.WEIGHTS).is_file():
@@ -131,7 +119,7 @@ def run_model(folder: Path) -> SavedRun:
                     tuple(tuple(size) for size in tta.get("sizes") or ()), vocab, head)
 
 
-def predict_images(members: list[Member], paths: list[Path], device, use_tta: bool = True,
+def predict_images(members: list[BagMember], paths: list[Path], device, use_tta: bool = True,
                    stage: Stage | None = None) -> Prediction:
     """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
     from ledger.export.runtime import predict_run
@@ -160,7 +148,7 @@ def predict_images(members: list[Member], paths: list[Path], device, use_tta: bo
         # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
         # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
         probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n, saved.tta_beta,
-                            saved.tta_seed, progress, saved.tta_sizes if use_tta else ())
+                            saved.tta_seed, progress, saved.tta_sizes if use_tta else (), keys=[p.name for p in paths])
         total = probs * member.weight if total is None else total + probs * member.weight
         release_memory()
     weight_sum = sum(m.weight for m in members)

@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -65,16 +65,10 @@ def check_files(root: Path) -> dict:
     return manifest
 
 
-def library_versions() -> dict[str, str]:
-    """The versions of torch and timm here: a run records those that trained it, a bundle compares."""
-    import timm
-    import torch
-
-    return {"torch": str(torch.__version__), "timm": str(timm.__version__)}  # TorchVersion is a str subclass
-
-
 def version_warnings(manifest: dict) -> list[str]:
     """A line for each of torch and timm whose version here differs from the one that trained the bag."""
+    from ledger.training.device import library_versions
+
     here = library_versions()
     return [f"{name} {here[name]} here, the bag was trained with {manifest['versions'][name]}: "
             f"probabilities may differ slightly" for name in VERSIONED
@@ -107,11 +101,11 @@ class RunEntry:
 
 def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: np.ndarray, device,
                 tta_n: int, tta_beta: float, tta_seed: int, progress: Callable[[int, int], None] | None = None,
-                tta_sizes: tuple = ()
-                ) -> np.ndarray:
+                tta_sizes: tuple = (), keys: Sequence[str] | None = None) -> np.ndarray:
     """(N, C) float32 probabilities of the submission's classes from one run's saved weights, with
     fastai's TTA (`tta_n` 0: the plain pass). The batches are the run's training micro-batches and
-    the augmented passes draw from a generator seeded with `tta_seed`, as the run's own test TTA did,
+    each image's augmented passes are keyed to `tta_seed` and its key (its file name), as the run's
+    own test TTA was,
     so the same images in the same order give back the run's test predictions."""
     import torch
     from safetensors import SafetensorError
@@ -133,9 +127,9 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
     runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform,
                       torch.Generator().manual_seed(tta_seed))
-    batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum))
+    batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum), keys=keys)
     # At each of the run's test-time sizes (tta.size; none: its training size), averaged as the run did.
-    probs = tta_at_sizes(net, batches, runtime, tta_n, tta_beta, tuple(tuple(s) for s in tta_sizes),
+    probs = tta_at_sizes(net, batches, runtime, tta_n, tta_beta, tta_seed, tuple(tuple(s) for s in tta_sizes),
                          head_sizes=tuple(head_sizes), progress=progress)
     return probs[:, : head_sizes[0]].numpy()
 
@@ -175,7 +169,8 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
             decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None)
         say(f"run {run_id} ({entry.entry}, weight {entry.weight:.3f}, TTA n={entry.tta_n})")
         probs = predict_run(model, tuple(entry.head_sizes), folder / WEIGHTS, decoded[key], device,
-                            entry.tta_n, entry.tta_beta, entry.tta_seed, tta_sizes=tuple(entry.tta_sizes))
+                            entry.tta_n, entry.tta_beta, entry.tta_seed, tta_sizes=tuple(entry.tta_sizes),
+                            keys=[path.name for path in paths])
         runs.append(RunInput(run_id, entry.entry, Predictions(ids, probs, np.asarray(entry.vocab))))
         weights[run_id] = entry.weight
         release_memory()

@@ -39,7 +39,7 @@ class ProbeSetting:
         return precision_for(model.precision, self.capability)
 
 
-def library_versions() -> dict:
+def probe_environment() -> dict:
     """torch's and cuDNN's versions and the allocator settings: a probe measured with others does not
     answer for this process."""
     import torch
@@ -59,7 +59,7 @@ def probe_setting(spec, device, budget=None, jobs: int = 1) -> ProbeSetting:
 
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     threads = threads_per_job(jobs) if device.type == "cpu" and jobs > 1 else None
-    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, library_versions(), threads)
+    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, probe_environment(), threads)
 
 
 def probe_key(model, setting: ProbeSetting) -> str:

@@ -83,7 +83,7 @@ def _prediction_seconds(net, images, micro_batch: int, transform, device, precis
     warm_up = Batches(images, None, np.arange(min(count, micro_batch)), micro_batch)
     timings = []
     runtime = Runtime(device, precision, 1, transform, generator)
-    for augment in (None, runtime.augmented):
+    for augment in (None, lambda images, keys: runtime.augmented(images)):
         predict(net, warm_up, runtime, augment)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -15,10 +15,9 @@ import torch
 from ledger.runs import artifacts
 from ledger.runs.artifacts import Predictions
 from ledger.data.batches import Batches
-from ledger.export.runtime import library_versions
 from ledger.training.checkpoint import Checkpoint
 from ledger.data.competition import Competition
-from ledger.training.device import Runtime, model_on_device, resolve_precision
+from ledger.training.device import Runtime, library_versions, model_on_device, resolve_precision
 from ledger.errors import LedgerError
 from ledger.training.hooks import Progress, stage_callback
 from ledger.training.inference import tta_at_sizes
@@ -120,7 +119,9 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
         pseudo_images = len(chosen)
     batches = Batches(train_images, train_labels, train_rows, model.batch_size, shuffle=True, drop_last=True,
                       seed=plan.train_seed)
-    valid = Batches(images.train, labels, valid_idx, micro_batch) if len(valid_idx) else None
+    # TTA keys each image's draws to its file name (see Batches).
+    train_keys, test_keys = [p.name for p in competition.train_paths], [p.name for p in competition.test_paths]
+    valid = Batches(images.train, labels, valid_idx, micro_batch, keys=train_keys) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
     _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
@@ -128,16 +129,16 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
                  progress=progress, checkpoint=checkpoint, metric=metric)
 
     # The held-out images get exactly the test images' TTA (sizes included): the estimate measures it.
-    test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch)
-    # TTA draws from a generator of its own, seeded with the run's seed (recorded as tta.seed): the
-    # exported bundle and `ledger predict` then repeat these test predictions exactly.
-    tta_runtime = dataclasses.replace(runtime, generator=torch.Generator().manual_seed(plan.train_seed))
-    test_probs = tta_at_sizes(fitted.net, test_batches, tta_runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
-                              head_sizes=sizes, progress=stage_callback(progress, "tta test"))
+    test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch, keys=test_keys)
+    # TTA's draws are keyed to the run's seed (recorded as tta.seed) and each image's name: the
+    # exported bundle and `ledger predict` then repeat these test predictions exactly, for any
+    # subset or order of the images.
+    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, plan.train_seed,
+                              plan.tta_sizes, head_sizes=sizes, progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta_at_sizes(fitted.net, valid, tta_runtime, plan.tta_n, plan.tta_beta, plan.tta_sizes,
-                                   head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
+        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, plan.train_seed,
+                                   plan.tta_sizes, head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
                       metric, pseudo_images)
 
@@ -212,7 +213,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed,
+                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed, draws=artifacts.KEYED_DRAWS,
                              sizes=[list(s) for s in plan.tta_sizes] or None),
                     fingerprint=plan.fingerprint, versions=library_versions())
     if plan.pseudo is not None:

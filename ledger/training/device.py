@@ -100,3 +100,11 @@ class Runtime:
     def training_batch(self, images: torch.Tensor) -> torch.Tensor:
         """`augmented`, then random erasing, which only training does."""
         return self.transform.erase(self.augmented(images), self.generator)
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of torch and timm here: a run records those that trained it, a bundle compares."""
+    import timm
+    import torch
+
+    return {"torch": str(torch.__version__), "timm": str(timm.__version__)}  # TorchVersion is a str subclass

@@ -4,7 +4,7 @@ exported bundle alike."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +23,17 @@ def head_softmax(logits: torch.Tensor, sizes: tuple[int, ...] | None) -> torch.T
 
 @torch.no_grad()
 def predict(net: nn.Module, batches: Batches, runtime: Runtime,
-            augment: Callable[[torch.Tensor], torch.Tensor] | None = None, head_sizes: tuple[int, ...] | None = None,
+            augment: Callable[[torch.Tensor, Sequence[str]], torch.Tensor] | None = None,
+            head_sizes: tuple[int, ...] | None = None,
             progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax probabilities (float32, CPU) in batch order, per target with `head_sizes`;
-    `augment` replaces the plain transform. `progress(done, total)` after each batch: the copy to
-    the CPU has waited for the device already, so it costs no extra sync."""
+    `augment(images, keys)` replaces the plain transform. `progress(done, total)` after each batch:
+    the copy to the CPU has waited for the device already, so it costs no extra sync."""
     net.eval()
-    prepare = augment or runtime.transform.plain
+    prepare = augment or (lambda images, keys: runtime.transform.plain(images))
     probs, labels = [], []
-    for done, (images, targets) in enumerate(batches, 1):
-        x = prepare(images.to(runtime.device, non_blocking=True))  # in the net's memory layout
+    for done, (images, targets, keys) in enumerate(batches.keyed(), 1):
+        x = prepare(images.to(runtime.device, non_blocking=True), keys)  # in the net's memory layout
         with runtime.precision.autocast(runtime.device):
             logits = net(x)
         probs.append(head_softmax(logits.float(), head_sizes).cpu())
@@ -43,12 +44,17 @@ def predict(net: nn.Module, batches: Batches, runtime: Runtime,
     return torch.cat(probs), (torch.cat(labels) if labels else None)
 
 
-def tta(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
-        augment: Callable[[torch.Tensor], torch.Tensor] | None = None, head_sizes: tuple[int, ...] | None = None,
+Augment = Callable[[torch.Tensor, Sequence[str], int], torch.Tensor]  # (images, keys, pass) -> net input
+
+
+def tta(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float, seed: int = 0,
+        augment: Augment | None = None, head_sizes: tuple[int, ...] | None = None,
         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """fastai's TTA: the mean of `n` passes with the training augmentation (`runtime.augmented`
-    unless `augment` is given), blended with one plain pass as lerp(mean_augmented, plain, beta).
-    With n = 0 it is the plain pass. `progress(done, total)` counts batches over all n + 1 passes."""
+    """fastai's TTA: the mean of `n` passes with the training augmentation, blended with one plain
+    pass as lerp(mean_augmented, plain, beta). Pass i augments each image as `keyed_draws(seed,
+    its key, i)` says (unless `augment` is given), so an image's answer does not depend on the other
+    images of the call. With n = 0 it is the plain pass. `progress(done, total)` counts batches over
+    all n + 1 passes."""
 
     def pass_progress(index: int) -> Callable[[int, int], None] | None:
         if progress is None:
@@ -58,26 +64,26 @@ def tta(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
     plain, _ = predict(net, batches, runtime, head_sizes=head_sizes, progress=pass_progress(0))
     if n == 0:
         return plain
-    augment = augment or runtime.augmented
-    augmented = torch.stack([predict(net, batches, runtime, augment, head_sizes, progress=pass_progress(i + 1))[0]
-                             for i in range(n)])
+    augment = augment or (lambda images, keys, index: runtime.transform.keyed(images, keys, seed, index))
+    augmented = torch.stack([predict(net, batches, runtime, lambda images, keys, i=i: augment(images, keys, i),
+                                     head_sizes, progress=pass_progress(i + 1))[0] for i in range(n)])
     return torch.lerp(augmented.mean(0), plain, beta)
 
 
-def tta_at_sizes(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
+def tta_at_sizes(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float, seed: int = 0,
                  sizes: tuple[tuple[int, int], ...] = (), head_sizes: tuple[int, ...] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """`tta` at each of `sizes` (the transform's own size when empty), averaged: the stored pixels
     are resampled to each size by the same transform, so a net trained at 224 can predict at 288
     (timm's test_input_size) from the same image cache."""
     if not sizes:
-        return tta(net, batches, runtime, n, beta, head_sizes=head_sizes, progress=progress)
+        return tta(net, batches, runtime, n, beta, seed, head_sizes=head_sizes, progress=progress)
     total = []
     for index, size in enumerate(sizes):
         at_size = dataclasses.replace(runtime, transform=runtime.transform.resized(size))
         step = None if progress is None else (
             lambda done, count, i=index: progress(i * count + done, len(sizes) * count))
-        total.append(tta(net, batches, at_size, n, beta, head_sizes=head_sizes, progress=step))
+        total.append(tta(net, batches, at_size, n, beta, seed, head_sizes=head_sizes, progress=step))
     return torch.stack(total).mean(0)
 
 
