@@ -64,10 +64,12 @@ def schema(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the reference of every key (docs/spec.md) "
                                                               "instead.")] = False,
 ) -> None:
-    """Print the JSON Schema (draft 2020-12) of a spec, which editors check a spec with as it is
-    typed; docs/spec.schema.json is a copy. ledger check stays the full check.
+    """Print the spec's JSON Schema (draft 2020-12), which editors check a spec with as it is typed.
 
-    Example: ledger schema > docs/spec.schema.json && ledger schema --markdown > docs/spec.md
+    docs/spec.schema.json is its copy, and --markdown prints docs/spec.md, the reference of every
+    key. `ledger check` stays the full check: paths, timm architectures, the sample submission.
+
+    Example: ledger schema > docs/spec.schema.json
     """
     if markdown:
         from ledger.spec.reference import spec_markdown

@@ -21,8 +21,8 @@ from ledger.spec.pseudo_section import check_pseudo_models, parse_pseudo
 from ledger.spec.checks import (Checker, check_group_column, check_model, read_yaml, resolve_path, spec_error,
                                 tta_sizes)
 from ledger.spec.keys import read, spec_keys
-from ledger.spec.objects import (AugmentSpec, DataSpec, ModelSpec, ProbeSpec, Spec, SplitSpec,  # noqa: F401  (re-exported)
-                                  TrainSpec, TtaSpec)
+from ledger.spec.objects import (AugmentSpec, DataSpec, ModelSpec, ProbeSpec, Spec,  # noqa: F401  (re-exported)
+                                  SplitSpec, TrainSpec, TtaSpec)
 
 # ---------------------------------------------------------------- sections
 

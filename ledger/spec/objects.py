@@ -1,12 +1,13 @@
 """A spec's objects: frozen dataclasses, one per section, and a model entry (`ModelSpec`) complete
 on its own, as `spec/loader.py` builds them from YAML and as a run saves its own (`model_to_dict`,
-`model_from_dict`). Every key is one field whose metadata holds its check and its meaning (`spec/keys.py`): the loader,
-the JSON Schema and docs/spec.md all read it. No parsing here, and no torch."""
+`model_from_dict`). Every key is one field whose metadata holds its check and its meaning
+(`spec/keys.py`): the loader, the JSON Schema and docs/spec.md all read it. No parsing here, and no
+torch."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
