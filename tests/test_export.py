@@ -246,7 +246,7 @@ def test_versions_that_differ_are_a_warning(exported):
 
 
 def test_what_cannot_go_into_a_bundle_is_refused():
-    with pytest.raises(LedgerError, match=r"also need AugmentSpec, TrainSpec"):
+    with pytest.raises(LedgerError, match=r"also need AugmentSpec, MAX_RUNS, RESIZE_METHODS, TrainSpec"):
         extract(source_of("spec.objects"), "spec.objects", ("ModelSpec",))  # its base class and default left behind
     with pytest.raises(LedgerError, match=r"x.py line 2: imports yaml"):
         check_imports("import os\nimport yaml\n", "x.py")

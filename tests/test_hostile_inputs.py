@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+import typer
 from conftest import write_spec
 from hostile_common import invoke, one_error_line
 from test_submission import add_run, setup  # noqa: F401 - setup is a fixture
 
+from ledger.cli import app
 from ledger.training.checkpoint import CHECKPOINT
 from ledger.store.database import Store
 
@@ -209,9 +211,20 @@ def test_at_80_columns_a_failed_runs_reason_is_never_cut_mid_word():
     assert ("failed: " + reason).split()[: len(words)] == words  # whole words only
 
 
-HELP_COMMANDS = [["data"], ["data", "fashion-mnist"], ["check"], ["probe-memory"], ["lr-find"], ["train"],
-                 ["ensemble"], ["predict"], ["report"], ["runs"], ["submissions"], ["submissions", "score"],
-                 ["submit"], ["score"]]
+def _command_paths(command, path: tuple[str, ...] = ()):
+    """Every command and group under `command`, as the words that name it on the command line."""
+    if path:
+        yield list(path)
+    for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+        yield from _command_paths(sub, (*path, name))
+
+
+# Every command the app has, read from the app, so that a new one is covered the day it is added.
+HELP_COMMANDS = list(_command_paths(typer.main.get_command(app)))
+
+
+def test_every_command_of_the_app_is_measured_at_80_columns():
+    assert {"check", "schema", "export", "train", "score"} <= {" ".join(c) for c in HELP_COMMANDS}
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)

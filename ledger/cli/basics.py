@@ -1,4 +1,4 @@
-"""`ledger data`, `check` and `score`: the competition folder, the spec, and scoring a file."""
+"""`ledger data`, `check`, `schema` and `score`: the competition folder, the spec, and scoring a file."""
 
 from __future__ import annotations
 
@@ -56,6 +56,29 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
     scored = f"; metric {spec.metric}, submission: {shape.describe()}" if shape else ""
     sys.stdout.write(f"# {spec_path}: valid, {len(spec.models)} model(s), {sum(m.runs for m in spec.models)} run(s)"
                      f"{scored}\n")
+
+
+@app.command()
+@friendly_errors
+def schema(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the reference of every key (docs/spec.md) "
+                                                              "instead.")] = False,
+) -> None:
+    """Print the spec's JSON Schema (draft 2020-12), which editors check a spec with as it is typed.
+
+    docs/spec.schema.json is its copy, and --markdown prints docs/spec.md, the reference of every
+    key. `ledger check` stays the full check: paths, timm architectures, the sample submission.
+
+    Example: ledger schema > docs/spec.schema.json
+    """
+    if markdown:
+        from ledger.spec.reference import spec_markdown
+
+        sys.stdout.write(spec_markdown())
+    else:
+        from ledger.spec.schema import schema_text
+
+        sys.stdout.write(schema_text())
 
 
 @app.command()

@@ -20,7 +20,7 @@ from ledger.errors import LedgerError, SpecError
 
 # `--help` lists the commands in the order of a competitor's week, not in registration order
 # (Typer puts every group after every command).
-WORKFLOW = ("data", "check", "probe-memory", "lr-find", "train", "ensemble", "export", "predict", "report", "runs",
+WORKFLOW = ("data", "check", "schema", "probe-memory", "lr-find", "train", "ensemble", "export", "predict", "report", "runs",
             "submissions", "submit", "score")
 
 

@@ -4,9 +4,10 @@ copy kept by hand, so the bundle predicts with the very code that trained and ba
 Whole modules are copied with their `from ledger.x import` lines made relative (`from .x import`).
 The bundle keeps them flat (`training/models.py` is `<CODE>/models.py`). Of `spec/objects.py` only the
 settings classes and `model_from_dict` are taken (the loader needs PyYAML and the spec checks), each
-definition verbatim, and of `probe/accumulation.py` only `micro_batch_size`. What is written may import
-nothing but the standard library, the bundle's own modules and the six packages a Kaggle image has;
-anything else refuses the export, naming the module, rather than writing a bundle that fails offline.
+definition verbatim (with `spec/keys.py`, whose `setting` makes their fields), and of
+`probe/accumulation.py` only `micro_batch_size`. What is written may import nothing but the standard
+library, the bundle's own modules and the six packages a Kaggle image has; anything else refuses the
+export, naming the module, rather than writing a bundle that fails offline.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "bag.submission_csv": ("read_sample_submission", "write_submission", "_unlink", "_TEMPORARY",
                            "remove_stale_temporaries"),
     "bag.submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "DIGITS", "Shape", "fill"),
-    "spec.objects": ("PRECISIONS", "DataSpec", "AugmentSpec", "_setting", "TrainSpec", "ModelSpec",
-                     "model_from_dict"),
+    "spec.keys": None,
+    "spec.objects": ("PRECISIONS", "RESIZE_METHODS", "MAX_RUNS", "DataSpec", "AugmentSpec", "TrainSpec",
+                     "ModelSpec", "model_from_dict"),
     "probe.accumulation": ("micro_batch_size",),
     "probe.targets": ("precision_for",),
 }

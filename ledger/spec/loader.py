@@ -10,33 +10,35 @@ stored absolute. The objects are in `spec/objects.py`, the checking plumbing in 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ledger.errors import SpecError
-from ledger.bag.metrics import NAMES as METRIC_NAMES
 from ledger.spec.overrides import apply_overrides, blame
 from ledger.spec.pseudo_section import check_pseudo_models, parse_pseudo
 from ledger.spec.checks import (Checker, check_group_column, check_model, read_yaml, resolve_path, spec_error,
                                 tta_sizes)
-from ledger.spec.objects import (MAX_RUNS, RESIZE_METHODS, AugmentSpec, DataSpec, ModelSpec, ProbeSpec, Spec, SplitSpec,
-                                  TrainSpec, TtaSpec)
+from ledger.spec.keys import read, spec_keys
+from ledger.spec.objects import (AugmentSpec, DataSpec, ModelSpec, ProbeSpec, Spec,  # noqa: F401  (re-exported)
+                                  SplitSpec, TrainSpec, TtaSpec)
 
 # ---------------------------------------------------------------- sections
 
-_TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainSpec)}
-_AUGMENT_KEYS = {f.name for f in dataclasses.fields(AugmentSpec)}
-_MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec)} - _TRAIN_KEYS  # what only an entry has
+def _keys(cls: type) -> set[str]:
+    return {f.name for f in spec_keys(cls)}
+
+
+_TRAIN_KEYS = _keys(TrainSpec)
+_AUGMENT_KEYS = _keys(AugmentSpec)
+_MODEL_KEYS = _keys(ModelSpec) - _TRAIN_KEYS  # what only an entry has
 
 
 def _train_fields(c: Checker, defaults: TrainSpec) -> dict:
     """The train settings of a `train:` section or of a model entry that overrides them, each
     checked as its field's metadata says."""
-    return {f.name: c.get(f.name, f.metadata["kind"], getattr(defaults, f.name), **f.metadata["limits"])
-            for f in dataclasses.fields(TrainSpec)}
+    return {f.name: read(c, TrainSpec, f.name, getattr(defaults, f.name)) for f in spec_keys(TrainSpec)}
 
 
 def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
@@ -55,20 +57,8 @@ def _augment(c: Checker, base: AugmentSpec | None) -> AugmentSpec | None:
         c.fail(f"expected true, false or a mapping of {', '.join(sorted(_AUGMENT_KEYS))}; got {value!r}", "augment")
     a = Checker(c.file, c.key("augment"), value)
     a.reject_unknown(_AUGMENT_KEYS)
-    augment = AugmentSpec(
-        do_flip=a.get("do_flip", "bool", start.do_flip),
-        flip_vert=a.get("flip_vert", "bool", start.flip_vert),
-        max_rotate=a.get("max_rotate", "float", start.max_rotate, min=0.0),
-        min_zoom=a.get("min_zoom", "float", start.min_zoom, above=0.0),
-        max_zoom=a.get("max_zoom", "float", start.max_zoom, above=0.0),
-        # Lighting scales brightness and contrast by up to 1 +- max_lighting: 1 reaches black.
-        max_lighting=a.get("max_lighting", "float", start.max_lighting, min=0.0, below=1.0),
-        max_warp=a.get("max_warp", "float", start.max_warp, min=0.0),
-        p_affine=a.get("p_affine", "float", start.p_affine, min=0.0, max=1.0),
-        p_lighting=a.get("p_lighting", "float", start.p_lighting, min=0.0, max=1.0),
-        min_scale=a.get("min_scale", "float", start.min_scale, above=0.0, max=1.0),
-        erasing=a.get("erasing", "float", start.erasing, min=0.0, max=1.0),
-    )
+    augment = AugmentSpec(**{f.name: read(a, AugmentSpec, f.name, getattr(start, f.name))
+                             for f in spec_keys(AugmentSpec)})
     if augment.min_zoom > augment.max_zoom:
         a.fail(f"must be <= max_zoom ({augment.max_zoom}), got {augment.min_zoom}", "min_zoom")
     return augment
@@ -83,36 +73,34 @@ def _check_data_root(file: Path, data: DataSpec, given: str) -> None:
 
 def _parse_data(file: Path, raw: Any) -> DataSpec:
     c = Checker(file, "data", raw)
-    c.reject_unknown({f.name for f in dataclasses.fields(DataSpec)})
-    root = resolve_path(file, c.get("root", "str"))
-    labels = c.get("labels", "str", "folders")
+    c.reject_unknown(_keys(DataSpec))
+    root = resolve_path(file, read(c, DataSpec, "root"))
+    labels = read(c, DataSpec, "labels", "folders")
     extra = c.get("extra_targets", "list", [])
     if not all(isinstance(name, str) and name for name in extra):
         c.fail(f"expected a list of column names, got {extra!r}", "extra_targets")
     if extra and labels == "folders":
         c.fail("needs a label CSV (data.labels: train.csv): class folders hold one target only", "extra_targets")
-    label_col = c.get("label_col", "str", "label")
+    label_col = read(c, DataSpec, "label_col", "label")
     if label_col in extra or len(set(extra)) != len(extra):
         c.fail(f"each column once, and not label_col ({label_col!r}); got {extra!r}", "extra_targets")
     return DataSpec(
         root=root,
         labels=labels,
         extra_targets=tuple(extra),
-        id_col=c.get("id_col", "str", "image_id"),
+        id_col=read(c, DataSpec, "id_col", "image_id"),
         label_col=label_col,
-        train_dir=c.get("train_dir", "str", "train_images"),
-        test_dir=c.get("test_dir", "str", "test_images"),
-        sample_submission=c.get("sample_submission", "str", "sample_submission.csv"),
+        train_dir=read(c, DataSpec, "train_dir", "train_images"),
+        test_dir=read(c, DataSpec, "test_dir", "test_images"),
+        sample_submission=read(c, DataSpec, "sample_submission", "sample_submission.csv"),
     )
 
 
 def _parse_split(file: Path, raw: Any) -> SplitSpec:
     c = Checker(file, "split", raw)
-    c.reject_unknown({"valid_pct", "seed", "folds", "group"})
-    folds = c.get("folds", "int?", None, min=2)
-    valid_pct = c.get("valid_pct", "float?", None, min=0.0, below=1.0)
-    seed = c.get("seed", "int?", None, min=0)
-    group = c.get("group", "str?", None)
+    c.reject_unknown(_keys(SplitSpec))
+    # Absent keys read as null here: the defaults depend on folds.
+    folds, valid_pct, seed, group = (read(c, SplitSpec, key, None) for key in ("folds", "valid_pct", "seed", "group"))
     if folds is None:
         if group is not None:
             c.fail("needs split.folds (groups are kept whole by K-fold splits)", "group")
@@ -128,15 +116,15 @@ def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, spli
     c.reject_unknown(_MODEL_KEYS | _TRAIN_KEYS)
     model = ModelSpec(
         name=c.get("name", "str"),
-        arch=c.get("arch", "str"),
-        size=c.get("size", "size"),
-        resize=c.get("resize", "str", "squish", choices=RESIZE_METHODS),
-        presize=c.get("presize", "size?", None),
-        # Bounded, so that `check` never accepts a plan that would take hours to list.
-        runs=c.get("runs", "int", split.folds or 1, min=1, max=MAX_RUNS),  # with folds: one run per fold
-        weight=c.get("weight", "float", 1.0, min=0.0),
-        accum=c.get("accum", "accum", "auto"),
-        model_kwargs=c.get("model_kwargs", "dict", {}),
+        arch=read(c, ModelSpec, "arch"),
+        size=read(c, ModelSpec, "size"),
+        resize=read(c, ModelSpec, "resize", "squish"),
+        presize=read(c, ModelSpec, "presize", None),
+        # Bounded (MAX_RUNS), so that `check` never accepts a plan that would take hours to list.
+        runs=read(c, ModelSpec, "runs", split.folds or 1),  # with folds: one run per fold
+        weight=read(c, ModelSpec, "weight", 1.0),
+        accum=read(c, ModelSpec, "accum", "auto"),
+        model_kwargs=read(c, ModelSpec, "model_kwargs", {}),
         augment=_augment(c, augment),
         **_train_fields(c, train),
     )
@@ -147,7 +135,7 @@ def _parse_model(c: Checker, train: TrainSpec, augment: AugmentSpec | None, spli
 
 
 # What a ledger home holds besides experiment folders: an experiment must not be named as one.
-_HOME_ENTRIES = {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "cache", "submissions"}
+HOME_ENTRIES = {"ledger.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal", "cache", "submissions"}
 
 
 def _check_name(top: Checker, what: str = "names folders") -> str:
@@ -158,7 +146,7 @@ def _check_name(top: Checker, what: str = "names folders") -> str:
         top.fail(f"use letters, digits, '-', '_' and '.' only (it {what}), got {name!r}", "name")
     if name.startswith("."):  # '.', '..' and hidden folders: runs/<name> must be a folder of its own
         top.fail(f"must not start with '.' (it {what}), got {name!r}", "name")
-    if name in _HOME_ENTRIES or name.endswith(".lock"):
+    if name in HOME_ENTRIES or name.endswith(".lock"):
         top.fail(f"{name!r} is a file of the ledger home; choose another name", "name")
     return name
 
@@ -181,10 +169,9 @@ def parse_spec(
 
 def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top = Checker(file, "", raw)
-    top.reject_unknown({"name", "data", "split", "train", "tta", "probe", "augment", "models", "metric", "class_order",
-                        "pseudo"})
+    top.reject_unknown(_keys(Spec))
     name = _check_name(top)
-    metric = top.get("metric", "str", "accuracy", choices=METRIC_NAMES)
+    metric = read(top, Spec, "metric", "accuracy")
     order = top.get("class_order", "list?", None)  # checked against the classes with the data (ledger check)
     if order is not None and (len({str(c) for c in order}) != len(order) or not all(
             isinstance(c, (str, int)) and not isinstance(c, bool) for c in order)):
@@ -202,17 +189,12 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     augment = _augment(top, AugmentSpec())
 
     tta_c = Checker(file, "tta", top.get("tta", "dict", {}))
-    tta_c.reject_unknown({"n", "beta", "size"})
-    tta = TtaSpec(n=tta_c.get("n", "int", 4, min=0), beta=tta_c.get("beta", "float", 0.25, min=0.0, max=1.0),
-                  size=tta_sizes(tta_c))
+    tta_c.reject_unknown(_keys(TtaSpec))
+    tta = TtaSpec(n=read(tta_c, TtaSpec, "n", 4), beta=read(tta_c, TtaSpec, "beta", 0.25), size=tta_sizes(tta_c))
 
     probe_c = Checker(file, "probe", top.get("probe", "dict", {}))
-    probe_c.reject_unknown({"budget", "steps", "margin"})
-    probe = ProbeSpec(
-        budget=probe_c.get("budget", "budget", "t4"),
-        steps=probe_c.get("steps", "int", 3, min=1),
-        margin=probe_c.get("margin", "float", 0.05, min=0.0, below=1.0),
-    )
+    probe_c.reject_unknown(_keys(ProbeSpec))
+    probe = ProbeSpec(**{f.name: read(probe_c, ProbeSpec, f.name, f.default) for f in spec_keys(ProbeSpec)})
     try:
         probe.budget_bytes
     except ValueError as e:

@@ -1,17 +1,20 @@
 """A spec's objects: frozen dataclasses, one per section, and a model entry (`ModelSpec`) complete
 on its own, as `spec/loader.py` builds them from YAML and as a run saves its own (`model_to_dict`,
-`model_from_dict`). A train setting is one line of `TrainSpec`, with its check in its metadata.
-No parsing here, and no torch."""
+`model_from_dict`). Every key is one field whose metadata holds its check and its meaning
+(`spec/keys.py`): the loader, the JSON Schema and docs/spec.md all read it. No parsing here, and no
+torch."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ledger.bag.metrics import NAMES as METRIC_NAMES
 from ledger.errors import SpecError
 from ledger.training.packaged_weights import PACKAGED_WEIGHTS
+from ledger.spec.keys import REQUIRED, setting
 from ledger.spec.pseudo_section import PseudoSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -21,26 +24,29 @@ MAX_RUNS = 1000  # runs per model entry a spec may ask for
 
 @dataclass(frozen=True)
 class DataSpec:
-    root: Path
-    labels: str = "folders"  # "folders" or the name of a CSV file in root
-    id_col: str = "image_id"
-    label_col: str = "label"
-    train_dir: str = "train_images"
-    test_dir: str = "test_images"
-    sample_submission: str = "sample_submission.csv"
-    # More label columns of the label CSV, trained alongside label_col by one model (one head
-    # with every target's classes, summed cross-entropies: Road to the Top part 4).
-    extra_targets: tuple[str, ...] = ()
+    root: Path = setting(REQUIRED, "str", "The competition folder, relative to the spec file's folder.")
+    labels: str = setting("folders", "str", "`folders` (train_dir/<label>/<image>) or the name of a label CSV in root.")
+    id_col: str = setting("image_id", "str", "The label CSV's id column (ids with or without the file extension).")
+    label_col: str = setting("label", "str", "The label CSV's label column.")
+    train_dir: str = setting("train_images", "str", "The training images' folder in root.")
+    test_dir: str = setting("test_images", "str", "The test images' folder in root.")
+    sample_submission: str = setting("sample_submission.csv", "str",
+                                     "The sample submission in root: the submission's ids, order and columns.")
+    # One head with every target's classes, summed cross-entropies: Road to the Top part 4.
+    extra_targets: tuple[str, ...] = setting((), "columns", "More label-CSV columns one model learns alongside "
+                                             "label_col (needs a label CSV; not with mixup or cutmix).", shown="none")
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    valid_pct: float = 0.2
-    seed: int | None = None  # None: a fresh random split for every run
-    folds: int | None = None  # K: every entry's runs cycle through K stratified folds (seed fixed)
-    group: str | None = None  # a label-CSV column: each of its values stays inside one fold
-
-
+    valid_pct: float = setting(0.2, "float?", "The share of the training images held out by each run.",
+                               shown="0.2; 1/folds with folds", min=0.0, below=1.0)
+    seed: int | None = setting(None, "int?", "The split's seed; null: a fresh random split for every run.",
+                               shown="null; 0 with folds", min=0)
+    folds: int | None = setting(None, "int?", "K: every entry's runs cycle through K stratified folds "
+                                "(the seed fixed); not with valid_pct.", min=2)
+    group: str | None = setting(None, "str?", "A label-CSV column: each of its values stays inside one fold "
+                                "(needs folds).")
 
 
 @dataclass(frozen=True)
@@ -48,57 +54,59 @@ class AugmentSpec:
     """fastai's `aug_transforms` settings, with its names and defaults (min_scale as the lesson
     passes it). `augment: false` in a spec is `None` on the model: no augmentation at all."""
 
-    do_flip: bool = True
-    flip_vert: bool = False
-    max_rotate: float = 10.0
-    min_zoom: float = 1.0
-    max_zoom: float = 1.1
-    max_lighting: float = 0.2
-    max_warp: float = 0.2
-    p_affine: float = 0.75
-    p_lighting: float = 0.75
-    min_scale: float = 0.75
-    # Random erasing (Zhong et al. 2017; the rectangles of fastai's RandomErasing): the chance that a
-    # training image gets one rectangle of 0-30% of its area set to the mean. 0: off.
-    erasing: float = 0.0
-
-
-def _setting(default: Any, kind: str, **limits: Any) -> Any:
-    """A train setting: its default and its check (a `Checker.get` kind and limits), in one place."""
-    return field(default=default, metadata={"kind": kind, "limits": limits})
+    do_flip: bool = setting(True, "bool", "Flip horizontally at random.")
+    flip_vert: bool = setting(False, "bool", "Flip vertically too (and rotate by multiples of 90 degrees).")
+    max_rotate: float = setting(10.0, "float", "The largest rotation, in degrees.", min=0.0)
+    min_zoom: float = setting(1.0, "float", "The smallest zoom factor (at most max_zoom).", above=0.0)
+    max_zoom: float = setting(1.1, "float", "The largest zoom factor.", above=0.0)
+    # Lighting scales brightness and contrast by up to 1 +- max_lighting: 1 reaches black.
+    max_lighting: float = setting(0.2, "float", "The largest change of brightness and contrast.", min=0.0, below=1.0)
+    max_warp: float = setting(0.2, "float", "The largest perspective warp.", min=0.0)
+    p_affine: float = setting(0.75, "float", "The chance of the affine transforms (rotate, zoom, warp).",
+                              min=0.0, max=1.0)
+    p_lighting: float = setting(0.75, "float", "The chance of the lighting transform.", min=0.0, max=1.0)
+    min_scale: float = setting(0.75, "float", "The smallest share of the image a random-resized crop keeps.",
+                               above=0.0, max=1.0)
+    # The rectangles of fastai's RandomErasing (Zhong et al. 2017), filled with the mean, not noise.
+    erasing: float = setting(0.0, "float", "The chance that a training image gets one rectangle of 0-30% of its "
+                             "area set to the mean; 0: off.", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """The train settings of a `train:` section, which every model entry inherits and may override.
-    A new setting is one line here (and its use): parsing, overrides and saving follow from it."""
+    A new setting is one line here (and its use): parsing, overrides, saving and the reference follow."""
 
-    batch_size: int = _setting(64, "int", min=1)  # the effective batch, whatever the accumulation factor
-    epochs: int = _setting(5, "int", min=1)
-    lr: float = _setting(0.01, "float", min=0.0)
-    finetune: bool = _setting(False, "bool")
-    freeze_epochs: int = _setting(1, "int", min=0)
-    weight_decay: float = _setting(0.01, "float", min=0.0)
-    precision: str = _setting("auto", "str", choices=PRECISIONS)
-    pretrained: bool | Path | str = _setting(False, "pretrained")  # str: one of PACKAGED_WEIGHTS
-    save_weights: bool = _setting(False, "bool")
+    batch_size: int = setting(64, "int", "The effective batch, whatever the accumulation factor.", min=1)
+    epochs: int = setting(5, "int", "Epochs (after freeze_epochs when fine-tuning).", min=1)
+    lr: float = setting(0.01, "float", "The peak learning rate of the one-cycle schedule.", min=0.0)
+    finetune: bool = setting(False, "bool", "fastai's fine_tune: the body frozen for freeze_epochs, then all.")
+    freeze_epochs: int = setting(1, "int", "Epochs with the body frozen, when finetune is on.", min=0)
+    weight_decay: float = setting(0.01, "float", "AdamW's weight decay.", min=0.0)
+    precision: str = setting("auto", "str", "auto: bf16 where the card runs it, else fp16 on CUDA, fp32 on CPU.",
+                             choices=PRECISIONS)
+    pretrained: bool | Path | str = setting(False, "pretrained", "true: timm's hub weights; a weights file "
+                                            "(relative to the spec); or a packaged weights name.")
+    save_weights: bool = setting(False, "bool", "Keep the run's weights (safetensors), which export needs.")
     # 1 would make every target uniform: nothing left to learn.
-    label_smoothing: float = _setting(0.0, "float", min=0.0, below=1.0)
-    mixup: float = _setting(0.0, "float", min=0.0)  # alpha of timm's Mixup; 0 is off
-    cutmix: float = _setting(0.0, "float", min=0.0)  # alpha of timm's CutMix; 0 is off
-    clip_grad: float | None = _setting(None, "float?", above=0.0)  # the largest gradient norm; null: off
-    # The decay of an average of the weights (timm's ModelEmaV3, with its warm-up); null: off.
-    ema: float | None = _setting(None, "float?", above=0.0, below=1.0)
+    label_smoothing: float = setting(0.0, "float", "Label smoothing of the cross-entropy.", min=0.0, below=1.0)
+    mixup: float = setting(0.0, "float", "The alpha of timm's Mixup; 0: off.", min=0.0)
+    cutmix: float = setting(0.0, "float", "The alpha of timm's CutMix; 0: off.", min=0.0)
+    clip_grad: float | None = setting(None, "float?", "The largest gradient norm; null: off.", above=0.0)
+    ema: float | None = setting(None, "float?", "The decay of an average of the weights (timm's ModelEmaV3, "
+                                "with its warm-up), which predicts; null: off.", above=0.0, below=1.0)
 
 
 @dataclass(frozen=True)
 class TtaSpec:
-    n: int = 4
-    beta: float = 0.25
-    # Sizes to predict at, the predictions averaged (timm's test_input_size: a net trained at 224
-    # often predicts better at 288). Each is pixels (an int or [height, width]) or a factor of the
-    # entry's own size (a float: 1.25). None: the entry's own size.
-    size: tuple[int | float | tuple[int, int], ...] | None = None
+    n: int = setting(4, "int", "Augmented passes over the test images (fastai's tta n); 0: the plain "
+                     "prediction only.", min=0)
+    beta: float = setting(0.25, "float", "The plain prediction's share of the result (fastai's tta beta).",
+                          min=0.0, max=1.0)
+    # timm's test_input_size: a net trained at 224 often predicts better at 288.
+    size: tuple[int | float | tuple[int, int], ...] | None = setting(
+        None, "tta_sizes", "Sizes to predict at, the predictions averaged: pixels (288 or, in a list, "
+        "[height, width]) or a factor of the entry's size (1.25); one or a list; null: the entry's size.")
 
     def sizes_for(self, model_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
         """The (height, width) sizes an entry of `model_size` predicts at."""
@@ -115,9 +123,10 @@ def _tta_size(item: int | float | tuple[int, int], model_size: tuple[int, int]) 
 
 @dataclass(frozen=True)
 class ProbeSpec:
-    budget: str = "t4"  # a target card (ledger.probe.targets) or a size such as 16GiB
-    steps: int = 3
-    margin: float = 0.05
+    budget: str = setting("t4", "budget", "The card a probe answers for (its memory, capability and precision), "
+                          "or a size such as 16GiB.")
+    steps: int = setting(3, "int", "Training steps each trial measures.", min=1)
+    margin: float = setting(0.05, "float", "The share of the budget kept free.", min=0.0, below=1.0)
 
     @property
     def target(self):
@@ -135,16 +144,23 @@ class ProbeSpec:
 class ModelSpec(TrainSpec):
     """One model entry: every train setting resolved (inherited or its own), and what only an entry has."""
 
-    name: str
-    arch: str
-    size: tuple[int, int]  # (height, width) the model sees
-    resize: str = "squish"  # how a stored image is brought to `presize` (or `size`)
-    presize: tuple[int, int] | None = None  # item size before the random crop, as fastai's Resize
-    runs: int = 1
-    weight: float = 1.0
-    accum: int | str = "auto"
-    model_kwargs: dict = field(default_factory=dict)
-    augment: AugmentSpec | None = AugmentSpec()  # None: no augmentation
+    name: str = setting(REQUIRED, "name", "The entry's name (letters, digits, '-', '_', '.'): it names files "
+                        "and --set models.<name>.key.")
+    arch: str = setting(REQUIRED, "str", "A timm architecture (`ledger check` asks timm).")
+    size: tuple[int, int] = setting(REQUIRED, "size", "The size the model sees: pixels, or [height, width].")
+    resize: str = setting("squish", "str", "How a stored image is brought to presize (or size).",
+                          choices=RESIZE_METHODS)
+    presize: tuple[int, int] | None = setting(None, "size?", "The item size before the random crop, as fastai's "
+                                              "Resize; null: size.")
+    runs: int = setting(1, "int", "Runs of this entry, each on its own split.", shown="1; folds with folds",
+                        min=1, max=MAX_RUNS)
+    weight: float = setting(1.0, "float", "The entry's weight in the bag (--tune-weights chooses them out of "
+                            "bag).", min=0.0)
+    accum: int | str = setting("auto", "accum", "Gradient-accumulation factor (at most batch_size), or auto: "
+                               "the smallest that fits the probe's budget.")
+    model_kwargs: dict = setting({}, "dict", "Keyword arguments of timm.create_model (e.g. drop_path_rate).")
+    augment: AugmentSpec | None = setting(AugmentSpec(), "augment", "The entry's augmentation: keys change the "
+                                          "inherited ones; false: none.", shown="the top-level augment")
 
     @property
     def item_size(self) -> tuple[int, int]:
@@ -159,18 +175,27 @@ class ModelSpec(TrainSpec):
 
 @dataclass(frozen=True)
 class Spec:
-    name: str
-    data: DataSpec
-    models: tuple[ModelSpec, ...]
-    split: SplitSpec = SplitSpec()
-    train: TrainSpec = TrainSpec()
-    tta: TtaSpec = TtaSpec()
-    probe: ProbeSpec = ProbeSpec()
-    augment: AugmentSpec | None = AugmentSpec()  # what model entries inherit; None: off
-    metric: str = "accuracy"  # the competition's metric (ledger.bag.metrics)
-    class_order: tuple[str, ...] | None = None  # classes in order (qwk; the binary positive is last)
-    pseudo: PseudoSpec | None = None  # pseudo-labelled test images from a teacher (see runs/pseudo_labels.py)
-    path: Path | None = None
+    name: str = setting(REQUIRED, "name", "The experiment's name (letters, digits, '-', '_', '.'): runs go "
+                        "to runs/<name>/.")
+    data: DataSpec = setting(REQUIRED, "section", "The competition folder.", section=DataSpec)
+    models: tuple[ModelSpec, ...] = setting(REQUIRED, "models", "The model entries: each inherits train and "
+                                            "augment, key by key, and may override them.", section=ModelSpec)
+    split: SplitSpec = setting(SplitSpec(), "section", "How each run holds out validation images.",
+                               section=SplitSpec)
+    train: TrainSpec = setting(TrainSpec(), "section", "The train settings every entry inherits.", section=TrainSpec)
+    tta: TtaSpec = setting(TtaSpec(), "section", "Test-time augmentation.", section=TtaSpec)
+    probe: ProbeSpec = setting(ProbeSpec(), "section", "What `ledger probe-memory` and accum: auto answer for.",
+                               section=ProbeSpec)
+    augment: AugmentSpec | None = setting(AugmentSpec(), "augment", "The augmentation entries inherit: a mapping "
+                                          "changes fastai's defaults; true: the defaults; false: none.",
+                                          section=AugmentSpec)
+    metric: str = setting("accuracy", "str", "The competition's metric: it scores epochs, the out-of-bag "
+                          "estimate, weights and submissions.", choices=METRIC_NAMES)
+    class_order: tuple[str, ...] | None = setting(None, "classes?", "The classes in order (qwk; with two classes "
+                                                  "the last is the positive one); null: sorted.")
+    pseudo: PseudoSpec | None = setting(None, "section?", "Pseudo-labelled test images from a teacher spec's bag.",
+                                        section=PseudoSpec)
+    path: Path | None = None  # the spec file read: not a key of it
 
     def model(self, name: str) -> ModelSpec:
         for model in self.models:

@@ -10,15 +10,18 @@ from typing import Any, Callable
 
 from ledger.errors import SpecError
 from ledger.spec.checks import Checker, resolve_path, spec_error
+from ledger.spec.keys import REQUIRED, read, setting, spec_keys
 
 _TOLERANCE = 1e-6  # a weight this close to 1 is 1
 
 
 @dataclass(frozen=True)
 class PseudoSpec:
-    teacher: Path  # the teacher's spec file: its done runs, of its current entries, are the teacher bag
-    threshold: float = 0.9  # the teacher bag's top probability a test image needs
-    weight: float = 1.0  # each pseudo-labelled image's share of the loss, a labelled image's being 1
+    teacher: Path = setting(REQUIRED, "str", "The teacher's spec file (same data, same fixed split): the done runs "
+                            "of its current entries are the teacher bag.")
+    threshold: float = setting(0.9, "float", "The teacher bag's top probability a test image needs.", min=0.0, max=1.0)
+    weight: float = setting(1.0, "float", "Each pseudo-labelled image's share of the loss, a labelled image's "
+                            "being 1.", above=0.0)
 
 
 def parse_pseudo(file: Path, raw: Any, data, split, load_teacher: Callable[[Path], Any]) -> PseudoSpec | None:
@@ -27,10 +30,10 @@ def parse_pseudo(file: Path, raw: Any, data, split, load_teacher: Callable[[Path
     if raw is None:
         return None
     c = Checker(file, "pseudo", raw)
-    c.reject_unknown({"teacher", "threshold", "weight"})
-    teacher = resolve_path(file, c.get("teacher", "str"))
-    pseudo = PseudoSpec(teacher=teacher, threshold=c.get("threshold", "float", 0.9, min=0.0, max=1.0),
-                        weight=c.get("weight", "float", 1.0, above=0.0))
+    c.reject_unknown({f.name for f in spec_keys(PseudoSpec)})
+    teacher = resolve_path(file, read(c, PseudoSpec, "teacher"))
+    pseudo = PseudoSpec(teacher=teacher, threshold=read(c, PseudoSpec, "threshold", 0.9),
+                        weight=read(c, PseudoSpec, "weight", 1.0))
     if not teacher.is_file():
         c.fail(f"{teacher}: spec file not found", "teacher")
     if teacher.resolve() == Path(file).resolve():
