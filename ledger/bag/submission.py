@@ -8,6 +8,7 @@ with their reason, never bagged silently. `run_ids` (the CLI's --run) bags exact
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
+from ledger.runs.outputs import FILE, guard_output, reservation, reserved
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
@@ -140,7 +142,7 @@ def default_out(home: Path, experiment: str) -> Path:
     folder = Path(home).absolute() / "submissions"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = folder / f"{experiment}-{stamp}.csv", 2
-    while path.exists():  # two submissions in one second must not overwrite each other
+    while path.exists() or reservation(path).exists():  # two submissions in one second: two names
         path, n = folder / f"{experiment}-{stamp}-{n}.csv", n + 1
     return path
 
@@ -148,10 +150,10 @@ def default_out(home: Path, experiment: str) -> Path:
 def make_submission(spec, store, run_ids: Sequence[str] | None = None,
                     weight_overrides: Mapping[str, float] | None = None, out: Path | None = None,
                     dry_run: bool = False, tune: bool = False, use_tuned: bool = False,
-                    steps: int = DEFAULT_STEPS, message: str | None = None) -> Submission:
+                    steps: int = DEFAULT_STEPS, message: str | None = None, force: bool = False) -> Submission:
     """Bag the selected runs into a checked submission CSV and record in the ledger which runs, with
     which weights and out-of-bag figure, made it. `use_tuned` bags with the tuned weights instead of
-    the spec's (and implies `tune`)."""
+    the spec's (and implies `tune`). `force` replaces an existing `out` that no ledger records."""
     if use_tuned and weight_overrides:
         raise LedgerError("--use-tuned and --weight both set the weights: give one of them")
     selection = select_runs(spec, store, run_ids)
@@ -194,7 +196,16 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
-    _refuse_recorded(store, path)
+    with reserved(path):  # the name is ours until the row is recorded: a second writer is refused
+        _refuse_recorded(store, path)
+        guard_output(path, FILE, spec=spec, homes=[store.home], force=force or not out)
+        return _write_and_record(spec, store, path, sample_path, submission, bagged, excluded, figure, metric,
+                                 message)
+
+
+def _write_and_record(spec, store, path, sample_path, submission, bagged, excluded, figure, metric,
+                      message) -> Submission:
+    result, shape = submission.result, submission.shape
     recorded: dict[str, str] = {}
 
     def record(sha256: str) -> None:
@@ -207,8 +218,7 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
             excluded=json.dumps([{"run_id": e.run_id, "reason": e.reason} for e in excluded]), message=message)
 
     write_submission(sample_path, result, path, commit=record, shape=shape)
-    return Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded, path,
-                      recorded["sha256"], recorded["id"], shape=shape, gain=gain)
+    return dataclasses.replace(submission, path=path, sha256=recorded["sha256"], submission_id=recorded["id"])
 
 
 def _refuse_recorded(store, path: Path) -> None:

@@ -124,6 +124,7 @@ def ensemble(
     use_tuned: Annotated[bool, typer.Option("--use-tuned", help="Bag with the tuned weights instead of the spec's (implies --tune-weights).")] = False,
     steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never a recorded submission, the data or the ledger).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
     overrides: SetOpt = None,
@@ -143,7 +144,7 @@ def ensemble(
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
     submission = make_submission(spec, Store(home, existing=True), run, _weights(weight), out, dry_run=dry_run,
-                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message)
+                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message, force=force)
     if as_json:
         _print_json(_submission_json(submission))
     else:
@@ -166,12 +167,13 @@ def report(
     Example: ledger report experiments/fashion.yaml --out reports/fashion
     """
     from ledger.report.page import write_report
+    from ledger.runs.outputs import REPORT, guard_output
     from ledger.store.database import Store
 
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--out {out}: is a file; report --out takes a folder (report.html and its pictures go in it)")
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
+    store = Store(home, existing=True)
+    out = guard_output(out, REPORT, spec=spec, homes=[store.home])  # an empty folder or an earlier report's
+    result = write_report(spec, store, out, run=run, top_losses=top_losses)
     for section in result.sections:
         console.print(f"{section.heading}: TTA {section.figures} on {len(section.interp.ids)} held-out images")
     console.print(f"wrote {result.html}")
@@ -191,6 +193,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="CSV to write: id, label, one probability column per class.")],
     use_tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Test-time augmentation as each run's spec says, "
                                                                   "or the plain pass only.")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
     home: HomeOpt = None,
@@ -201,18 +204,20 @@ def predict(
     """
     from ledger.export.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
     from ledger.cli.progress import StageDisplay
+    from ledger.runs.outputs import FILE, guard_output, reserved
     from ledger.store.database import Store
 
-    if out.is_dir():
-        raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")
     store = Store(home, existing=True)
     is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
-    members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store) if is_spec \
-        else members_of_run(store, target)
+    spec = _load(Path(target), check_models=False, overrides=overrides) if is_spec else None
     paths = image_paths(images)
+    out = guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images], force=force)
+    members = members_of_spec(spec, store) if is_spec else members_of_run(store, target)
     with StageDisplay(console) as stage:
         prediction = predict_images(members, paths, _device(device), use_tta=use_tta, stage=stage)
-    written = write_csv(prediction, out)
+    with reserved(out):
+        written = write_csv(prediction, guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images],
+                                                     force=force))  # again: the file may have appeared since
     runs = ", ".join(f"{run_id} ({weight:.3f})" for run_id, weight in prediction.weights.items())
     console.print(f"wrote {written}: {len(prediction.ids)} image(s), {len(prediction.vocab)} classes, "
                   f"from {len(prediction.weights)} run(s): {runs}")

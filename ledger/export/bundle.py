@@ -32,6 +32,7 @@ from ledger.runs import artifacts
 from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, library_versions, sha256_file
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
+from ledger.runs.outputs import BUNDLE, guard_output, reserved
 from ledger.store.rows import RunRow
 
 DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
@@ -107,17 +108,15 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
     """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
     written when the weights alone exceed it."""
     from ledger.units import format_size
-    from ledger.bag.submission import check_spec_shape
 
+    # An existing folder is replaced only when it is an earlier bundle (its manifest) and with `force`.
+    out = guard_output(out, BUNDLE, spec=spec, homes=[store.home], force=force)
     members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps)
     check_weights(members)
-    out = Path(out).absolute()
     weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
     if max_size is not None and weights_bytes > max_size:
         raise LedgerError(f"{out}: the bag's weights alone are {format_size(weights_bytes)}, over --max-size "
                           f"{format_size(max_size)}; bag fewer or smaller runs, or raise --max-size")
-    if out.exists() and not force:
-        raise LedgerError(f"{out}: already exists; give another --out, or --force to replace it")
 
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
     notes = [f"run {e.run_id} was trained before its TTA seed was recorded: the bundle's {e.tta_n} augmented "
@@ -125,6 +124,17 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
              for e, resolved in entries if e.tta_n and "seed" not in (resolved.get("tta") or {})]
     versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
+
+    with reserved(out):  # a second export to the same folder at the same moment is refused
+        size, files = _write_bundle(spec, out, members, entries, use_tuned, weight_overrides, versions, max_size)
+    return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, files, versions, notes)
+
+
+def _write_bundle(spec, out: Path, members: list[Member], entries: list[tuple[RunEntry, dict]], use_tuned: bool,
+                  weight_overrides, versions: dict[str, str], max_size: int | None) -> tuple[int, int]:
+    """Build the bundle beside `out` and rename it into place; (bytes, files)."""
+    from ledger.units import format_size
+    from ledger.bag.submission import check_spec_shape
 
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -155,7 +165,7 @@ def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, len(files) + 1, versions, notes)
+    return size, len(files) + 1
 
 
 def _training_versions(recorded: list[dict[str, str] | None]) -> tuple[dict[str, str], list[str]]:
