@@ -104,10 +104,22 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
+        if _interrupted(error):  # an interrupt some library wrapped: the run stopped, it did not fail
+            raise KeyboardInterrupt from error
         shutil.rmtree(partial, ignore_errors=True)
         message = ("out of memory: " if is_out_of_memory(error) else "") + describe(error)
         return RunResult(plan.run_id, "failed", error=message, **where)
     return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs, **where)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the errors that led to `error`."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def committed_result(run_id: str, final: Path) -> RunResult | None:
