@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
+from ledger.runs.checksums import verify
 from ledger.runs.outputs import FILE, guard_output, reservation, reserved
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
@@ -163,6 +164,7 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
         if folder is None:
             raise LedgerError(f"run {row.id}: done but no artifact folder on record")
         valid_path = folder / VALID_PREDS
+        verify(row, folder, [TEST_PREDS, VALID_PREDS])  # the predictions the run finished with
         runs.append(RunInput(row.id, selection.entry[row.id], load_predictions(folder / TEST_PREDS),
                              load_predictions(valid_path) if valid_path.exists() else None))
     entries = list(dict.fromkeys(run.model for run in runs))

@@ -29,6 +29,7 @@ import yaml
 
 import ledger
 from ledger.runs import artifacts
+from ledger.runs.checksums import recorded, verify
 from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, library_versions, sha256_file
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
@@ -79,6 +80,8 @@ def check_weights(members: list[Member]) -> None:
         raise LedgerError(f"run(s) {', '.join(m.row.id for m in without)} kept no weights (`save_weights` is off for "
                           f"entry {', '.join(entries)}): set `save_weights: true` (train: or the model entry), train "
                           f"again, then export")
+    for member in members:
+        verify(member.row, member.folder, [artifacts.WEIGHTS])  # a damaged file is never shipped
 
 
 def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
@@ -157,6 +160,12 @@ def _write_bundle(spec, out: Path, members: list[Member], entries: list[tuple[Ru
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions,
                     "files": {p.relative_to(partial).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in files}}
+        for member in members:  # the manifest vouches for the weights the runs finished with, no others
+            name = f"{RUNS}/{member.row.id}/{WEIGHTS}"
+            sums = recorded(member.row)
+            if artifacts.WEIGHTS in sums and manifest["files"][name]["sha256"] != sums[artifacts.WEIGHTS]:
+                raise LedgerError(f"run {member.row.id}: {member.folder / artifacts.WEIGHTS} changed while it was "
+                                  f"copied (its sha256 no longer matches the one recorded); export again")
         _write_json(partial / MANIFEST, manifest)
         size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
         if max_size is not None and size > max_size:
