@@ -21,6 +21,7 @@ import pandas as pd
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
 from ledger.runs.checksums import verify
 from ledger.runs.outputs import FILE, guard_output, reservation, reserved
+from ledger.bag.completeness import check_whole
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
@@ -151,13 +152,18 @@ def default_out(home: Path, experiment: str) -> Path:
 def make_submission(spec, store, run_ids: Sequence[str] | None = None,
                     weight_overrides: Mapping[str, float] | None = None, out: Path | None = None,
                     dry_run: bool = False, tune: bool = False, use_tuned: bool = False,
-                    steps: int = DEFAULT_STEPS, message: str | None = None, force: bool = False) -> Submission:
+                    steps: int = DEFAULT_STEPS, message: str | None = None, force: bool = False,
+                    allow_missing: bool = False) -> Submission:
     """Bag the selected runs into a checked submission CSV and record in the ledger which runs, with
     which weights and out-of-bag figure, made it. `use_tuned` bags with the tuned weights instead of
-    the spec's (and implies `tune`). `force` replaces an existing `out` that no ledger records."""
+    the spec's (and implies `tune`). `force` replaces an existing `out` that no ledger records;
+    `allow_missing` bags the runs there are while others still train or lost their folder."""
     if use_tuned and weight_overrides:
         raise LedgerError("--use-tuned and --weight both set the weights: give one of them")
     selection = select_runs(spec, store, run_ids)
+    if not run_ids:  # runs named by id are the bag the user chose; else it holds every run of the spec
+        left = check_whole(spec, store, allow_missing)
+        selection = dataclasses.replace(selection, excluded=selection.excluded + [Excluded(*pair) for pair in left])
     runs = []
     for row in selection.rows:
         folder = store.artifact_path(row)

@@ -125,6 +125,7 @@ def ensemble(
     steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --tune-weights.")] = 30,  # oob.DEFAULT_STEPS
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never a recorded submission, the data or the ledger).")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Bag the runs there are while others of the spec still train or lost their folder (refused otherwise).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
     overrides: SetOpt = None,
@@ -144,7 +145,8 @@ def ensemble(
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
     submission = make_submission(spec, Store(home, existing=True), run, _weights(weight), out, dry_run=dry_run,
-                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message, force=force)
+                                 tune=tune_weights, use_tuned=use_tuned, steps=steps, message=message, force=force,
+                                 allow_missing=allow_missing)
     if as_json:
         _print_json(_submission_json(submission))
     else:

@@ -27,7 +27,9 @@ def export(
     steps: Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for --use-tuned.")] = 30,
     max_size: Annotated[str, typer.Option("--max-size", help="Refuse a bundle larger than this (Kaggle datasets "
                                                              "have a size limit), e.g. 20GB, 100GiB.")] = "20GB",
-    force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it is an earlier bundle.")] = False,
+    allow_missing: Annotated[bool, typer.Option("--allow-missing", help="Bag the runs there are while others of the "
+                                                                         "spec still train or lost their folder.")] = False,
     overrides: SetOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -50,7 +52,7 @@ def export(
         raise SpecError(f"--max-size {max_size!r}: {e}") from None
     spec = _load(spec_path, check_models=False, overrides=overrides)
     bundle = export_bag(spec, Store(home, existing=True), out, run, _weights(weight), use_tuned=use_tuned,
-                        steps=steps, max_size=limit, force=force)
+                        steps=steps, max_size=limit, force=force, allow_missing=allow_missing)
     for note in bundle.notes:
         err_console.print(f"note: {note}", markup=False)
     runs = ", ".join(f"{run_id} ({weight:.3f})" for run_id, weight in bundle.weights.items())

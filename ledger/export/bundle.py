@@ -61,11 +61,11 @@ class Bundle:
 
 
 def bag_members(spec, store, run_ids: Sequence[str] | None = None, weight_overrides: Mapping[str, float] | None = None,
-                use_tuned: bool = False, steps: int | None = None) -> list[Member]:
+                use_tuned: bool = False, steps: int | None = None, allow_missing: bool = False) -> list[Member]:
     """The runs `ledger ensemble` would bag with these options, weighted as it weighs them."""
     from ledger.bag.submission import make_submission
 
-    options = {} if steps is None else {"steps": steps}
+    options = {"allow_missing": allow_missing} | ({} if steps is None else {"steps": steps})
     submission = make_submission(spec, store, run_ids, weight_overrides, dry_run=True, use_tuned=use_tuned, **options)
     rows = {row.id: row for row in submission.selection.rows}
     return [Member(rows[run_id], submission.selection.entry[run_id], store.artifact_path(rows[run_id]), weight)
@@ -107,14 +107,14 @@ def run_entry(member: Member, extra_targets: Sequence[str]) -> tuple[RunEntry, d
 
 def export_bag(spec, store, out: Path, run_ids: Sequence[str] | None = None,
                weight_overrides: Mapping[str, float] | None = None, use_tuned: bool = False, steps: int | None = None,
-               max_size: int | None = None, force: bool = False) -> Bundle:
+               max_size: int | None = None, force: bool = False, allow_missing: bool = False) -> Bundle:
     """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
     written when the weights alone exceed it."""
     from ledger.units import format_size
 
     # An existing folder is replaced only when it is an earlier bundle (its manifest) and with `force`.
     out = guard_output(out, BUNDLE, spec=spec, homes=[store.home], force=force)
-    members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps)
+    members = bag_members(spec, store, run_ids, weight_overrides, use_tuned, steps, allow_missing)
     check_weights(members)
     weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
     if max_size is not None and weights_bytes > max_size:

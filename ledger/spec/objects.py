@@ -75,7 +75,7 @@ class TrainSpec:
 
     batch_size: int = _setting(64, "int", min=1)  # the effective batch, whatever the accumulation factor
     epochs: int = _setting(5, "int", min=1)
-    lr: float = _setting(0.01, "float", min=0.0)
+    lr: float = _setting(0.01, "float", above=0.0)  # 0 trains nothing: every epoch a wasted one
     finetune: bool = _setting(False, "bool")
     freeze_epochs: int = _setting(1, "int", min=0)
     weight_decay: float = _setting(0.01, "float", min=0.0)
