@@ -227,7 +227,7 @@ def test_size_limit_and_an_existing_folder(exported):
     assert invoke("export", spec, "--home", home, "--out", out).exit_code == 0
     (out / "stale").write_text("from an older export")
     taken = invoke("export", spec, "--home", home, "--out", out)
-    assert taken.exit_code == 1 and "already exists" in taken.stderr and (out / "stale").exists()
+    assert taken.exit_code == 2 and "already exists" in taken.stderr and (out / "stale").exists()
     assert invoke("export", spec, "--home", home, "--out", out, "--force").exit_code == 0
     assert not (out / "stale").exists() and (out / "manifest.json").is_file()
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]

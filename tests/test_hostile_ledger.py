@@ -119,8 +119,9 @@ def test_a_done_run_whose_folder_is_gone_is_missing_and_owed_again(setup, tmp_pa
     listed = json.loads(invoke("runs", "--home", setup["home"], "--json").stdout)["runs"]
     assert {r["id"]: r["status"] for r in listed} == {"c0": "done", "c1": "missing", "v0": "done"}
     assert "tiny/c1" in next(r["error"] for r in listed if r["id"] == "c1")
-    bagged = _bag(setup)
-    assert bagged["runs"] == ["c0", "v0"]  # the missing run is not bagged, and ensemble works
+    # A bag without it is refused unless chosen (issue 31); chosen, the missing run is not bagged.
+    bagged = _bag(setup, "--allow-missing")
+    assert bagged["runs"] == ["c0", "v0"]
     from ledger.runs.plan import plan
 
     owed = plan(setup["spec"], setup["spec"].models, Store(setup["home"]).runs("tiny"), lambda m: 1, lambda: "new")

@@ -119,26 +119,49 @@ def test_vocab_order_of_a_run_does_not_matter():
 # ---------------------------------------------------------------- greedy selection
 
 
-# Labels x1 cat, x2 cat, x3 dog. A: 2/3 alone (x3 wrong); B: 1/3 alone; A twice + B once: all right.
+# Labels x1 cat, x2 cat, x3 dog. A: 2/3 alone (x3 wrong); B: 2/3 alone (x2 wrong); A + B: all right.
 TUNING = [
     ("a", "A", valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})),
-    ("b", "B", valid({"x1": 0.2, "x2": 0.45, "x3": 0.1})),
+    ("b", "B", valid({"x1": 0.6, "x2": 0.45, "x3": 0.1})),
 ]
 
 
 def test_greedy_selection_by_hand():
     held = held_out(TUNING, VOCAB)
-    # Start: A alone (2/3, log loss 0.504).
-    assert tune_weights(held, steps=0).counts == {"A": 1, "B": 0}
-    # Step 1: A+A is A (2/3, log loss 0.504); A+B: x1 0.45 wrong, x2 0.575, x3 0.325 -> 2/3, log loss
-    # 0.582. Equal accuracy, lower log loss: A again, no better than the start, so the start is kept.
-    assert tune_weights(held, steps=1).counts == {"A": 1, "B": 0}
-    # Step 2 from A2: A2 B1: x1 (1.4 + 0.2)/3 = 0.533 cat, x2 0.617 cat, x3 (1.1 + 0.1)/3 = 0.4 dog: 3/3.
-    tuned = tune_weights(held, steps=2)
-    assert tuned.counts == {"A": 2, "B": 1} and tuned.weights == pytest.approx({"A": 2 / 3, "B": 1 / 3})
-    assert estimate(held, tuned.counts).accuracy == 1.0
-    # More steps never keep a worse ensemble than the best on the path.
-    assert estimate(held, tune_weights(held, steps=30).counts).accuracy == 1.0
+    # Start: A and B tie at 2/3; log loss A (0.357 + 0.357 + 0.799)/3 = 0.504, B (0.511 + 0.799 +
+    # 0.105)/3 = 0.472: B.
+    assert tune_weights(held, steps=0).counts == {"A": 0, "B": 1}
+    # Step 1: B+A: x1 0.65, x2 0.575, x3 P(cat) 0.325: 3/3, a strict gain.
+    tuned = tune_weights(held, steps=1)
+    assert tuned.counts == {"A": 1, "B": 1} and tuned.weights == pytest.approx({"A": 0.5, "B": 0.5})
+    assert estimate(held, tuned.counts).accuracy == 1.0 and tuned.steps == 1
+    # Step 2: A2 B1 and A1 B2 are both 3/3 again: a tie adds nothing, so the search stops there.
+    tuned = tune_weights(held, steps=30)
+    assert tuned.counts == {"A": 1, "B": 1} and tuned.steps == 1
+
+
+def test_a_chance_level_entry_earns_no_weight_for_a_tie():
+    # An overconfident entry (right on 80% of 300 images at P 0.99) and a chance-level one (a coin
+    # at P 0.5 +- 0.01). Mixing the coin in never changes a label, so accuracy ties; it does soften
+    # the confident mistakes, so the bag's log loss falls: a log-loss tie-break would pick it at
+    # every step (greedy selection used to give such an entry 10 of 21 picks).
+    rng = np.random.default_rng(0)
+    ids = np.array([f"i{n}" for n in range(300)])
+    labels = np.array(VOCAB)[rng.integers(0, 2, len(ids))]
+    truth = (labels == "cat").astype(float)
+    right = rng.random(len(ids)) < 0.8
+    confident = np.where(right, truth, 1 - truth) * 0.98 + 0.01
+    coin = 0.5 + rng.uniform(-0.01, 0.01, len(ids))
+
+    def entry(p_cat):
+        return Predictions(ids=ids, probs=np.stack([p_cat, 1 - p_cat], axis=1), vocab=np.array(VOCAB), labels=labels)
+
+    held = held_out([("g", "good", entry(confident)), ("c", "coin", entry(coin))], VOCAB)
+    mixed = estimate(held, {"good": 2, "coin": 1}, metric=metric_by_name("log_loss")).score
+    alone = estimate(held, {"good": 1}, metric=metric_by_name("log_loss")).score
+    assert mixed < alone  # the premise: the coin lowers the log loss
+    tuned = tune_weights(held, steps=20)
+    assert tuned.counts == {"good": 1, "coin": 0} and tuned.steps == 0
 
 
 def test_ties_go_to_the_first_entry():

@@ -69,7 +69,7 @@ class Estimate:
 class Tuned:
     counts: dict[str, int]  # times each entry was picked: weights to paste into the spec
     weights: dict[str, float]  # the counts normalised
-    steps: int  # greedy steps taken (the ensemble kept may be an earlier one on the path)
+    steps: int  # greedy steps taken: each improved the metric (fewer than asked when none could)
 
 
 def held_out(
@@ -145,11 +145,13 @@ def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | N
 def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACCURACY) -> Tuned:
     """Greedy ensemble selection with replacement (Caruana et al. 2004) on `metric`, on the images
     every entry covers. Start from the best single entry; at each step add the entry (again, if it
-    helps) whose addition scores best; keep the best ensemble on the path, the earliest among
-    equals (fewer picks, less fitted to these images). Scores within `metrics.TOLERANCE` of each
-    other are equal, so rounding (which differs between CPUs and BLAS builds) decides nothing; a
-    label metric's ties go to the lower log loss (ties are common on few images), then to the
-    earlier choice: the entry listed first, the shorter path."""
+    helps) whose addition scores best, and stop when no addition improves the metric by more than
+    `metrics.TOLERANCE`. An addition that only ties is never taken: on a label metric ties are
+    common on few images, and an entry added for a tie (a chance-level entry that merely softens an
+    overconfident one, say) would earn weight it did nothing for. Scores within the tolerance are
+    equal, so rounding (which differs between CPUs and BLAS builds) decides nothing. Among equal
+    improvements (and among the single entries at the start) a label metric prefers the lower log
+    loss, then the entry listed first."""
     if not held.entries:
         raise LedgerError("no held-out predictions to tune weights on")
     images = held.common()
@@ -177,15 +179,17 @@ def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACC
                 best = (score, candidate)
         return best
 
-    best_score, counts = best_next(np.zeros(len(held.entries), dtype=np.int64))
-    kept = counts
-    for _ in range(steps):
-        score, counts = best_next(counts)
-        if beats(score, best_score):
-            best_score, kept = score, counts
-    return Tuned(counts={e: int(c) for e, c in zip(held.entries, kept)},
-                 weights={e: float(c) / kept.sum() for e, c in zip(held.entries, kept)},
-                 steps=steps)
+    score, counts = best_next(np.zeros(len(held.entries), dtype=np.int64))
+    taken = 0
+    for taken in range(1, steps + 1):
+        next_score, next_counts = best_next(counts)
+        if not metric.better(next_score[0], score[0]):  # a tie or worse: the search ends here
+            taken -= 1
+            break
+        score, counts = next_score, next_counts
+    return Tuned(counts={e: int(c) for e, c in zip(held.entries, counts)},
+                 weights={e: float(c) / counts.sum() for e, c in zip(held.entries, counts)},
+                 steps=taken)
 
 
 def compare(held: HeldOut, spec_weights: Mapping[str, float], tuned: Tuned | None = None,

@@ -8,6 +8,7 @@ with their reason, never bagged silently. `run_ids` (the CLI's --run) bags exact
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
+from ledger.runs.checksums import verify
+from ledger.runs.outputs import FILE, guard_output, reservation, reserved
+from ledger.bag.completeness import check_whole
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
@@ -39,6 +43,7 @@ class BagOptions:
     tune: bool = False  # --tune-weights: search greedy weights out of bag and report them
     use_tuned: bool = False  # --use-tuned: bag with those weights (implies tune)
     steps: int = DEFAULT_STEPS  # greedy selection steps
+    allow_missing: bool = False  # --allow-missing: bag the runs there are while others train or lost their folder
 
     def __post_init__(self):
         if self.use_tuned and self.weights:
@@ -166,7 +171,7 @@ def default_out(home: Path, experiment: str) -> Path:
     folder = Path(home).absolute() / "submissions"
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = folder / f"{experiment}-{stamp}.csv", 2
-    while path.exists():  # two submissions in one second must not overwrite each other
+    while path.exists() or reservation(path).exists():  # two submissions in one second: two names
         path, n = folder / f"{experiment}-{stamp}-{n}.csv", n + 1
     return path
 
@@ -181,18 +186,23 @@ def bag_members(spec, store, options: BagOptions = BagOptions()) -> list[BagMemb
 
 
 def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path | None = None,
-                    dry_run: bool = False, message: str | None = None) -> Submission:
+                    dry_run: bool = False, message: str | None = None, force: bool = False) -> Submission:
     """Bag the runs `options` choose into a checked submission CSV and record in the ledger which
-    runs, with which weights and out-of-bag figure, made it."""
-    run_ids, weight_overrides = options.run_ids, options.weights
+    runs, with which weights and out-of-bag figure, made it. `force` replaces an existing `out` that
+    no ledger records."""
+    run_ids, weight_overrides, allow_missing = options.run_ids, options.weights, options.allow_missing
     tune, use_tuned, steps = options.tune, options.use_tuned, options.steps
     selection = select_runs(spec, store, run_ids)
+    if not run_ids:  # runs named by id are the bag the user chose; else it holds every run of the spec
+        left = check_whole(spec, store, allow_missing)
+        selection = dataclasses.replace(selection, excluded=selection.excluded + [Excluded(*pair) for pair in left])
     runs = []
     for row in selection.rows:
         folder = store.artifact_path(row)
         if folder is None:
             raise LedgerError(f"run {row.id}: done but no artifact folder on record")
         valid_path = folder / VALID_PREDS
+        verify(row, folder, [TEST_PREDS, VALID_PREDS])  # the predictions the run finished with
         runs.append(RunInput(row.id, selection.entry[row.id], load_predictions(folder / TEST_PREDS),
                              load_predictions(valid_path) if valid_path.exists() else None))
     entries = list(dict.fromkeys(run.model for run in runs))
@@ -226,7 +236,16 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
-    _refuse_recorded(store, path)
+    with reserved(path):  # the name is ours until the row is recorded: a second writer is refused
+        _refuse_recorded(store, path)
+        guard_output(path, FILE, spec=spec, homes=[store.home], force=force or not out)
+        return _write_and_record(spec, store, path, sample_path, submission, bagged, excluded, figure, metric,
+                                 message)
+
+
+def _write_and_record(spec, store, path, sample_path, submission, bagged, excluded, figure, metric,
+                      message) -> Submission:
+    result, shape = submission.result, submission.shape
     recorded: dict[str, str] = {}
 
     def record(sha256: str) -> None:
@@ -239,8 +258,7 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
             excluded=json.dumps([{"run_id": e.run_id, "reason": e.reason} for e in excluded]), message=message)
 
     write_submission(sample_path, result, path, commit=record, shape=shape)
-    return Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded, path,
-                      recorded["sha256"], recorded["id"], shape=shape, gain=gain)
+    return dataclasses.replace(submission, path=path, sha256=recorded["sha256"], submission_id=recorded["id"])
 
 
 def _refuse_recorded(store, path: Path) -> None:

@@ -61,6 +61,10 @@ def submission_shape(sample: Path, columns: Sequence[str], vocab: Sequence[str],
     named = [c for c in values if c in set(vocab)]
     clip = metric.name == "log_loss"
     if len(named) >= 2:
+        strangers = [c for c in values if c not in set(vocab)]
+        if strangers:  # left unfilled, they would keep the sample's placeholder values in every submission
+            raise LedgerError(f"{sample}: columns {few(strangers, limit=5, quote=False)} name no class of the "
+                              f"training labels (classes: {few(vocab, limit=8, quote=False)})")
         missing = [c for c in vocab if c not in named]
         if missing:
             raise LedgerError(f"{sample}: columns for classes {few(named, limit=5, quote=False)}, but none for "

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli.common import JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, friendly_errors
+from ledger.cli.common import (JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, err_console,
+                               friendly_errors)
 from ledger.bag.metrics import NAMES as METRIC_NAMES, format_score
 
 
@@ -47,8 +48,16 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
     from ledger.spec.loader import dump_yaml
     from ledger.bag.submission import check_spec_shape
 
+    from ledger.data import sanity
+    from ledger.data.competition import load_competition
+
     spec = _load(spec_path, overrides=overrides, check_data=True)
     shape = check_spec_shape(spec)  # None without a sample submission: nothing to check yet
+    if shape is not None:  # the folder is whole enough to read: what would fail only after training
+        competition = load_competition(spec.data)
+        sanity.check_groups(competition, spec.split)
+        for warning in sanity.warnings(spec, competition):
+            err_console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     resolved = spec.to_dict()
     resolved.pop("path")
     # Plain writes, never wrapped: the output is YAML a script may read back.

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli.common import (DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
+from ledger.cli.common import (AllowMissingOpt, DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
                                _accuracy, _bag_options, _coverage, _device, _load, _print_json, app, console,
                                friendly_errors)
 from ledger.errors import SpecError
@@ -111,6 +111,8 @@ def ensemble(
     use_tuned: UseTunedOpt = False,
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never a recorded submission, the data or the ledger).")] = False,
+    allow_missing: AllowMissingOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print runs, weights and out-of-bag figures; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts instead of tables.")] = False,
     overrides: SetOpt = None,
@@ -129,8 +131,9 @@ def ensemble(
     from ledger.bag.submission import make_submission
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    options = _bag_options(run, weight, use_tuned, steps, tune=tune_weights)
-    submission = make_submission(spec, Store(home, existing=True), options, out, dry_run=dry_run, message=message)
+    options = _bag_options(run, weight, use_tuned, steps, tune=tune_weights, allow_missing=allow_missing)
+    submission = make_submission(spec, Store(home, existing=True), options, out, dry_run=dry_run, message=message,
+                                 force=force)
     if as_json:
         _print_json(_submission_json(submission))
     else:
@@ -153,12 +156,13 @@ def report(
     Example: ledger report experiments/fashion.yaml --out reports/fashion
     """
     from ledger.report.page import write_report
+    from ledger.runs.outputs import REPORT, guard_output
     from ledger.store.database import Store
 
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--out {out}: is a file; report --out takes a folder (report.html and its pictures go in it)")
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    result = write_report(spec, Store(home, existing=True), out, run=run, top_losses=top_losses)
+    store = Store(home, existing=True)
+    out = guard_output(out, REPORT, spec=spec, homes=[store.home])  # an empty folder or an earlier report's
+    result = write_report(spec, store, out, run=run, top_losses=top_losses)
     for section in result.sections:
         console.print(f"{section.heading}: TTA {section.figures} on {len(section.interp.ids)} held-out images")
     console.print(f"wrote {result.html}")
@@ -182,6 +186,8 @@ def predict(
     weight: WeightOpt = None,
     use_tuned: UseTunedOpt = False,
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
+    allow_missing: AllowMissingOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
     home: HomeOpt = None,
@@ -196,21 +202,24 @@ def predict(
     """
     from ledger.export.predict import image_paths, members_of_run, members_of_spec, predict_images, write_csv
     from ledger.cli.progress import StageDisplay
+    from ledger.runs.outputs import FILE, guard_output, reserved
     from ledger.store.database import Store
 
-    if out.is_dir():
-        raise SpecError(f"--out {out}: is a folder; predict --out takes a CSV file name")
     store = Store(home, existing=True)
     is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
-    if not is_spec and (run or weight or use_tuned):
-        raise SpecError("--run, --weight and --use-tuned choose a spec's bag; give a spec, not a run id")
-    members = members_of_spec(_load(Path(target), check_models=False, overrides=overrides), store,
-                              _bag_options(run, weight, use_tuned, steps)) if is_spec \
-        else members_of_run(store, target)
+    if not is_spec and (run or weight or use_tuned or allow_missing):
+        raise SpecError("--run, --weight, --use-tuned and --allow-missing choose a spec's bag; give a spec, "
+                        "not a run id")
+    spec = _load(Path(target), check_models=False, overrides=overrides) if is_spec else None
     paths = image_paths(images)
+    out = guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images], force=force)
+    members = members_of_spec(spec, store, _bag_options(run, weight, use_tuned, steps, allow_missing=allow_missing)) \
+        if is_spec else members_of_run(store, target)
     with StageDisplay(console) as stage:
         prediction = predict_images(members, paths, _device(device), use_tta=use_tta, stage=stage)
-    written = write_csv(prediction, out)
+    with reserved(out):
+        written = write_csv(prediction, guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images],
+                                                     force=force))  # again: the file may have appeared since
     runs = ", ".join(f"{run_id} ({weight:.3f})" for run_id, weight in prediction.weights.items())
     console.print(f"wrote {written}: {len(prediction.ids)} image(s), {len(prediction.vocab)} classes, "
                   f"from {len(prediction.weights)} run(s): {runs}")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import (HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt, _bag_options, _load,
+from ledger.cli.common import (AllowMissingOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt, _bag_options, _load,
                                app, console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
@@ -24,7 +24,8 @@ def export(
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
     max_size: Annotated[str, typer.Option("--max-size", help="Refuse a bundle larger than this (Kaggle datasets "
                                                              "have a size limit), e.g. 20GB, 100GiB.")] = "20GB",
-    force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it is an earlier bundle.")] = False,
+    allow_missing: AllowMissingOpt = False,
     overrides: SetOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -46,7 +47,8 @@ def export(
     except ValueError as e:
         raise SpecError(f"--max-size {max_size!r}: {e}") from None
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    bundle = export_bag(spec, Store(home, existing=True), out, _bag_options(run, weight, use_tuned, steps),
+    bundle = export_bag(spec, Store(home, existing=True), out,
+                        _bag_options(run, weight, use_tuned, steps, allow_missing=allow_missing),
                         max_size=limit, force=force)
     for note in bundle.notes:
         err_console.print(f"note: {note}", markup=False)

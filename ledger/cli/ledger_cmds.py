@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, friendly_errors)
+from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, err_console,
+                               friendly_errors)
 from ledger.errors import LedgerError
 from ledger.store.rows import RunRow
 
@@ -85,6 +86,8 @@ def _submissions_table(submissions: list[dict], console_: Console) -> Table:
 def runs_command(
     experiment: Annotated[Optional[str], typer.Option(help="Only this experiment.")] = None,
     as_json: JsonOpt = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-record the finished runs from their folders (after "
+                                                             "ledger.db was lost), then show the ledger.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """What the ledger holds: runs, memory probes, and the submissions made from them.
@@ -93,6 +96,13 @@ def runs_command(
     """
     from ledger.store.database import Store
 
+    if rebuild:
+        from ledger.runs.rebuild import rebuild as rebuild_runs
+
+        found = rebuild_runs(Store(home, rebuild=True))
+        (err_console if as_json else console).print(
+            f"re-recorded {len(found.recorded)} finished run(s) from their folders"
+            + "".join(f"\nnot re-recorded: {folder}: {why}" for folder, why in found.skipped), markup=False)
     store = Store(home, existing=True)
     if experiment:
         store.check_experiment(experiment)

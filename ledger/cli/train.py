@@ -270,6 +270,7 @@ def lr_find_command(
     model: Annotated[Optional[str], typer.Option("--model", help="Model entry to test (may be left out when the spec has one).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Plot PNG (default: in <home>/<experiment>/lr_find/ named <id>-<model>.png).")] = None,
     num_it: Annotated[int, typer.Option("--num-it", min=6, help="Mini-batches (effective batches) to try.")] = 100,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='Print only {"suggestions": {...}, "plot": PATH}.')] = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
@@ -294,6 +295,10 @@ def lr_find_command(
                         f"({', '.join(m.name for m in spec.models)})")
     entry = spec.model(model) if model else spec.models[0]
     store = Store(home)
+    if out is not None:
+        from ledger.runs.outputs import FILE, guard_output
+
+        out = guard_output(out, FILE, spec=spec, homes=[store.home], force=force)
     # With --json stdout carries only the JSON: every message goes to stderr.
     chatter = err_console if as_json else console
     torch_device = _device(device)

@@ -94,11 +94,19 @@ def _unique_names(paths: list[Path], what: Path) -> dict[str, Path]:
 
 
 def _resolve(ids: list[str], files: dict[str, Path], what: Path) -> list[Path]:
-    """Ids may carry the file extension or not (both are common on Kaggle)."""
-    stems = {p.stem: p for p in files.values()}
+    """Ids may carry the file extension or not (both are common on Kaggle). An id without one that
+    two files answer to (a.png and a.jpg) is refused: either could be the image it means."""
+    stems: dict[str, list[Path]] = {}
+    for file in files.values():
+        stems.setdefault(file.stem, []).append(file)
     paths, missing = [], []
     for image_id in ids:
-        path = files.get(image_id) or stems.get(image_id)
+        path = files.get(image_id)
+        if path is None and len(stems.get(image_id, ())) > 1:
+            both = ", ".join(sorted(p.name for p in stems[image_id]))
+            raise LedgerError(f"{what}: id {image_id!r} matches {len(stems[image_id])} image files ({both}); "
+                              f"name the file in the id, or keep one of them")
+        path = path or (stems[image_id][0] if image_id in stems else None)
         if path is None:
             missing.append(image_id)
         paths.append(path)
@@ -169,6 +177,12 @@ def load_competition(data: DataSpec) -> Competition:
     if sample.shape[1] < 2:
         raise LedgerError(f"{sample_path}: expected an id column and a label column, found {list(sample.columns)}")
     test_ids = list(sample.iloc[:, 0])
+    if not test_ids:
+        raise LedgerError(f"{sample_path}: no rows under its header; the sample submission lists no test image")
+    repeated = sorted({str(i) for i in test_ids if test_ids.count(i) > 1}) if len(set(test_ids)) < len(test_ids) else []
+    if repeated:
+        raise LedgerError(f"{sample_path}: {len(repeated)} id(s) listed twice (e.g. {', '.join(repeated[:5])}); "
+                          f"a submission has one row per test image")
     test_files = {p.name: p for p in image_files(test_dir)}
     stems = {p.stem: p for p in test_files.values()}
     missing = [i for i in test_ids if i not in test_files and i not in stems]

@@ -29,10 +29,12 @@ import yaml
 
 import ledger
 from ledger.runs import artifacts
+from ledger.runs.checksums import recorded, verify
 from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, sha256_file
 from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
+from ledger.runs.outputs import BUNDLE, guard_output, reserved
 
 DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
@@ -56,6 +58,8 @@ def check_weights(members: list[BagMember]) -> None:
         raise LedgerError(f"run(s) {', '.join(m.row.id for m in without)} kept no weights (`save_weights` is off for "
                           f"entry {', '.join(entries)}): set `save_weights: true` (train: or the model entry), train "
                           f"again, then export")
+    for member in members:
+        verify(member.row, member.folder, [artifacts.WEIGHTS])  # a damaged file is never shipped
 
 
 def run_entry(member: BagMember, extra_targets: Sequence[str]) -> tuple[RunEntry, dict]:
@@ -84,17 +88,15 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
     """Write the bag's bundle to `out`. `max_size` (bytes): refused above it, before anything is
     written when the weights alone exceed it."""
     from ledger.units import format_size
-    from ledger.bag.submission import check_spec_shape
 
+    # An existing folder is replaced only when it is an earlier bundle (its manifest) and with `force`.
+    out = guard_output(out, BUNDLE, spec=spec, homes=[store.home], force=force)
     members = bag_members(spec, store, options)
     check_weights(members)
-    out = Path(out).absolute()
     weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
     if max_size is not None and weights_bytes > max_size:
         raise LedgerError(f"{out}: the bag's weights alone are {format_size(weights_bytes)}, over --max-size "
                           f"{format_size(max_size)}; bag fewer or smaller runs, or raise --max-size")
-    if out.exists() and not force:
-        raise LedgerError(f"{out}: already exists; give another --out, or --force to replace it")
 
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
     # Runs trained before TTA keyed its draws to each image drew them per batch: not repeatable here.
@@ -103,6 +105,17 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
              for e, resolved in entries if e.tta_n and (resolved.get("tta") or {}).get("draws") != artifacts.KEYED_DRAWS]
     versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
+
+    with reserved(out):  # a second export to the same folder at the same moment is refused
+        size, files = _write_bundle(spec, out, members, entries, options, versions, max_size)
+    return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, files, versions, notes)
+
+
+def _write_bundle(spec, out: Path, members: list[BagMember], entries: list[tuple[RunEntry, dict]],
+                  options: BagOptions, versions: dict[str, str], max_size: int | None) -> tuple[int, int]:
+    """Build the bundle beside `out` and rename it into place; (bytes, files)."""
+    from ledger.units import format_size
+    from ledger.bag.submission import check_spec_shape
 
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -125,6 +138,12 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions,
                     "files": {p.relative_to(partial).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                               for p in files}}
+        for member in members:  # the manifest vouches for the weights the runs finished with, no others
+            name = f"{RUNS}/{member.row.id}/{WEIGHTS}"
+            sums = recorded(member.row)
+            if artifacts.WEIGHTS in sums and manifest["files"][name]["sha256"] != sums[artifacts.WEIGHTS]:
+                raise LedgerError(f"run {member.row.id}: {member.folder / artifacts.WEIGHTS} changed while it was "
+                                  f"copied (its sha256 no longer matches the one recorded); export again")
         _write_json(partial / MANIFEST, manifest)
         size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
         if max_size is not None and size > max_size:
@@ -133,7 +152,7 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, len(files) + 1, versions, notes)
+    return size, len(files) + 1
 
 
 def _training_versions(recorded: list[dict[str, str] | None]) -> tuple[dict[str, str], list[str]]:

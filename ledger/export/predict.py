@@ -19,6 +19,7 @@ import yaml
 
 from ledger.runs import artifacts
 from ledger.bag.submission import BagMember, BagOptions, bag_members
+from ledger.runs.checksums import verify
 from ledger.store.rows import RunRow
 from ledger.errors import LedgerError, first_line
 
@@ -83,6 +84,7 @@ def check_weights(members: list[BagMember]) -> None:
         if not (member.folder / artifacts.WEIGHTS).is_file():
             raise LedgerError(f"run {member.row.id} kept no weights ({member.folder / artifacts.WEIGHTS} is "
                               f"missing): train with `save_weights: true` (train: or its model entry) to predict with it")
+        verify(member.row, member.folder, [artifacts.WEIGHTS])  # the weights the run finished with
 
 
 @dataclass(frozen=True)

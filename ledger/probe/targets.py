@@ -85,7 +85,10 @@ def parse_budget(text: str | int) -> Budget:
                              f"or a size such as 16GiB, 15.9GB, 800MiB)")
         target = TARGETS[name]
         return Budget(str(text), target.total_memory, target)
-    return Budget(str(text), parse_size(text), None)
+    size = parse_size(text)
+    if size <= 0:  # nothing fits in no memory: every probe would report "nothing fits"
+        raise ValueError(f"a budget of {text!r} holds nothing; give a card or a size above 0, such as 16GiB")
+    return Budget(str(text), size, None)
 
 
 def precision_for(requested: str, capability: tuple[int, int] | None) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ledger.runs import artifacts
+from ledger.runs.checksums import read_checksums, write_checksums
 from ledger.training.checkpoint import CHECKPOINT, Checkpoint
 from ledger.data.competition import Competition
 from ledger.data.images import load_images
@@ -96,6 +97,7 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     try:
         trained = train_run(plan, competition, images, device, progress or Progress(), checkpoint)
         summary = write_run_folder(partial, plan, competition, trained)
+        checksums = write_checksums(partial)  # what ensemble, predict and export check before reading
         # The rename is the commit; the checkpoint goes after it, so that at every instant the run
         # is either a partial folder that resumes (after its last epoch: only TTA is redone) or a
         # whole final folder that housekeeping records (`committed_result`).
@@ -104,10 +106,23 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
     except KeyboardInterrupt:
         raise
     except Exception as error:  # noqa: BLE001 - a failed run is reported; the next ones go on
+        if _interrupted(error):  # an interrupt some library wrapped: the run stopped, it did not fail
+            raise KeyboardInterrupt from error
         shutil.rmtree(partial, ignore_errors=True)
         message = ("out of memory: " if is_out_of_memory(error) else "") + describe(error)
         return RunResult(plan.run_id, "failed", error=message, **where)
-    return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs, **where)
+    return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
+                     checksums=checksums, **where)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the errors that led to `error`."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def committed_result(run_id: str, final: Path) -> RunResult | None:
@@ -119,7 +134,9 @@ def committed_result(run_id: str, final: Path) -> RunResult | None:
     except (OSError, ValueError, TypeError):
         return None
     Checkpoint(final).delete()
-    return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs)
+    checksums = read_checksums(final) or write_checksums(final)  # written before the rename, unless older
+    return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
+                     checksums=checksums)
 
 
 def interrupted_reason(store, run: RunPlan) -> str:

@@ -25,6 +25,7 @@ class RunResult:
     resumed_epochs: int = 0  # epochs taken from a checkpoint instead of trained again
     host: str | None = None
     pid: int | None = None
+    checksums: dict[str, str] | None = None  # sha256 of the folder's weights and predictions (done runs)
 
 
 def record_start(store: Store, plan: RunPlan, device: str, precision: str, host: str, pid: int,
@@ -59,5 +60,21 @@ def record(store: Store, result: RunResult) -> None:
         changes |= dict(artifact_dir=str(folder), valid_loss=summary.valid_loss, error_rate=summary.error_rate,
                         images_per_s=summary.images_per_s, peak_bytes=summary.peak_bytes, device=summary.device,
                         precision=summary.precision, metric=summary.metric, valid_metric=summary.valid_metric,
-                        tta_metric=summary.tta_metric, tta_accuracy=summary.tta_accuracy)
+                        tta_metric=summary.tta_metric, tta_accuracy=summary.tta_accuracy,
+                        checksums=json.dumps(result.checksums, sort_keys=True) if result.checksums else None)
     store.update_run(result.run_id, changes)
+
+
+def record_found(store: Store, result: RunResult, summary: RunSummary, entry: dict, started_at: str,
+                 finished_at: str) -> None:
+    """A finished run re-recorded from its folder (`ledger runs --rebuild`, after ledger.db was
+    lost): its start as `record_start` writes it, from the summary and resolved entry the folder
+    keeps, then its end as `record` writes it, with the times the folder's files show."""
+    store.insert_run(dict(
+        id=result.run_id, experiment=summary.experiment, model=summary.model, arch=summary.arch, size=summary.size,
+        status="running", started_at=started_at, split_seed=summary.split_seed, fold=summary.fold,
+        folds=summary.folds, train_seed=summary.train_seed, run_number=summary.run_number,
+        fingerprint=summary.fingerprint, batch_size=entry.get("batch_size"), epochs=summary.epochs,
+        accum=summary.accum, spec=json.dumps(entry)))
+    record(store, result)
+    store.update_run(result.run_id, {"finished_at": finished_at})

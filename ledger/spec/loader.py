@@ -214,6 +214,7 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
             key = "mixup" if model.mixup else "cutmix"
             raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
     check_pseudo_models(file, pseudo, models)
+    _check_tta_pixels(file, tta, models)
     if check_data:
         _check_data_root(file, data, top.mapping["data"]["root"])
     if check_models:
@@ -222,6 +223,20 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
                 augment=augment, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
                 pseudo=pseudo, path=file)
+
+
+MIN_TTA_PIXELS = 8  # below this a TTA pass sees a smudge, and some models cannot run at all
+
+
+def _check_tta_pixels(file: Path, tta: TtaSpec, models) -> None:
+    """A tta.size factor times an entry's size (or pixels given) leaves images of a few pixels."""
+    for item in tta.size or ():
+        for model in models:
+            pixels = (min(item) if isinstance(item, tuple) else item if isinstance(item, int)
+                      else min(model.size) * item)
+            if pixels < MIN_TTA_PIXELS:
+                raise spec_error(file, "tta.size", f"{item!r} leaves {model.name}'s {model.size_label} images "
+                                 f"{pixels:g} pixels wide; at least {MIN_TTA_PIXELS} are needed")
 
 
 def load_spec(

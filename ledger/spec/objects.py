@@ -41,8 +41,10 @@ class DataSpec:
 class SplitSpec:
     valid_pct: float = setting(0.2, "float?", "The share of the training images held out by each run.",
                                shown="0.2; 1/folds with folds", min=0.0, below=1.0)
+    # At most 2**32 - 1, numpy's legacy limit: runs add their number to it, and the sum must still fit
+    # SQLite's 64-bit integers and every generator seeded from it.
     seed: int | None = setting(None, "int?", "The split's seed; null: a fresh random split for every run.",
-                               shown="null; 0 with folds", min=0)
+                               shown="null; 0 with folds", min=0, max=2**32 - 1)
     folds: int | None = setting(None, "int?", "K: every entry's runs cycle through K stratified folds "
                                 "(the seed fixed); not with valid_pct.", min=2)
     group: str | None = setting(None, "str?", "A label-CSV column: each of its values stays inside one fold "
@@ -79,7 +81,8 @@ class TrainSpec:
 
     batch_size: int = setting(64, "int", "The effective batch, whatever the accumulation factor.", min=1)
     epochs: int = setting(5, "int", "Epochs (after freeze_epochs when fine-tuning).", min=1)
-    lr: float = setting(0.01, "float", "The peak learning rate of the one-cycle schedule.", min=0.0)
+    lr: float = setting(0.01, "float", "The peak learning rate of the one-cycle schedule (0 would train nothing).",
+                       above=0.0)
     finetune: bool = setting(False, "bool", "fastai's fine_tune: the body frozen for freeze_epochs, then all.")
     freeze_epochs: int = setting(1, "int", "Epochs with the body frozen, when finetune is on.", min=0)
     weight_decay: float = setting(0.01, "float", "AdamW's weight decay.", min=0.0)

@@ -4,6 +4,7 @@ without a leak is `runs/pseudo_labels.py`'s."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +14,10 @@ from ledger.spec.checks import Checker, resolve_path, spec_error
 from ledger.spec.keys import REQUIRED, read, setting, spec_keys
 
 _TOLERANCE = 1e-6  # a weight this close to 1 is 1
+
+
+# The specs being read as teachers, outermost first, while their teachers are read.
+_TEACHER_CHAIN: ContextVar[tuple[Path, ...]] = ContextVar("teacher_chain", default=())
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,17 @@ def parse_pseudo(file: Path, raw: Any, data, split, load_teacher: Callable[[Path
         c.fail(f"{teacher}: spec file not found", "teacher")
     if teacher.resolve() == Path(file).resolve():
         c.fail("a spec cannot be its own teacher", "teacher")
+    chain = _TEACHER_CHAIN.get() + (Path(file).resolve(),)
+    if teacher.resolve() in chain:  # a -> b -> a would load each other until Python's recursion limit
+        names = " -> ".join(p.name for p in chain[chain.index(teacher.resolve()):] + (teacher.resolve(),))
+        c.fail(f"teachers form a cycle ({names}); a teacher must not learn from its student", "teacher")
+    token = _TEACHER_CHAIN.set(chain)
     try:
         taught = load_teacher(teacher)
     except SpecError as error:
         c.fail(f"the teacher's spec is invalid ({error})", "teacher")
+    finally:
+        _TEACHER_CHAIN.reset(token)
     if taught.pseudo is not None:
         c.fail(f"{teacher} has pseudo-labels of its own; one round of pseudo-labelling is supported", "teacher")
     if (Path(taught.data.root).resolve(), taught.data.labels) != (Path(data.root).resolve(), data.labels):

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ledger.errors import LedgerError
+from ledger.store.lost_ledger import refuse_lost_ledger
 from ledger.store.migrations import PROBE_TRIAL_V8_COLUMNS, SCHEMA_VERSION, migrate, path_in_home
 from ledger.processes import process_alive
 from ledger.store.rows import RunRow
@@ -65,10 +66,13 @@ class _LedgerConnection(sqlite3.Connection):
 
 
 class Store:
-    def __init__(self, home: str | Path | None = None, existing: bool = False):
+    def __init__(self, home: str | Path | None = None, existing: bool = False, rebuild: bool = False):
         """`existing=True` for commands that only read: a mistyped --home is an error there, not a
-        new empty ledger that would show nothing and leave a stray folder behind."""
+        new empty ledger that would show nothing and leave a stray folder behind. A ledger.db lost
+        beside run folders is refused (`lost_ledger`) unless `rebuild` (`ledger runs --rebuild`)."""
         self.home = resolve_home(home)
+        if not rebuild:
+            refuse_lost_ledger(self.home)
         if existing and not (self.home / "ledger.db").is_file():
             where = "folder not found" if not self.home.exists() else "no ledger.db in it"
             raise LedgerError(f"{self.home}: no ledger here ({where}); pass --home the folder `ledger train` "

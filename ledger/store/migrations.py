@@ -214,6 +214,12 @@ PROBE_TRIAL_V8_COLUMNS = (("allocated_peak_bytes", "INTEGER"), ("reserved_peak_b
                           ("predict_seconds_per_image", "REAL"), ("augmented_seconds_per_image", "REAL"))
 
 
+def _migrate_v9_checksums(db: sqlite3.Connection, home: Path) -> None:
+    # The sha256 of a run's weights and predictions when it finished (ledger.runs.checksums): the
+    # commands that read them refuse a file damaged since.
+    db.execute("ALTER TABLE runs ADD COLUMN checksums TEXT")
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -225,6 +231,7 @@ _MIGRATIONS = [
     _migrate_v6_run_metric,
     _migrate_v7_missing,
     _migrate_v8_targets,
+    _migrate_v9_checksums,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -99,6 +99,7 @@ class RunRow:
     predicted_peak_bytes: int | None = None  # the memory probe's prediction for the run's configuration
     peak_vs_prediction: str | None = None  # how the measured peak compares with it, in words
     peak_over_prediction: int | None = None  # 1 when the peak went over it by more than the probe's margin
+    checksums: str | None = None  # JSON {file name: sha256} of the run's weights and predictions when it finished
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "RunRow":

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ledger.errors import LedgerError, first_line
+from ledger.signals import signals_held
 from ledger.training.hooks import EpochMetrics
 from ledger.training.step import LoopParts
 
@@ -70,15 +71,18 @@ class Checkpoint:
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
-        try:
-            # Through a Python file, so that a full disk comes back as OSError ENOSPC instead of
-            # torch's "enforce fail at inline_container.cc".
-            with open(temporary, "wb") as file:
-                torch.save(data, file)
-        except (OSError, RuntimeError) as error:
-            temporary.unlink(missing_ok=True)
-            raise LedgerError(f"{self.path}: cannot save the checkpoint: {_write_failure(error)}") from None
-        os.replace(temporary, self.path)
+        # Ctrl-C and SIGTERM wait for the write and the rename (signals_held): inside torch's writer
+        # an interrupt would come back as a RuntimeError, a failed run with a lost checkpoint.
+        with signals_held():
+            try:
+                # Through a Python file, so that a full disk comes back as OSError ENOSPC instead of
+                # torch's "enforce fail at inline_container.cc".
+                with open(temporary, "wb") as file:
+                    torch.save(data, file)
+            except (OSError, RuntimeError) as error:
+                temporary.unlink(missing_ok=True)
+                raise LedgerError(f"{self.path}: cannot save the checkpoint: {_write_failure(error)}") from None
+            os.replace(temporary, self.path)
 
     def restore(self, parts: LoopParts) -> list[EpochMetrics]:
         """Load every state into `parts` and the global generators; returns the epochs done."""

@@ -49,6 +49,8 @@ def parse_device(name: str) -> torch.device:
         raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
         raise LedgerError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):  # torch accepts it, then fails deep in a run
+        raise LedgerError(f"--device {name}: the CPU has no numbered devices; use cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise LedgerError(f"--device {name}: no CUDA device on this machine")
