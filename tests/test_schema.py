@@ -113,6 +113,7 @@ data: {root: data/fashion, labels: folders}
 split: {valid_pct: 0.2, seed: null}
 train: {batch_size: 64, epochs: 12, lr: 3e-3, finetune: true, freeze_epochs: 1, pretrained: true}
 probe: {budget: 16GiB}
+tta: {size: null}
 models:
   - {name: convnext_320x224, arch: convnext_atto, size: [320, 224], presize: [640, 480], resize: crop}
   - {name: vit_squish, arch: resnet18, size: 224, presize: 480, resize: squish, weight: 2, accum: 4}
