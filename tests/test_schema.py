@@ -113,6 +113,7 @@ data: {root: data/fashion, labels: folders}
 split: {valid_pct: 0.2, seed: null}
 train: {batch_size: 64, epochs: 12, lr: 3e-3, finetune: true, freeze_epochs: 1, pretrained: true}
 probe: {budget: 16GiB}
+tta: {size: null}
 models:
   - {name: convnext_320x224, arch: convnext_atto, size: [320, 224], presize: [640, 480], resize: crop}
   - {name: vit_squish, arch: resnet18, size: 224, presize: 480, resize: squish, weight: 2, accum: 4}
@@ -183,8 +184,10 @@ MORE_BAD_SPECS = [
     ("clip-grad-zero", _models(_model(clip_grad=0)), "models[0].clip_grad"),
     ("runs-past-the-limit", _models(_model(runs=1001)), "models[0].runs"),
     ("probe-steps-zero", _with(probe={"steps": 0}), "probe.steps"),
-    # beyond the schema: a rule between two keys
+    # beyond the schema: a rule between two keys; what JSON cannot tell apart
     ("accum-above-batch-size", _models(_model(accum=128)), "models[0].accum"),
+    ("epochs-written-as-a-float", _with(train={"epochs": 2.0}), "train.epochs"),
+    ("tta-size-pixels-too-few", _with(tta={"size": 2}), "tta.size"),
 ]
 
 # What `ledger check` alone can judge: files, timm, rules between keys, numbers JSON cannot write.
@@ -194,6 +197,8 @@ BEYOND_THE_SCHEMA = {
     "duplicate-model-names", "augment-zoom-inverted", "augment-zoom-inverted-in-model",  # two keys
     "accum-above-batch-size",
     "valid-pct-nan", "lr-nan", "lr-inf",  # JSON has no nan or inf
+    # JSON has one kind of number: 2.0 is an integer to a schema, and 2 may be a factor of the size
+    "epochs-written-as-a-float", "tta-size-pixels-too-few",
 }
 CORPUS = BAD_SPECS + MORE_BAD_SPECS
 

@@ -108,7 +108,7 @@ class TtaSpec:
                           min=0.0, max=1.0)
     # timm's test_input_size: a net trained at 224 often predicts better at 288.
     size: tuple[int | float | tuple[int, int], ...] | None = setting(
-        None, "tta_sizes", "Sizes to predict at, the predictions averaged: pixels (288 or, in a list, "
+        None, "tta_sizes?", "Sizes to predict at, the predictions averaged: pixels (288 or, in a list, "
         "[height, width]) or a factor of the entry's size (1.25); one or a list; null: the entry's size.")
 
     def sizes_for(self, model_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:

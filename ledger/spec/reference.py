@@ -153,7 +153,8 @@ def spec_markdown() -> str:
         "The schema refuses only what `ledger check` refuses; `check` also reads the data folder, asks timm "
         "whether each architecture exists and takes the size, finds weights files, and checks rules that "
         "tie keys together (`accum` at most `batch_size`, `min_zoom` at most `max_zoom`, "
-        "`extra_targets` only with a label CSV). Unknown keys are errors. Relative paths are relative to the "
+        "`extra_targets` only with a label CSV), and tells `2.0` from `2` (JSON has one kind of number). "
+        "Unknown keys are errors. Relative paths are relative to the "
         "spec file's folder. Numbers may be written `3e-3`.",
         "",
         "## Examples",

@@ -4,7 +4,8 @@ metadata (`spec/keys.py`): the keys, types, defaults, enums and ranges the loade
 Editors (yaml-language-server, PyCharm) validate a spec as it is typed against the committed copy,
 docs/spec.schema.json. The schema refuses only what `ledger check` refuses; `check` stays the full
 judge: paths, timm architectures, the sample submission, and rules that tie keys together (accum at
-most batch_size, min_zoom at most max_zoom) are beyond a schema. Torch-free.
+most batch_size, min_zoom at most max_zoom) are beyond a schema, and so is `2.0` where an integer is
+due (JSON Schema's integer is any number without a fraction). Torch-free.
 """
 
 from __future__ import annotations
