@@ -8,7 +8,7 @@ SPEC ?= experiments/fashion.yaml
 DATA ?= data/fashion
 SUBMISSION ?= submissions/fashion.csv
 
-.PHONY: install install-ray test data probe train ensemble submission bench bench-peer gpu-check clean
+.PHONY: install install-ray test test-quick data probe train ensemble submission bench bench-peer gpu-check clean
 
 # uv installs the locked CUDA-enabled torch + torchvision from PyPI (they run on CPU too) and ignores
 # pip's configuration, so a local CPU-only torch wheel can never be picked; bytecode is compiled at
@@ -28,6 +28,10 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 
 test: install-ray
 	$(VENV)/bin/pytest -q
+
+# The tests a developer runs in a minute or two: no end-to-end training, Ray or browser.
+test-quick: install
+	$(VENV)/bin/pytest -q -m "not slow and not ray and not browser"
 
 $(DATA)/solution.csv: | install
 	$(LEDGER) data fashion-mnist $(DATA) --train-per-class 1000 --test 2000 --force

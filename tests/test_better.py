@@ -121,7 +121,6 @@ def test_weight_average_follows_timms_warm_up_worked_by_hand():
 
 
 def test_group_folds_keep_every_group_inside_one_fold():
-    pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
     from ledger.data.splits import fold_indices
 
     rng = np.random.default_rng(0)
@@ -139,7 +138,6 @@ def test_group_folds_keep_every_group_inside_one_fold():
 
 
 def test_group_folds_need_as_many_groups_as_folds():
-    pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
     from ledger.data.splits import fold_indices
     from ledger.errors import LedgerError
 
@@ -170,7 +168,6 @@ def test_a_group_column_that_does_not_exist_is_refused_naming_key_and_file(tmp_p
 
 
 def test_group_folds_reach_the_runs_and_their_fingerprint(tmp_path, tiny_competition):
-    pytest.importorskip("sklearn", reason="group folds use scikit-learn's StratifiedGroupKFold")
     from ledger.data.competition import load_competition
     from ledger.spec.fingerprint import run_fingerprint
     from ledger.runs.plan import plan

@@ -113,7 +113,7 @@ def test_the_bundle_writes_the_ensemble_submission_offline(exported):
     np.testing.assert_allclose(probs["probs"], (written[0].probs + written[1].probs) / 2, atol=1e-4, rtol=0)
 
 
-def test_the_guard_refuses_ledger_and_the_network(exported, tmp_path):
+def test_the_guard_refuses_ledger_and_the_network(tmp_path):
     """Without the guard ledger imports in this interpreter, so refusing it is what the guard adds."""
     plain = subprocess.run([sys.executable, "-I", "-c", "import ledger"], capture_output=True)
     assert plain.returncode == 0

@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # a local Ray cluster, started once for the module
 
 from ledger.executors import ray_executor  # noqa: E402 - only with Ray installed
 from ledger.cli import app  # noqa: E402

@@ -187,6 +187,7 @@ def test_cli_report(tmp_path, tiny_competition):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium)")
 def test_report_html_in_headless_chromium(tmp_path, written):
     _, ids, report = written

@@ -36,7 +36,6 @@ from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
 from ledger.runs.outputs import BUNDLE, guard_output, reserved
 
-DEFAULT_MAX_SIZE = "20GB"  # what a Kaggle dataset may hold
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
 
 

@@ -196,17 +196,9 @@ def freeze_body(net: nn.Module, frozen: bool, train_bn: bool = True) -> None:
         param.requires_grad_(not frozen or group == HEAD or (train_bn and is_norm))
 
 
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
 def save_weights(net: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     # contiguous CPU copies: safetensors refuses shared or strided storage
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path))
-
-
-def model_device(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
