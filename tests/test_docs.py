@@ -108,3 +108,10 @@ def test_project_text_speaks_of_the_project():
         text = source.read_text().lower()
         for phrase in ("the issue", "closing notes", "this round"):
             assert phrase not in text, f"{source.name}: {phrase!r}"
+
+
+def test_the_card_table_lists_every_target_card_and_nothing_else():
+    from ledger.probe.targets import TARGETS
+
+    page = (ROOT / "docs" / "probe-and-gpu.md").read_text()
+    assert re.findall(r"^\| `([\w-]+)` \| ", page, re.M)[1:] == list(TARGETS)  # after the header's `--budget`

@@ -125,7 +125,7 @@ def test_the_eta_counts_the_runs_that_train_at_once():
     out = StringIO()
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=4, freeze_epochs=0, finetune=False, name="m"))] * 2
     with ConsoleEvents(Console(file=out, width=200), plans, at_once=2) as events:  # 8 epochs in all
-        run = RunProgress(events, "[1/2] m")
+        run = RunProgress(events, "[1/2] m", "m")
         run.start("train", 0, 4, steps=5)
         run.end(EpochMetrics("train", 1, 0.5, None, None, 100, 10.0, 0.01))
     # 7 epochs left at 10 s each, two runs at a time: 35 s.

@@ -13,7 +13,9 @@ from test_train import CPU, FP32, random_images, tiny_vit, transform_for
 
 from ledger.data.images import load_images
 from ledger.cli.progress import ConsoleEvents, ProbeDisplay, RunProgress, StageDisplay
+from ledger.cli.tables import duration
 from ledger.data.batches import Batches
+from ledger.probe.accumulation import Trial
 from ledger.training.device import Runtime
 from ledger.training.hooks import SilentProgress, stage_callback
 from ledger.training.inference import tta
@@ -92,13 +94,18 @@ def test_probe_display_keeps_one_line_per_trial():
     display = ProbeDisplay(console)
     display.decoding("convnext", 6, 6)
     display.trial_started("convnext", 1, 8)
-    display.trial_finished("convnext", "convnext: k = 1 (micro-batch 8) peak 1.0 GiB: fits  2.0s")
-    assert out.getvalue().splitlines() == ["convnext: k = 1 (micro-batch 8) peak 1.0 GiB: fits  2.0s"]
+    fits = Trial(k=1, micro_batch=8, peak_bytes=2**30, out_of_memory=False, seconds=1.5, startup_seconds=0.5)
+    display.trial_finished("convnext", fits, limit_bytes=2 * 2**30)
+    oom = Trial(k=2, micro_batch=4, peak_bytes=None, out_of_memory=True, seconds=1.0, startup_seconds=0.0)
+    display.trial_finished("convnext", oom, limit_bytes=2 * 2**30)
+    # The same words as probe-memory's table: yes / OOM / error / no.
+    assert out.getvalue().splitlines() == ["convnext: k = 1 (micro-batch 8) peak 1.0 GiB: fits yes  2.0s",
+                                           "convnext: k = 2 (micro-batch 4) peak -: fits OOM  1.0s"]
     console, out = _console(True)
     display = ProbeDisplay(console)
     display.trial_started("convnext", 2, 4)
     assert display.bar is not None and display.bar.tasks[0].description == "convnext: trial k = 2 (micro-batch 4)"
-    display.trial_finished("convnext", "done")
+    display.trial_finished("convnext", fits, limit_bytes=2 * 2**30)
     assert display.bar is None
 
 
@@ -116,14 +123,34 @@ def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
     console, out = _console(False)
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=3, freeze_epochs=1, finetune=True, name="m"))] * 2
     with ConsoleEvents(console, plans) as events:  # 2 runs of 1 frozen + 3 epochs: 8 epochs
-        run = RunProgress(events, "[1/2] m")
+        run = RunProgress(events, "[1/2] m", "m")
         for epoch, seconds in ((1, 10.0), (2, 20.0)):
             run.start("train", epoch - 1, 4, steps=5)
             run.end(EpochMetrics("train", epoch, 0.5, None, None, 100, seconds, 0.01))
     lines = out.getvalue().splitlines()
     # Mean epoch 10 s then 15 s, times the epochs left: 7 x 10 = 70 s, 6 x 15 = 90 s.
-    assert lines[0].startswith("[1/2] m train epoch 1/4: ") and lines[0].endswith("ETA 1m10s (7 epochs left)")
-    assert lines[1].startswith("[1/2] m train epoch 2/4: ") and lines[1].endswith("ETA 1m30s (6 epochs left)")
+    assert lines[0].startswith("[1/2] m train epoch 1/4: ") and lines[0].endswith("ETA 1m 10s (7 epochs left)")
+    assert lines[1].startswith("[1/2] m train epoch 2/4: ") and lines[1].endswith("ETA 1m 30s (6 epochs left)")
+
+
+def test_the_eta_times_each_entry_at_its_own_epochs():
+    from ledger.training.hooks import EpochMetrics
+
+    console, out = _console(False)
+    fast = SimpleNamespace(model=SimpleNamespace(epochs=2, freeze_epochs=0, finetune=False, name="fast"))
+    slow = SimpleNamespace(model=SimpleNamespace(epochs=2, freeze_epochs=0, finetune=False, name="slow"))
+    with ConsoleEvents(console, [fast, slow]) as events:
+        for label, entry, seconds in (("[1/2] fast", "fast", 1.0), ("[1/2] fast", "fast", 1.0),
+                                      ("[2/2] slow", "slow", 20.0)):
+            run = RunProgress(events, label, entry)
+            run.start("train", 0, 2, steps=5)
+            run.end(EpochMetrics("train", 1, 0.5, None, None, 100, seconds, 0.01))
+    # One slow epoch is left: 20 s, not the 7 s a mean over both entries' epochs (1, 1, 20) would say.
+    assert out.getvalue().splitlines()[-1].endswith("ETA 20s (1 epochs left)")
+
+
+def test_one_duration_format():
+    assert [duration(s) for s in (12.3, 754, 45296)] == ["12s", "12m 34s", "12h 34m"]
 
 
 def test_off_a_terminal_a_long_stage_prints_its_progress_with_a_unit(monkeypatch):

@@ -6,6 +6,7 @@ classes match as `matching.py` says; the CSV is written by `bag/submission_csv.p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -51,26 +52,31 @@ def normalise_weights(runs: Sequence[RunInput], weights: Mapping[str, float]) ->
             f"--weight names unknown model {unknown[0]!r}; models with finished runs: "
             f"{', '.join(sorted(model_names)) or 'none'}"
         )
-    for name, weight in weights.items():
-        if not np.isfinite(weight) or weight < 0:
-            raise LedgerError(f"--weight {name}={weight}: weights must be finite and >= 0")
-    entry_weight = {name: float(weights.get(name, 1.0)) for name in model_names}
-    total = sum(entry_weight.values())
-    if total <= 0:
-        raise LedgerError("all ensemble weights are zero: nothing to bag")
+    entry_weight = checked_weights({name: float(weights.get(name, 1.0)) for name in sorted(model_names)}, "entry")
     run_count = {name: sum(run.model == name for run in runs) for name in model_names}
-    return {run.run_id: entry_weight[run.model] / total / run_count[run.model] for run in runs}
+    return {run.run_id: entry_weight[run.model] / run_count[run.model] for run in runs}
+
+
+def checked_weights(weights: Mapping[str, float], what: str) -> dict[str, float]:
+    """The one rule for a bag's weights, wherever they come from (the spec, --weight, greedy
+    selection): each finite and >= 0, not all zero. Returned normalised to sum to 1; `what` names
+    them in the error ("entry", "run")."""
+    for name, weight in weights.items():
+        if not math.isfinite(weight) or weight < 0:
+            raise LedgerError(f"{what} weight {name}={weight:g}: weights must be finite and >= 0")
+    total = sum(weights.values())
+    if total <= 0:
+        raise LedgerError(f"every {what} weight is zero: nothing to bag")
+    return {name: weight / total for name, weight in weights.items()}
 
 
 def _weight_vector(runs: Sequence[RunInput], weights: Mapping[str, float]) -> np.ndarray:
     missing = [run.run_id for run in runs if run.run_id not in weights]
     if missing:
         raise LedgerError(f"no weight for run {missing[0]}")
-    vector = np.array([weights[run.run_id] for run in runs], dtype=np.float64)
-    if not (np.isfinite(vector).all() and (vector >= 0).all() and vector.sum() > 0):
-        raise LedgerError("ensemble weights must be finite, >= 0 and not all zero")
-    # Renormalise so callers may pass raw weights; normalise_weights already rejected bad ones.
-    return vector / vector.sum()
+    # Renormalised so callers may pass raw weights.
+    checked = checked_weights({run.run_id: float(weights[run.run_id]) for run in runs}, "run")
+    return np.array([checked[run.run_id] for run in runs], dtype=np.float64)
 
 
 # ---------------------------------------------------------------- bagging

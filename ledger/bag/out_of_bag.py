@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ledger.bag.ensemble import checked_weights
 from ledger.bag.matching import as_str, check_shape, check_unique, column_positions, few
 from ledger.errors import LedgerError
 from ledger.bag.metrics import ACCURACY, LOG_LOSS, Metric
@@ -118,10 +119,8 @@ def _weight_vector(held: HeldOut, weights: Mapping[str, float]) -> np.ndarray:
     if unknown:
         raise LedgerError(f"weight for {unknown[0]!r}, which has no held-out predictions "
                           f"(entries: {', '.join(held.entries) or 'none'})")
-    vector = np.array([float(weights.get(e, 0.0)) for e in held.entries])
-    if not (np.isfinite(vector).all() and (vector >= 0).all() and vector.sum() > 0):
-        raise LedgerError("out-of-bag weights must be finite, >= 0 and not all zero")
-    return vector / vector.sum()
+    checked = checked_weights({e: float(weights.get(e, 0.0)) for e in held.entries}, "entry")
+    return np.array([checked[e] for e in held.entries])
 
 
 def _combined(probs: np.ndarray, vector: np.ndarray, images: np.ndarray) -> np.ndarray:

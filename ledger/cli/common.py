@@ -65,7 +65,7 @@ AllowMissingOpt = Annotated[bool, typer.Option(
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", metavar="KEY.PATH=VALUE",
     help="Change one spec value before validation (repeatable; values are YAML), e.g. --set train.lr=0.003 "
-         "--set models.vit.epochs=5 --set augment.do_flip=false.")]
+         "--set models.vit.epochs=5.")]
 
 
 def unwrap_help(doc: str | None) -> str | None:

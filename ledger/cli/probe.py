@@ -11,6 +11,8 @@ from rich.table import Table
 from ledger.cli.common import (DeviceOpt, HomeOpt, JsonOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
                         console, err_console, friendly_errors)
 from ledger.errors import SpecError
+from ledger.cli.tables import trial_verdict
+from ledger.probe.targets import TARGETS
 
 # ---------------------------------------------------------------- probe-memory
 
@@ -32,7 +34,7 @@ def _budget(text: str | None):
 def probe_memory(
     spec_path: SpecArg,
     model: ModelOpt = None,
-    budget: Annotated[Optional[str], typer.Option(help="Target card (t4, p100, v100-16, v100-32, a10g, l4, a100-40, a100-80, h100-80, rtx3090, rtx4090) or a size such as 16GiB (default: the spec's probe.budget).")] = None,
+    budget: Annotated[Optional[str], typer.Option(help=f"Target card ({', '.join(TARGETS)}) or a size such as 16GiB (default: the spec's probe.budget).")] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = None,
     overrides: SetOpt = None,
@@ -84,7 +86,7 @@ def probe_memory(
                             f"({format_size(limit)} usable), {probes[0].device if probes else ''}")
         for p in probes:
             for t in p.result.trials:
-                verdict = "yes" if t.fits(limit) else ("OOM" if t.out_of_memory else ("error" if t.error else "no"))
+                verdict = trial_verdict(t, limit)
                 table.add_row(p.model.name, p.model.size_label, p.precision, str(t.k), str(t.micro_batch),
                               "-" if t.peak_bytes is None else format_size(t.peak_bytes), verdict,
                               "-" if t.step_seconds is None else f"{t.step_seconds:.3f}",

@@ -16,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeRemainingColumn)
 
 from ledger.training.hooks import EpochMetrics
+from ledger.cli.tables import duration, trial_verdict
 from ledger.units import format_size
 
 
@@ -32,14 +33,6 @@ def epoch_line(label: str, m: EpochMetrics, epochs: int | None = None, eta: str 
             f"  lr {m.lr:.2e}  {m.images_per_s:.0f} img/s  {m.train_seconds:.1f}s{eta}")
 
 
-def duration(seconds: float) -> str:
-    """1h02m, 4m05s, 12s."""
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s")
-
-
 def stage_unit(name: str) -> str:
     """What a stage counts: images while decoding, batches in validation and TTA."""
     return "images" if name.startswith("decoding") else "batches"
@@ -48,15 +41,20 @@ def stage_unit(name: str) -> str:
 class RunProgress:
     """One run's epochs, drawn into the shared live display (or as lines)."""
 
-    def __init__(self, events: "ConsoleEvents", label: str):
+    def __init__(self, events: "ConsoleEvents", label: str, entry: str | None = None):
         self.events, self.label = events, label
+        self.entry = entry or label  # the spec entry it is a run of: its epochs time alike
         self.stages: dict[str, object] = {}  # stage name -> its bar's task, while it runs
         self.epochs: int | None = None  # the run's epochs over all phases, once the loop says
         self.stage_lines: dict[str, float] = {}  # off a terminal: stage -> when its last line was printed
 
+    def _count_down(self, epochs: int) -> None:
+        left = self.events.epochs_left
+        left[self.entry] = max(0, left.get(self.entry, 0) - epochs)
+
     def resumed(self, epochs: int) -> None:
         self.events.console.print(f"{self.label}: resuming after epoch {epochs} from its checkpoint")
-        self.events.epochs_left -= epochs  # not trained again: out of the estimate
+        self._count_down(epochs)  # not trained again: out of the estimate
 
     def start(self, phase: str, epoch: int, epochs: int, steps: int) -> None:
         self.epochs = epochs
@@ -95,12 +93,11 @@ class RunProgress:
 
     def end(self, metrics: EpochMetrics) -> None:
         events = self.events
-        events.epochs_left -= 1
-        events.epoch_seconds.append(metrics.train_seconds)
-        eta = ""
-        if events.bar is None and events.epochs_left > 0:  # a terminal's bar shows its own
-            mean = sum(events.epoch_seconds) / len(events.epoch_seconds)
-            eta = f"  ETA {duration(mean * events.epochs_left / events.at_once)} ({events.epochs_left} epochs left)"
+        self._count_down(1)
+        events.epoch_seconds.setdefault(self.entry, []).append(metrics.train_seconds)
+        eta, left = "", sum(events.epochs_left.values())
+        if events.bar is None and left > 0:  # a terminal's bar shows its own
+            eta = f"  ETA {duration(events.seconds_left())} ({left} epochs left)"
         events.console.print(epoch_line(self.label, metrics, self.epochs, eta), highlight=False, markup=False,
                              soft_wrap=True)
         bar = self.events.bar
@@ -121,9 +118,22 @@ class ConsoleEvents:
         self.live = console.is_terminal
         self.bar: Progress | None = None
         self.epoch_task = self.experiment_task = None
-        # For the ETA off a terminal: epochs the experiment still has to train, and those timed.
-        self.epochs_left = sum(_run_epochs(p) for p in self.plans)
-        self.epoch_seconds: list[float] = []
+        # For the ETA off a terminal: by spec entry, the epochs still to train and those timed, since
+        # one entry's epochs can take ten times another's.
+        self.epochs_left: dict[str, int] = {}
+        for plan in self.plans:
+            self.epochs_left[plan.model.name] = self.epochs_left.get(plan.model.name, 0) + _run_epochs(plan)
+        self.epoch_seconds: dict[str, list[float]] = {}
+
+    def seconds_left(self) -> float:
+        """Each entry's epochs left at its own mean epoch (an entry not timed yet: the mean of all
+        timed epochs), over the runs that train at once."""
+        timed = [s for seconds in self.epoch_seconds.values() for s in seconds]
+        overall = sum(timed) / len(timed) if timed else 0.0
+        total = sum(left * (sum(self.epoch_seconds[entry]) / len(self.epoch_seconds[entry])
+                            if self.epoch_seconds.get(entry) else overall)
+                    for entry, left in self.epochs_left.items())
+        return total / self.at_once
 
     def __enter__(self) -> "ConsoleEvents":
         if self.live and self.plans:
@@ -148,7 +158,7 @@ class ConsoleEvents:
         self.console.print(f"{label}: run {plan.run_id}, {plan.split.describe()}, accum {plan.accum}{resume}")
         if self.bar is not None:
             self.bar.update(self.experiment_task, description=f"experiment: run {index + 1}/{total}")
-        return RunProgress(self, label)
+        return RunProgress(self, label, plan.model.name)
 
     def run_finished(self, index: int, total: int, plan, result) -> None:
         label = f"[{index + 1}/{total}] {plan.model.name}"
@@ -205,9 +215,13 @@ class ProbeDisplay:
     def trial_started(self, model: str, k: int, micro_batch: int) -> None:
         self._show(f"{model}: trial k = {k} (micro-batch {micro_batch})", None)
 
-    def trial_finished(self, model: str, text: str) -> None:
+    def trial_finished(self, model: str, trial, limit_bytes: int) -> None:
+        """One kept line per trial: its factor, peak, whether it fits (as the probe table says) and time."""
         self._hide()
-        self.say(text)
+        peak = "-" if trial.peak_bytes is None else format_size(trial.peak_bytes)
+        error = f" ({trial.error})" if trial.error else ""
+        self.say(f"{model}: k = {trial.k} (micro-batch {trial.micro_batch}) peak {peak}: fits "
+                 f"{trial_verdict(trial, limit_bytes)}{error}  {trial.seconds + trial.startup_seconds:.1f}s")
 
 
 class StageDisplay:

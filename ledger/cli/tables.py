@@ -16,6 +16,21 @@ from rich.measure import Measurement
 from rich.table import Table
 
 
+def trial_verdict(trial, limit_bytes: int) -> str:
+    """Whether a probe trial fits, in the words of every probe table and line."""
+    return "yes" if trial.fits(limit_bytes) else ("OOM" if trial.out_of_memory else ("error" if trial.error else "no"))
+
+
+def duration(seconds: float) -> str:
+    """12.3 -> '12s', 754 -> '12m 34s', 45296 -> '12h 34m': every time the command line shows."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
 def shorten(text: str, width: int) -> str:
     """`text` cut to at most `width` characters at a space, never mid-word, with an ellipsis."""
     if len(text) <= width:

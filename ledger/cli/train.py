@@ -40,7 +40,7 @@ def _sigterm_as_interrupt():
 
 
 def _plan_table(plans, console_: Console, precisions: dict | None = None, estimates: dict | None = None) -> Table:
-    from ledger.probe.time_estimate import format_duration
+    from ledger.cli.tables import duration
     from ledger.cli.tables import Column, fit_table
 
     precisions, estimates = precisions or {}, estimates or {}
@@ -49,7 +49,7 @@ def _plan_table(plans, console_: Console, precisions: dict | None = None, estima
                Column("precision"), Column("estimate"), Column("resume")]
     rows = [[p.run_id, p.model.name, p.model.arch, p.model.size_label, p.split.describe(), str(p.train_seed),
              str(p.accum) if p.accum else "auto", str(p.model.epochs), precisions.get(p.run_id, ""),
-             "?" if estimates.get(p.run_id) is None else format_duration(estimates[p.run_id]),
+             "?" if estimates.get(p.run_id) is None else duration(estimates[p.run_id]),
              "yes" if p.resume else ""] for p in plans]
     return fit_table(console_, columns, rows, title="plan")
 
@@ -58,7 +58,7 @@ def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     """The plan with each run's precision and its time on this device (from the probe's timings), and the
     total: does the spec fit a 12-hour Kaggle session?"""
     from ledger.data.competition import load_competition
-    from ledger.probe.time_estimate import format_duration
+    from ledger.cli.tables import duration
     from ledger.probe.spec_probe import decoding_seconds, estimated_seconds
     from ledger.training.device import resolve_precision
 
@@ -76,7 +76,7 @@ def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     known = [seconds for seconds in estimates.values() if seconds is not None]
     if known:
         missing = len(plans) - len(known)
-        console.print(f"estimated time on this device: {format_duration(sum(known))} for {len(known)} run(s)"
+        console.print(f"estimated time on this device: {duration(sum(known))} for {len(known)} run(s)"
                       + (f"; {missing} run(s) without probe timings (run `ledger probe-memory` first)" if missing
                          else ""))
     elif plans:

@@ -133,11 +133,7 @@ def probe_models(spec, models, store, budget=None, device=None, display=None, jo
             result = run_in_child(training_trial, model, paths, sum(competition.head_sizes), spec.probe.steps,
                                   str(device), str(cache_dir), target, k=k, micro_batch=micro_batch)
             if display is not None:
-                peak = "-" if result.peak_bytes is None else format_size(result.peak_bytes)
-                verdict = "fits" if result.fits(limit) else ("out of memory" if result.out_of_memory else
-                                                             (result.error or "too big"))
-                display.trial_finished(model.name, f"{model.name}: k = {k} (micro-batch {result.micro_batch}) peak "
-                                                   f"{peak}: {verdict}  {result.seconds + result.startup_seconds:.1f}s")
+                display.trial_finished(model.name, result, limit)
             return result
 
         result = search_accum(model.batch_size, trial, limit)

@@ -47,13 +47,3 @@ def run_seconds(timings: Timings, shape: RunShape) -> float:
     tta_per_image = timings.predict_seconds_per_image + shape.tta_n * timings.augmented_seconds_per_image
     tta = (shape.test_images + shape.valid_images) * tta_per_image
     return train + validation + tta
-
-
-def format_duration(seconds: float) -> str:
-    """12.3 -> '12s', 754 -> '12m 34s', 45296 -> '12h 34m'."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
