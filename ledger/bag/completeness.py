@@ -1,7 +1,7 @@
 """A bag is whole or says why not: the runs of the spec that a bag would leave out without anyone
 choosing to.
 
-Two kinds used to vanish from a bag without a word: runs still training (a `ledger train` of the
+Two kinds would otherwise leave a bag without a word: runs still training (a `ledger train` of the
 experiment is running now, so the bag would be made of whichever runs happened to be done), and
 done runs whose folder was deleted (housekeeping marks them `missing`). Either is refused with the
 run ids; `--allow-missing` is the explicit choice to bag what there is, and the runs left out are

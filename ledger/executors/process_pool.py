@@ -2,7 +2,7 @@
 with its share of the cores.
 
 A small network's step does not keep two cores busy, so the runs of a bag finish sooner side by side
-(`bench/bench_jobs.py` times the embedded default both ways; README: Side by side on one machine).
+(`bench/bench_jobs.py` times the embedded default both ways; docs/executors.md).
 
 Each run gets a fresh 'spawn' process, as a probe trial does, so its peak memory is its own and
 comparable with the probe's, and a run the kernel kills fails alone. An entry's first run decodes its

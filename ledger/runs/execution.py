@@ -51,8 +51,8 @@ def worker_images(competition: Competition, model, cache_dir: Path, progress: Pr
     same things. The spec check's meta-device build first: it maps library code (about 10 MiB of timm)
     into memory, which the driver had mapped before any run. Then the images read from the disk cache
     (decoded into it first on a miss, the decoder's leftovers handed back) and copied into memory:
-    pages of a memory-mapped cache read during training would be charged to the run. Without these,
-    `--jobs` runs read 23-28% (ConvNeXt) and 35-39% (Lite0) over their probe's prediction."""
+    pages of a memory-mapped cache read during training would be charged to the run, and its peak
+    would read well over the probe's prediction (docs/benchmarks.md)."""
     from ledger.probe.memory import release_memory
     from ledger.spec.loader import check_model
 

@@ -75,8 +75,8 @@ def model_on_device(model, num_classes: int, device: torch.device) -> tuple[nn.M
     one set-up for runs, probe trials, lr_find and predict alike.
 
     channels_last on every device: CUDA's tensor cores want NHWC, and on a CPU oneDNN's NHWC
-    convolutions train tf_efficientnet_lite0 1.8-1.9x and resnet18 1.1-1.2x faster, while ConvNeXt, ViT and
-    Swin train and predict within 9% either way (bench/bench_layout.py, bench/results/layout.jsonl)."""
+    convolutions are faster for convolutional networks and no slower for the others (measured by
+    bench/bench_layout.py; docs/benchmarks.md)."""
     import timm
 
     net = create_model(model, num_classes).to(device).to(memory_format=torch.channels_last)
