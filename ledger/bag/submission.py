@@ -160,6 +160,9 @@ def make_submission(spec, store, run_ids: Sequence[str] | None = None,
     `allow_missing` bags the runs there are while others still train or lost their folder."""
     if use_tuned and weight_overrides:
         raise LedgerError("--use-tuned and --weight both set the weights: give one of them")
+    if not Path(spec.data.root).is_dir():  # else every run's fingerprint (which lists the data) looks changed
+        raise LedgerError(f"{spec.data.root}: data folder not found (data.root in {spec.path}); the bag checks its "
+                          f"runs against it and writes the sample submission's ids")
     selection = select_runs(spec, store, run_ids)
     if not run_ids:  # runs named by id are the bag the user chose; else it holds every run of the spec
         left = check_whole(spec, store, allow_missing)

@@ -77,11 +77,23 @@ def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     if known:
         missing = len(plans) - len(known)
         console.print(f"estimated time on this device: {format_duration(sum(known))} for {len(known)} run(s)"
-                      + (f"; {missing} run(s) without probe timings (run `ledger probe-memory` first)" if missing
-                         else ""))
+                      + (f"; {missing} run(s) without probe timings ({_probes_elsewhere(spec, store, precisions)})"
+                         if missing else ""))
     elif plans:
         console.print("no time estimate: no probe timings on record for these runs on this device "
-                      "(run `ledger probe-memory` first)")
+                      f"({_probes_elsewhere(spec, store, precisions)})")
+
+
+def _probes_elsewhere(spec, store, precisions: dict) -> str:
+    """Why no timings: no probe at all, or probes for another target card or precision (a probe
+    for a T4 in fp16 times nothing for this device's fp32)."""
+    probes = store.probes(spec.name)
+    if not probes:
+        return "run `ledger probe-memory` first"
+    on_record = sorted({f"{p.get('target') or p['device']} in {p.get('precision') or '?'}" for p in probes})
+    here = ", ".join(sorted(set(precisions.values())))
+    return (f"the probes on record are for {', '.join(on_record)}, not the spec's probe.budget "
+            f"({spec.probe.budget}) in {here} on this device: run `ledger probe-memory` without --budget to time it")
     console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
 
 
