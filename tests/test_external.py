@@ -112,3 +112,18 @@ def test_probes_for_another_target_are_named_by_the_dry_run(tmp_path, tiny_compe
     result = invoke("train", spec, "--dry-run", "--home", home, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "the probes on record are for t4 in fp16" in result.output and "probe-memory` first" not in result.output
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path, tiny_competition, monkeypatch):
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as probe:  # a port nothing listens on once this socket is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = write_spec(tmp_path / "tiny.yaml", tiny_competition, ONE_RUN)
+    started = time.monotonic()
+    line = one_error_line(invoke("train", spec, "--executor", "ray", "--address", f"127.0.0.1:{port}",
+                                 "--home", tmp_path / "home"))
+    assert f"cannot connect to Ray at 127.0.0.1:{port}: nothing answers there" in line
+    assert time.monotonic() - started < 60
