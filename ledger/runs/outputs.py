@@ -94,15 +94,15 @@ def guard_output(out: Path, kind: str = FILE, *, spec=None, homes: Sequence[Path
         if what == "the ledger home":
             if resolved == path:  # inside it is fine where nothing else below objects (submissions/, lr_find/)
                 raise SpecError(f"{option} {out}: is a ledger home; write outputs elsewhere, or in a file or "
-                                  f"folder of their own inside it")
+                                f"folder of their own inside it")
             continue
         if _inside(resolved, path):
             where = "is" if resolved == path else "lies inside"
             raise SpecError(f"{option} {out}: {where} {what} {path}; ledger never writes over what it reads or "
-                              f"records: choose another path")
+                            f"records: choose another path")
         if _inside(path, resolved):
             raise SpecError(f"{option} {out}: holds {what} {path}, which writing there could replace or mix "
-                              f"with; choose another path")
+                            f"with; choose another path")
     if out.exists() or out.is_symlink():
         _check_existing(out, kind, force, option)
     return out
@@ -123,7 +123,7 @@ def _check_existing(out: Path, kind: str, force: bool, option: str) -> None:
     if kind == REPORT and not any(out.iterdir()):
         return  # an empty folder: nothing to mix with
     raise SpecError(f"{option} {out}: a folder ledger did not write (no {mark} in it); ledger replaces only its "
-                      f"own {kind} folders, even with --force: choose a new folder")
+                    f"own {kind} folders, even with --force: choose a new folder")
 
 
 # ---------------------------------------------------------------- reserving the name
