@@ -48,9 +48,17 @@ class Handed:
     output: str  # kaggle's stdout and stderr, for the user to read
 
 
-def submit(store, submission: str, message: str, competition: str | None) -> Handed:
+SUBMIT_TIMEOUT_S = 300  # an upload of a few MB; kaggle waiting on a dead network would wait forever
+TIMED_OUT, INTERRUPTED = 124, 130  # what `kaggle_exit` records when kaggle was stopped (timeout(1)'s codes)
+
+
+def submit(store, submission: str, message: str, competition: str | None,
+           timeout_s: float = SUBMIT_TIMEOUT_S) -> Handed:
     """Run `kaggle competitions submit -c SLUG -f FILE -m MSG` for a recorded submission and keep
-    the message, the competition and kaggle's exit status in its row, whatever that status is."""
+    the message, the competition and kaggle's exit status in its row, whatever that status is. A
+    kaggle that does not answer within `timeout_s`, or a Ctrl-C while it runs, stops it; the
+    attempt is recorded (exit 124 or 130) before the one-line error, since Kaggle may have
+    received the file all the same."""
     row = resolve_submission_id(store, submission)
     if not competition:
         raise LedgerError(f"submission {row['id']}: --competition SLUG is needed (the name in the competition's "
@@ -65,10 +73,22 @@ def submit(store, submission: str, message: str, competition: str | None) -> Han
         raise LedgerError(f"submission {row['id']}: {path} has changed since it was written (sha256 "
                           f"{row['sha256'][:12]} on record); nothing was handed to kaggle")
     command = [kaggle, "competitions", "submit", "-c", competition, "-f", str(path), "-m", message]
+    attempt = {"message": message, "competition": competition, "submitted_at": now()}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout_s)
     except OSError as e:
         raise LedgerError(f"{kaggle}: cannot run it ({e})") from None
-    changes = {"message": message, "competition": competition, "submitted_at": now(), "kaggle_exit": done.returncode}
+    except subprocess.TimeoutExpired:  # run() has killed kaggle
+        store.update_submission(row["id"], attempt | {"kaggle_exit": TIMED_OUT})
+        raise LedgerError(f"submission {row['id']}: kaggle did not finish within {timeout_s:g} s and was stopped; "
+                          f"the attempt is recorded: see `kaggle competitions submissions -c {competition}` "
+                          f"before submitting again") from None
+    except KeyboardInterrupt:
+        store.update_submission(row["id"], attempt | {"kaggle_exit": INTERRUPTED})
+        error = LedgerError(f"submission {row['id']}: interrupted while kaggle ran; the attempt is recorded: see "
+                            f"`kaggle competitions submissions -c {competition}` before submitting again")
+        error.exit_code = INTERRUPTED
+        raise error from None
+    changes = attempt | {"kaggle_exit": done.returncode}
     store.update_submission(row["id"], changes)
     return Handed(row | changes, command, done.returncode, (done.stdout + done.stderr).strip())

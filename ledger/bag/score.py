@@ -42,7 +42,9 @@ def _examples(ids) -> str:
 def _read_table(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise LedgerError(f"{path}: file not found")
+        what = "is a folder, not a CSV file" if path.is_dir() else \
+            "is not a regular file (a device or a pipe), not a CSV file" if path.exists() else "file not found"
+        raise LedgerError(f"{path}: {what}")
     try:
         # All text, no NA guessing: ids like "007" or a class called "None" must survive as written.
         table = pd.read_csv(path, dtype=str, keep_default_na=False)

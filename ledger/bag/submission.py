@@ -192,6 +192,9 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     no ledger records."""
     run_ids, weight_overrides, allow_missing = options.run_ids, options.weights, options.allow_missing
     tune, use_tuned, steps = options.tune, options.use_tuned, options.steps
+    if not Path(spec.data.root).is_dir():  # else every run's fingerprint (which lists the data) looks changed
+        raise LedgerError(f"{spec.data.root}: data folder not found (data.root in {spec.path}); the bag checks its "
+                          f"runs against it and writes the sample submission's ids")
     selection = select_runs(spec, store, run_ids)
     if not run_ids:  # runs named by id are the bag the user chose; else it holds every run of the spec
         left = check_whole(spec, store, allow_missing)

@@ -40,8 +40,7 @@ def _sigterm_as_interrupt():
 
 
 def _plan_table(plans, console_: Console, precisions: dict | None = None, estimates: dict | None = None) -> Table:
-    from ledger.cli.tables import duration
-    from ledger.cli.tables import Column, fit_table
+    from ledger.cli.tables import Column, duration, fit_table
 
     precisions, estimates = precisions or {}, estimates or {}
     columns = [Column("run", is_id=True), Column("model"), Column("arch", drop=3), Column("size", drop=2),
@@ -77,12 +76,24 @@ def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     if known:
         missing = len(plans) - len(known)
         console.print(f"estimated time on this device: {duration(sum(known))} for {len(known)} run(s)"
-                      + (f"; {missing} run(s) without probe timings (run `ledger probe-memory` first)" if missing
-                         else ""))
+                      + (f"; {missing} run(s) without probe timings ({_probes_elsewhere(spec, store, precisions)})"
+                         if missing else ""))
     elif plans:
         console.print("no time estimate: no probe timings on record for these runs on this device "
-                      "(run `ledger probe-memory` first)")
+                      f"({_probes_elsewhere(spec, store, precisions)})")
     console.print(f"{len(plans)} run(s) owed; nothing trained (--dry-run)")
+
+
+def _probes_elsewhere(spec, store, precisions: dict) -> str:
+    """Why no timings: no probe at all, or probes for another target card or precision (a probe
+    for a T4 in fp16 times nothing for this device's fp32)."""
+    probes = store.probes(spec.name)
+    if not probes:
+        return "run `ledger probe-memory` first"
+    on_record = sorted({f"{p.get('target') or p['device']} in {p.get('precision') or '?'}" for p in probes})
+    here = ", ".join(sorted(set(precisions.values())))
+    return (f"the probes on record are for {', '.join(on_record)}, not the spec's probe.budget "
+            f"({spec.probe.budget}) in {here} on this device: run `ledger probe-memory` without --budget to time it")
 
 
 def _over_prediction(store, results, console_: Console) -> None:

@@ -45,8 +45,24 @@ class RayOptions:
 # ---------------------------------------------------------------- the driver
 
 
+def check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """An explicit `host:port` (or `ray://host:port`) where nothing answers is one line at once:
+    `ray.init` would retry for minutes, printing its own log lines every few seconds."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # not host:port: Ray's own error says what it makes of it
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise LedgerError(f"cannot connect to Ray at {address}: nothing answers there "
+                          f"({error.strerror or type(error).__name__}); is the cluster up (`ray start --head`)?") from None
+
+
 def _connect(options: RayOptions) -> bool:
     """Join (or start) Ray; True when this call started the connection and should end it."""
+    check_reachable(options.address)
     import ray
 
     if ray.is_initialized():

@@ -19,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 from ledger.runs import artifacts
+from ledger.runs.checksums import verify
 from ledger.errors import LedgerError
 from ledger.ids import match_id
 from ledger.store.rows import RunRow
@@ -78,6 +79,7 @@ def _run_predictions(store, row: dict) -> tuple[artifacts.Predictions, Path]:
     path = folder / artifacts.VALID_PREDS
     if not path.is_file():
         raise LedgerError(f"{path}: run {row.id} has no held-out predictions (split.valid_pct 0?)")
+    verify(row, folder, [artifacts.VALID_PREDS])  # the predictions the run finished with
     return artifacts.load_predictions(path), folder
 
 

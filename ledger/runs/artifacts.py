@@ -87,6 +87,9 @@ def load_predictions(path: Path) -> Predictions:
     except FileNotFoundError:
         raise LedgerError(f"{path}: missing run artifact") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        if "allow_pickle" in str(e):  # numpy's advice to allow pickles would run whatever code the file holds
+            raise LedgerError(f"{path}: holds Python objects, which ledger never loads (a run artifact holds "
+                              f"arrays of text and numbers only); it is damaged or not ledger's") from None
         raise LedgerError(f"{path}: unreadable run artifact ({type(e).__name__}: {first_line(e)})") from None
     if preds.probs.ndim != 2 or len(preds.probs) != len(preds.ids) or preds.probs.shape[1] != len(preds.vocab):
         raise LedgerError(f"{path}: unreadable run artifact (probs of shape {preds.probs.shape} for "

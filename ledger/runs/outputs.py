@@ -26,11 +26,12 @@ from pathlib import Path
 from ledger.errors import LedgerError, SpecError
 from ledger.processes import process_alive
 from ledger.runs import artifacts
+from ledger.store.lost_ledger import LEDGER_FILE, RUN_MARKS, run_folders
 
-LEDGER_FILE = "ledger.db"
 FILE, BUNDLE, REPORT = "file", "bundle", "report"  # the kinds of output
 _OWN_MARK = {BUNDLE: "manifest.json", REPORT: "report.html"}  # what ledger's own folder of a kind holds
-_RUN_FILES = (artifacts.SPEC, artifacts.SUMMARY, artifacts.TEST_PREDS, artifacts.WEIGHTS)
+# A guard errs wide: any file a run writes marks its folder (a lost ledger needs surer signs).
+_RUN_FILES = (*RUN_MARKS, artifacts.TEST_PREDS, artifacts.VALID_PREDS, artifacts.WEIGHTS)
 _RESERVATION_GRACE_S = 60  # a reservation without a pid yet is a writer starting, unless older than this
 
 
@@ -46,22 +47,6 @@ def _homes(out: Path, given: Sequence[Path]) -> list[Path]:
     found = [Path(h).resolve() for h in given]
     found += [Path(h).resolve() for h in candidates if (Path(h) / LEDGER_FILE).is_file()]
     return list(dict.fromkeys(found))
-
-
-def _run_folders(home: Path) -> list[Path]:
-    """Folders `<home>/<experiment>/<run>` that hold a run's files (finished, partial or failed)."""
-    folders = []
-    for experiment in (p for p in _children(home) if p.is_dir()):
-        folders += [run for run in _children(experiment)
-                    if run.is_dir() and any((run / name).exists() for name in _RUN_FILES)]
-    return folders
-
-
-def _children(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except OSError:
-        return []
 
 
 def _recorded_submissions(home: Path) -> list[Path]:
@@ -84,12 +69,14 @@ def protected(out: Path, spec=None, homes: Sequence[Path] = (), reads: Sequence[
     for home in _homes(out, homes):
         found.append((home, "the ledger home"))
         found += [((home / f"{LEDGER_FILE}{suffix}").resolve(), "the ledger") for suffix in ("", "-wal", "-shm")]
-        found += [(run.resolve(), "the run folder") for run in _run_folders(home)]
+        found += [(run.resolve(), "the run folder") for run in run_folders(home, _RUN_FILES)]
         found += [(path, "a recorded submission") for path in _recorded_submissions(home)]
     if spec is not None:
         if spec.path is not None:
             found.append((Path(spec.path).resolve(), "the spec"))
         found.append((Path(spec.data.root).resolve(), "the competition data folder"))
+        if getattr(spec, "pseudo", None) is not None:
+            found.append((Path(spec.pseudo.teacher).resolve(), "the teacher's spec"))
     found += [(Path(path).resolve(), "an input of this command") for path in reads]
     return found
 
@@ -107,15 +94,15 @@ def guard_output(out: Path, kind: str = FILE, *, spec=None, homes: Sequence[Path
         if what == "the ledger home":
             if resolved == path:  # inside it is fine where nothing else below objects (submissions/, lr_find/)
                 raise SpecError(f"{option} {out}: is a ledger home; write outputs elsewhere, or in a file or "
-                                  f"folder of their own inside it")
+                                f"folder of their own inside it")
             continue
         if _inside(resolved, path):
             where = "is" if resolved == path else "lies inside"
             raise SpecError(f"{option} {out}: {where} {what} {path}; ledger never writes over what it reads or "
-                              f"records: choose another path")
+                            f"records: choose another path")
         if _inside(path, resolved):
             raise SpecError(f"{option} {out}: holds {what} {path}, which writing there could replace or mix "
-                              f"with; choose another path")
+                            f"with; choose another path")
     if out.exists() or out.is_symlink():
         _check_existing(out, kind, force, option)
     return out
@@ -136,7 +123,7 @@ def _check_existing(out: Path, kind: str, force: bool, option: str) -> None:
     if kind == REPORT and not any(out.iterdir()):
         return  # an empty folder: nothing to mix with
     raise SpecError(f"{option} {out}: a folder ledger did not write (no {mark} in it); ledger replaces only its "
-                      f"own {kind} folders, even with --force: choose a new folder")
+                    f"own {kind} folders, even with --force: choose a new folder")
 
 
 # ---------------------------------------------------------------- reserving the name

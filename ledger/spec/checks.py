@@ -277,12 +277,29 @@ def check_model(file: Path, index: int, model) -> None:
         return  # an op without a meta kernel: nothing learned about the size
     except Exception as e:  # noqa: BLE001 - fixed-size models assert on the input shape
         h, w = model.size
+        if model.model_kwargs and not _runs_at_default_size(net):  # the kwargs built a broken model
+            raise spec_error(file, f"{where}.model_kwargs", f"{model.arch} built with them fails on any input, "
+                             f"its default size too ({first_line(e)})") from None
         raise spec_error(
             file,
             f"{where}.size",
             f"{model.arch} cannot take {h}x{w} images ({first_line(e)}); "
             f"pick the size it was built for or set model_kwargs img_size",
         ) from None
+
+
+def _runs_at_default_size(net) -> bool:
+    import torch
+
+    size = tuple((getattr(net, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224)))[1:]
+    try:
+        with torch.no_grad():
+            net(torch.empty(1, 3, *size, device="meta"))
+    except NotImplementedError:
+        return True
+    except Exception:  # noqa: BLE001 - any failure: broken at every size
+        return False
+    return True
 
 
 def tta_sizes(c: Checker) -> tuple | None:

@@ -37,16 +37,30 @@ def resolve_home(home: str | Path | None) -> Path:
     return Path(home or os.environ.get("LEDGER_HOME") or DEFAULT_HOME)
 
 
-def _cause(error: sqlite3.Error) -> str:
-    """What a user can act on, from SQLite's message."""
+def _cause(error: sqlite3.Error | OSError, path: Path | None = None) -> str:
+    """What a user can act on, from SQLite's message; SQLite's vaguer ones ("disk I/O error",
+    "unable to open database file") are told apart by looking at the ledger's folder."""
     text = str(error)
-    if "disk is full" in text:
-        return "disk full"
-    if "readonly" in text or "read-only" in text:
-        return "read-only: this command writes to the ledger"
+    folder = Path(path).parent if path is not None else None
+    if "disk is full" in text or (folder is not None and "disk I/O error" in text and _full(folder)):
+        return f"disk full (no space left in {folder})" if folder is not None else "disk full"
+    if "readonly" in text or "read-only" in text or (
+            folder is not None and "unable to open" in text and folder.is_dir() and not os.access(folder, os.W_OK)):
+        return f"read-only ({folder} cannot be written): this command writes to the ledger" if folder is not None \
+            else "read-only: this command writes to the ledger"
     if "not a database" in text or "malformed" in text:
         return f"corrupt ({text}); restore it from a copy"
     return text
+
+
+def _full(folder: Path) -> bool:
+    """Whether the filesystem holding `folder` has (almost) no room left for SQLite's pages."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 class _LedgerConnection(sqlite3.Connection):
@@ -56,13 +70,13 @@ class _LedgerConnection(sqlite3.Connection):
         try:
             return super().execute(*args)
         except sqlite3.Error as error:
-            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
+            raise LedgerError(f"{self.ledger_path}: {_cause(error, self.ledger_path)}") from None
 
     def executemany(self, *args):
         try:
             return super().executemany(*args)
         except sqlite3.Error as error:
-            raise LedgerError(f"{self.ledger_path}: {_cause(error)}") from None
+            raise LedgerError(f"{self.ledger_path}: {_cause(error, self.ledger_path)}") from None
 
 
 class Store:
@@ -99,7 +113,7 @@ class Store:
             db = sqlite3.connect(target, timeout=30, isolation_level=None, factory=_LedgerConnection,
                                  uri=query is not None)
         except (OSError, sqlite3.Error) as e:
-            raise LedgerError(f"{self.home}: cannot open the ledger ({e})") from None
+            raise LedgerError(f"{self.home}: cannot open the ledger ({_cause(e, path)})") from None
         db.ledger_path = path
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA busy_timeout=30000")

@@ -18,11 +18,11 @@ LEDGER_FILE = "ledger.db"
 RUN_MARKS = ("summary.json", "spec.yaml", "checkpoint.pt")
 
 
-def run_folders(home: Path) -> list[Path]:
-    """Folders two levels below the home that hold a run's files, sorted."""
+def run_folders(home: Path, marks: tuple[str, ...] = RUN_MARKS) -> list[Path]:
+    """Folders two levels below the home that hold one of `marks`, sorted."""
     found = []
     for experiment in _folders(Path(home)):
-        found += [run for run in _folders(experiment) if any((run / mark).is_file() for mark in RUN_MARKS)]
+        found += [run for run in _folders(experiment) if any((run / mark).is_file() for mark in marks)]
     return sorted(found)
 
 
