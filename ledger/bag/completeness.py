@@ -10,6 +10,7 @@ then listed with the reason.
 
 from __future__ import annotations
 
+from ledger.store.rows import RunStatus
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 
@@ -22,9 +23,9 @@ def left_out(spec, store) -> list[tuple[str, str]]:
     for row in store.runs(spec.name):
         if row.fingerprint not in current:
             continue  # another recipe: never bagged in any case
-        if row.status == "running":
+        if row.status == RunStatus.RUNNING:
             found.append((row.id, "still training"))
-        elif row.status == "missing":
+        elif row.status == RunStatus.MISSING:
             found.append((row.id, row.error or "its run folder is gone"))
     return found
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ledger.store.rows import RunStatus
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
 from ledger.runs.checksums import verify
 from ledger.runs.outputs import FILE, guard_output, reservation, reserved
@@ -116,7 +117,7 @@ def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:
     if run_ids:
         rows = resolve_run_ids(store, run_ids)
         for row in rows:
-            if row.status != "done":
+            if row.status != RunStatus.DONE:
                 raise LedgerError(f"run {row.id}: status is {row.status}; only done runs are bagged")
             if row.experiment != spec.name:
                 raise LedgerError(f"run {row.id}: belongs to experiment {row.experiment!r}, not {spec.name!r}")
@@ -129,7 +130,7 @@ def select_runs(spec, store, run_ids: Sequence[str] | None = None) -> Selection:
         by_fingerprint.setdefault(fingerprint, []).append(name)
     chosen: dict[str, list[dict]] = {model.name: [] for model in spec.models}
     excluded, entry = [], {}
-    for row in store.runs(spec.name, status="done"):
+    for row in store.runs(spec.name, status=RunStatus.DONE):
         names = by_fingerprint.get(row.fingerprint or "")
         if names:
             # Two entries with one recipe share their runs' fingerprint: prefer the one of the same name.

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ledger.store.rows import RunStatus
 from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, err_console,
                                friendly_errors)
 from ledger.errors import LedgerError
@@ -27,7 +28,7 @@ def _runs_table(rows: list[RunRow], console_: Console) -> Table:
                Column("peak", drop=5), Column("predicted", drop=5), Column("device", drop=7)]
     table_rows = []
     for r in rows:
-        status = r.status if r.status not in ("failed", "missing") else shorten(f"{r.status}: {r.error or ''}", 60)
+        status = r.status if r.status not in (RunStatus.FAILED, RunStatus.MISSING) else shorten(f"{r.status}: {r.error or ''}", 60)
         table_rows.append([r.id, r.experiment, r.model, r.arch, r.size, str(r.split_seed),
                            str(r.accum), str(r.epochs), status, fmt(r.valid_loss, ".4f"), fmt(r.accuracy, ".4f"),
                            fmt(r.images_per_s, ".0f"), _peak(r), _predicted(r), r.device or ""])

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from ledger.store.rows import RunStatus
 from ledger.training.hooks import EpochMetrics
 from ledger.cli.tables import duration, trial_verdict
 from ledger.units import format_size
@@ -162,7 +163,7 @@ class ConsoleEvents:
 
     def run_finished(self, index: int, total: int, plan, result) -> None:
         label = f"[{index + 1}/{total}] {plan.model.name}"
-        if result.status == "done":
+        if result.status == RunStatus.DONE:
             s = result.summary
             accuracy = "-" if s.accuracy is None else f"{s.accuracy:.4f}"
             tta = "-" if s.tta_accuracy is None else f"{s.tta_accuracy:.4f}"

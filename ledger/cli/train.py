@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ledger.store.rows import RunStatus
 from ledger.cli.common import (DeviceOpt, HomeOpt, ModelOpt, SetOpt, SpecArg, _device, _load, _print_json, app,
                         console, err_console, friendly_errors)
 from ledger.errors import SpecError
@@ -100,7 +101,7 @@ def _over_prediction(store, results, console_: Console) -> None:
     """A run whose peak went over the probe's prediction by more than the margin says so in the log."""
     from ledger.units import format_size
 
-    done = [r.run_id for r in results if r.status == "done"]
+    done = [r.run_id for r in results if r.status == RunStatus.DONE]
     for row in store.runs(ids=done) if done else []:
         if row.peak_over_prediction:
             console_.print(f"warning: run {row.id} ({row.model}): peak {format_size(row.peak_bytes)} is "
@@ -124,7 +125,7 @@ def _results_table(plans, results, console_: Console) -> Table:
         accuracy = "" if s is None or s.accuracy is None else f"{s.accuracy:.4f}"
         tta_accuracy = "" if s is None or s.tta_accuracy is None else f"{s.tta_accuracy:.4f}"
         metric = "" if s is None or s.tta_metric is None else f"{s.metric} {s.tta_metric:.4f}"
-        rows.append([p.run_id, p.model.name, r.status if r.status == "done" else f"{r.status}: {r.error}",
+        rows.append([p.run_id, p.model.name, r.status if r.status == RunStatus.DONE else f"{r.status}: {r.error}",
                      accuracy, tta_accuracy, metric, "" if s is None else f"{s.train_seconds:.0f}s",
                      "" if s is None else format_size(s.peak_bytes)])
     return fit_table(console_, columns, rows, title="runs trained")
@@ -219,15 +220,15 @@ def _train_locked(spec, models, store, torch_device, more, executor, address, gp
             else:
                 results = train_experiment(spec, plans, store, events, torch_device, jobs)
     except KeyboardInterrupt:
-        done = len([r for r in store.runs(spec.name, status="done")])
-        stopped = store.runs(spec.name, status="interrupted", ids=[p.run_id for p in plans])
+        done = len([r for r in store.runs(spec.name, status=RunStatus.DONE)])
+        stopped = store.runs(spec.name, status=RunStatus.INTERRUPTED, ids=[p.run_id for p in plans])
         # Each row's reason says whether it resumes or starts again (it may not have finished an epoch).
         notes = "".join(f"\nrun {r.id}: {r.error or 'interrupted'}" for r in stopped)
         console.print(f"interrupted: {done} done run(s) kept; run the same command again to go on{notes}")
         raise typer.Exit(130)
     console.print(_results_table(plans, results, console))
     _over_prediction(store, results, console)
-    failed = [r for r in results if r.status != "done"]
+    failed = [r for r in results if r.status != RunStatus.DONE]
     console.print(f"{len(results) - len(failed)} run(s) done, {len(failed)} failed; ledger in {store.home}")
     if results and not failed:
         _print_bag_estimate(spec, store)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Hashable, Protocol, Sequence
 
+from ledger.store.rows import RunStatus
 from ledger.training.hooks import Progress
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def dispatch(plans: Sequence[RunPlan], store: Store, events: ExperimentEvents, p
                 index, plan, predicted = in_flight.pop(handle)
                 result = pool.result(handle, plan)
                 record(store, result)
-                if result.status == "done":
+                if result.status == RunStatus.DONE:
                     record_peak_check(store, plan.run_id, predicted, result.summary.peak_bytes, facts.margin)
                 events.run_finished(index, len(plans), plan, result)
                 progress_of.pop(plan.run_id, None)
@@ -122,5 +123,5 @@ def _interrupt(store: Store, pool: WorkerPool, in_flight: dict) -> None:
     for _, plan, _ in in_flight.values():
         partial, _ = run_folders(store.home, plan)
         # As the one-at-a-time executor says it: whether a checkpoint is there to resume from.
-        record(store, RunResult(plan.run_id, "interrupted", error=interrupted_reason(store, plan)
+        record(store, RunResult(plan.run_id, RunStatus.INTERRUPTED, error=interrupted_reason(store, plan)
                                 if partial.exists() else "interrupted before it started"))

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ledger.store.rows import RunStatus
 from ledger.training.checkpoint import CHECKPOINT
 from ledger.data.competition import load_competition
 from ledger.executors.dispatch import RowFacts, dispatch, longest_first
@@ -36,14 +37,14 @@ from ledger.training.hooks import ExperimentEvents
 
 def resumable(store: Store, row: dict) -> bool:
     partial = partial_dir(store.home, row.experiment, row.id)
-    return row.status == "interrupted" and (partial / CHECKPOINT).is_file()
+    return row.status == RunStatus.INTERRUPTED and (partial / CHECKPOINT).is_file()
 
 
 def recover_committed(store: Store, experiment: str) -> list[str]:
     """Interrupted rows whose run folder was committed (renamed whole) before the kill came are
     recorded `done` from the folder's summary, never trained again. Returns their ids."""
     recovered = []
-    for row in store.runs(experiment, status="interrupted"):
+    for row in store.runs(experiment, status=RunStatus.INTERRUPTED):
         result = committed_result(row.id, store.run_dir(experiment, row.id))
         if result is not None:
             record(store, result)
@@ -63,7 +64,7 @@ def housekeeping(store: Store, experiment: str) -> list[str]:
     for partial in [*folder.glob("*" + PARTIAL_SUFFIX), *folder.glob("*.tmp-*")]:
         run_id = partial.name.split(".")[0]
         rows = store.runs(ids=[run_id])
-        if rows and rows[0].status == "running":
+        if rows and rows[0].status == RunStatus.RUNNING:
             continue  # another live command's run
         if rows and resumable(store, rows[0]) and partial.name.endswith(PARTIAL_SUFFIX):
             continue
@@ -135,12 +136,12 @@ def train_experiment(spec: Spec, plans: Sequence[RunPlan], store: Store, events:
         try:
             result = execute(run, competition, images[run.model.name], store.home, device, progress)
         except KeyboardInterrupt:
-            record(store, RunResult(run.run_id, "interrupted", error=interrupted_reason(store, run)))
+            record(store, RunResult(run.run_id, RunStatus.INTERRUPTED, error=interrupted_reason(store, run)))
             raise
         finally:
             release_memory()  # this run's model, optimizer and cached blocks, before the next run
         record(store, result)
-        if result.status == "done":
+        if result.status == RunStatus.DONE:
             record_peak_check(store, run.run_id, predicted, result.summary.peak_bytes, facts.margin)
         events.run_finished(index, len(plans), run, result)
         results.append(result)

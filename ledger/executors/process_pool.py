@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ledger.store.rows import RunStatus
 from ledger.training.device import threads_per_job
 from ledger.errors import LedgerError, describe
 from ledger.training.hooks import Progress, RelayProgress
@@ -56,7 +57,7 @@ def _worker_main(plan, home: str, threads: int, events, sender, parent_pid: int)
         images = worker_images(competition, plan.model, Path(home) / "cache", progress)
         result = execute(plan, competition, images, Path(home), torch.device("cpu"), progress)
     except Exception as error:  # noqa: BLE001 - raised before `execute` took over: the run fails with the reason
-        result = RunResult(plan.run_id, "failed", error=describe(error))
+        result = RunResult(plan.run_id, RunStatus.FAILED, error=describe(error))
     sender.send(result)
     sender.close()
 
@@ -103,7 +104,7 @@ class ProcessPool:
             process.kill()
             process.join()
         receiver.close()
-        return result or RunResult(run_id, "failed", error=exit_reason("worker process", process.exitcode))
+        return result or RunResult(run_id, RunStatus.FAILED, error=exit_reason("worker process", process.exitcode))
 
     def result(self, handle: str, plan) -> RunResult:
         return self.results.pop(handle)

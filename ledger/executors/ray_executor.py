@@ -24,6 +24,7 @@ from typing import Sequence
 
 from typing import TYPE_CHECKING
 
+from ledger.store.rows import RunStatus
 from ledger.executors.dispatch import RowFacts, dispatch
 from ledger.errors import LedgerError, first_line
 from ledger.executors.ray_worker import TASK_OPTIONS, run, worker_facts
@@ -146,7 +147,7 @@ def _failed(plan: RunPlan, error: BaseException) -> RunResult:
     from ledger.runs.recording import RunResult
 
     cause = getattr(error, "cause", None) if isinstance(error, ray.exceptions.RayTaskError) else None
-    return RunResult(plan.run_id, "failed", error="worker: " + describe(cause or error))
+    return RunResult(plan.run_id, RunStatus.FAILED, error="worker: " + describe(cause or error))
 
 
 def train_on_ray(spec: Spec, plans: Sequence[RunPlan], store: Store, events: ExperimentEvents,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ledger.store.rows import RunStatus
 from ledger.runs import artifacts
 from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.runs.checksums import verify
@@ -58,7 +59,7 @@ def members_of_run(store, prefix: str) -> list[BagMember]:
     from ledger.bag.submission import resolve_run_ids
 
     row = resolve_run_ids(store, [prefix])[0]
-    if row.status != "done":
+    if row.status != RunStatus.DONE:
         raise LedgerError(f"run {row.id}: status is {row.status}; only done runs can predict")
     return [BagMember(row, row.model, _folder(store, row), 1.0)]
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ledger.store.rows import RunStatus
 from ledger.runs import artifacts
 from ledger.runs.checksums import verify
 from ledger.errors import LedgerError
@@ -63,10 +64,10 @@ def runs_to_report(store, experiment: str, run: str | None) -> list[RunRow]:
     if run:
         rows = {r.id: r for r in store.runs(experiment)}
         row = rows[match_id(list(rows), run, "run", f"{store.home} (experiment {experiment!r})")]
-        if row.status != "done":
+        if row.status != RunStatus.DONE:
             raise LedgerError(f"run {row.id}: status {row.status}; only done runs have predictions")
         return [row]
-    rows = store.runs(experiment, status="done")
+    rows = store.runs(experiment, status=RunStatus.DONE)
     if not rows:
         raise LedgerError(f"{store.home}: no done runs of experiment {experiment!r} (train first: ledger train SPEC)")
     return rows

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ledger.store.rows import RunStatus
 from ledger.runs import artifacts
 from ledger.runs.checksums import read_checksums, write_checksums
 from ledger.training.checkpoint import CHECKPOINT, Checkpoint
@@ -84,11 +85,11 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
         # Committed by an earlier command killed before it could record it: recorded, not retrained.
         committed = committed_result(plan.run_id, final)
         return committed if committed is not None else \
-            RunResult(plan.run_id, "failed", error=f"{final}: run folder already exists without a summary", **where)
+            RunResult(plan.run_id, RunStatus.FAILED, error=f"{final}: run folder already exists without a summary", **where)
     train_images = len(split_of(plan, competition)[0])
     if plan.model.batch_size > train_images:
         # Batches would hold the whole set: one optimizer step an epoch, a run that learns nothing.
-        return RunResult(plan.run_id, "failed", error=f"{plan.model.name}: batch_size {plan.model.batch_size} is "
+        return RunResult(plan.run_id, RunStatus.FAILED, error=f"{plan.model.name}: batch_size {plan.model.batch_size} is "
                          f"larger than the {train_images} training images of its split; lower batch_size", **where)
     if not plan.resume:
         shutil.rmtree(partial, ignore_errors=True)  # a stale partial folder of a run not resumed
@@ -110,8 +111,8 @@ def execute(plan: RunPlan, competition: Competition, images: ImageSet, home: Pat
             raise KeyboardInterrupt from error
         shutil.rmtree(partial, ignore_errors=True)
         message = ("out of memory: " if is_out_of_memory(error) else "") + describe(error)
-        return RunResult(plan.run_id, "failed", error=message, **where)
-    return RunResult(plan.run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
+        return RunResult(plan.run_id, RunStatus.FAILED, error=message, **where)
+    return RunResult(plan.run_id, RunStatus.DONE, folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
                      checksums=checksums, **where)
 
 
@@ -135,7 +136,7 @@ def committed_result(run_id: str, final: Path) -> RunResult | None:
         return None
     Checkpoint(final).delete()
     checksums = read_checksums(final) or write_checksums(final)  # written before the rename, unless older
-    return RunResult(run_id, "done", folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
+    return RunResult(run_id, RunStatus.DONE, folder=final, summary=summary, resumed_epochs=summary.resumed_epochs,
                      checksums=checksums)
 
 

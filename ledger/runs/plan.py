@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from ledger.store.rows import RunStatus
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.runs.pseudo_labels import PseudoPlan, TeacherRun, pseudo_plan
 from ledger.store.rows import RunRow
@@ -91,8 +92,8 @@ def plan(spec: Spec, models: Sequence[ModelSpec], ledger_rows: Sequence[RunRow],
     for model in models:
         fingerprint = run_fingerprint(spec, model)
         mine = [r for r in ledger_rows if r.fingerprint == fingerprint and r.experiment == spec.name]
-        done = [r for r in mine if r.status == "done"]
-        resumes = [r for r in mine if r.status == "interrupted" and resumable(r)]
+        done = [r for r in mine if r.status == RunStatus.DONE]
+        resumes = [r for r in mine if r.status == RunStatus.INTERRUPTED and resumable(r)]
         owed = max(0, model.runs + more - len(done))
         if owed == 0:
             continue

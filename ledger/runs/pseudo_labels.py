@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ledger.store.rows import RunStatus
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import teacher_fingerprints
 from ledger.spec.pseudo_section import PseudoSpec
@@ -65,7 +66,7 @@ def teacher_runs(spec, store) -> list[TeacherRun]:
     current = set(teacher_fingerprints(spec.pseudo))
     runs = []
     for row in store.runs(taught.name):
-        if row.status == "done" and row.fingerprint in current and row.artifact_dir:
+        if row.status == RunStatus.DONE and row.fingerprint in current and row.artifact_dir:
             runs.append(TeacherRun(row.id, store.artifact_path(row), row.folds, row.fold, row.split_seed))
     return runs
 

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import yaml
 
+from ledger.store.rows import RunStatus
 from ledger.runs import artifacts
 from ledger.runs.checksums import read_checksums
 from ledger.runs.recording import RunResult, record_found
@@ -46,7 +47,7 @@ def rebuild(store) -> Rebuilt:
             continue
         finished = datetime.fromtimestamp((folder / artifacts.SUMMARY).stat().st_mtime, timezone.utc)
         started = finished - timedelta(seconds=summary.train_seconds or 0)
-        result = RunResult(folder.name, "done", folder=folder, summary=summary,
+        result = RunResult(folder.name, RunStatus.DONE, folder=folder, summary=summary,
                            resumed_epochs=summary.resumed_epochs, checksums=read_checksums(folder))
         record_found(store, result, summary, entry, _stamp(started), _stamp(finished))
         recorded.append(folder.name)

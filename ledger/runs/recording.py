@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.store.rows import RunStatus
 from ledger.runs.plan import RunPlan
 from ledger.store.rows import RunSummary
 from ledger.spec.objects import model_to_dict
@@ -18,7 +19,7 @@ class RunResult:
     """What an executed run reports back: small, picklable, no tensors."""
 
     run_id: str
-    status: str  # done, failed or interrupted
+    status: RunStatus  # done, failed or interrupted
     folder: Path | None = None  # the committed run folder (done runs only)
     summary: RunSummary | None = None  # what summary.json holds (done runs only)
     error: str | None = None
@@ -31,7 +32,7 @@ class RunResult:
 def record_start(store: Store, plan: RunPlan, device: str, precision: str, host: str, pid: int,
                  predicted_peak_bytes: int | None = None) -> None:
     """A `running` row, with the host and pid that let a later command see the process is gone."""
-    row = dict(status="running", started_at=now(), finished_at=None, error=None, device=device, precision=precision,
+    row = dict(status=RunStatus.RUNNING, started_at=now(), finished_at=None, error=None, device=device, precision=precision,
                host=host, pid=pid, accum=plan.accum, predicted_peak_bytes=predicted_peak_bytes)
     if plan.resume and store.runs(ids=[plan.run_id]):
         store.update_run(plan.run_id, row)
@@ -50,7 +51,7 @@ def record(store: Store, result: RunResult) -> None:
     changes = dict(status=result.status, finished_at=now(), error=result.error, resumed_epochs=result.resumed_epochs)
     if result.host is not None:
         changes |= dict(host=result.host, pid=result.pid)
-    if result.status == "done":
+    if result.status == RunStatus.DONE:
         summary = result.summary
         folder = Path(result.folder)
         try:
@@ -72,7 +73,7 @@ def record_found(store: Store, result: RunResult, summary: RunSummary, entry: di
     keeps, then its end as `record` writes it, with the times the folder's files show."""
     store.insert_run(dict(
         id=result.run_id, experiment=summary.experiment, model=summary.model, arch=summary.arch, size=summary.size,
-        status="running", started_at=started_at, split_seed=summary.split_seed, fold=summary.fold,
+        status=RunStatus.RUNNING, started_at=started_at, split_seed=summary.split_seed, fold=summary.fold,
         folds=summary.folds, train_seed=summary.train_seed, run_number=summary.run_number,
         fingerprint=summary.fingerprint, batch_size=entry.get("batch_size"), epochs=summary.epochs,
         accum=summary.accum, spec=json.dumps(entry)))

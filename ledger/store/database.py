@@ -20,7 +20,10 @@ from ledger.errors import LedgerError
 from ledger.store.lost_ledger import refuse_lost_ledger
 from ledger.store.migrations import PROBE_TRIAL_V8_COLUMNS, SCHEMA_VERSION, migrate, path_in_home
 from ledger.processes import process_alive
-from ledger.store.rows import RunRow
+from ledger.store.rows import RunRow, RunStatus
+
+# SQLite binds exact strs only: a status is stored as its word.
+sqlite3.register_adapter(RunStatus, lambda status: status.value)
 
 DEFAULT_HOME = "runs"
 
@@ -144,15 +147,16 @@ class Store:
         (they no longer count, so `train` owes them again), and back when the folder returns (a
         shared home mounted again)."""
         self.mark_stale_runs()
-        for row in self.db.execute("SELECT * FROM runs WHERE status IN ('done', 'missing')").fetchall():
+        for row in self.db.execute("SELECT * FROM runs WHERE status IN (?, ?)",
+                                   (RunStatus.DONE, RunStatus.MISSING)).fetchall():
             folder = self.artifact_path(RunRow.from_columns(dict(row)))
             if folder is None:
                 continue  # nothing on record to look for
             present = folder.is_dir()
-            if row["status"] == "done" and not present:
-                self.update_run(row["id"], {"status": "missing", "error": f"run folder {folder} is gone"})
-            elif row["status"] == "missing" and present:
-                self.update_run(row["id"], {"status": "done", "error": None})
+            if row["status"] == RunStatus.DONE and not present:
+                self.update_run(row["id"], {"status": RunStatus.MISSING, "error": f"run folder {folder} is gone"})
+            elif row["status"] == RunStatus.MISSING and present:
+                self.update_run(row["id"], {"status": RunStatus.DONE, "error": None})
 
     def close(self) -> None:
         self.db.close()
@@ -185,13 +189,13 @@ class Store:
         """`running` rows of this host whose process is gone become `interrupted`; returns their ids.
         Rows from other hosts are left alone: their process may well be alive there."""
         host, stale = socket.gethostname(), []
-        for row in self.db.execute("SELECT id, pid, host FROM runs WHERE status='running'").fetchall():
+        for row in self.db.execute("SELECT id, pid, host FROM runs WHERE status=?", (RunStatus.RUNNING,)).fetchall():
             if (row["host"] or host) != host or row["pid"] is None:
                 continue
             if row["pid"] != os.getpid() and not process_alive(row["pid"]):
                 stale.append(row["id"])
         for run_id in stale:
-            self.update_run(run_id, {"status": "interrupted", "finished_at": now(),
+            self.update_run(run_id, {"status": RunStatus.INTERRUPTED, "finished_at": now(),
                                      "error": "interrupted (its process is gone)"})
         return stale
 

@@ -5,9 +5,25 @@ from it) and a row of the `runs` table. Torch-free, so every reader can use them
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from dataclasses import dataclass, fields
 from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    """A run's state in the ledger. A str, so rows, JSON and SQLite read it as the plain word."""
+
+    RUNNING = "running"
+    DONE = "done"  # committed: its folder is whole, and only done runs are bagged
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped (a signal, a lost process); resumable from its checkpoint
+    MISSING = "missing"  # done, but its folder is gone: it no longer counts until the folder returns
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__  # f"{status}" is the word, on every Python
 
 
 @dataclass(frozen=True)
@@ -68,7 +84,7 @@ class RunRow:
     model: str
     arch: str
     size: str
-    status: str  # running, done, failed or interrupted
+    status: RunStatus
     started_at: str
     split_seed: int | None = None
     accum: int | None = None
@@ -105,7 +121,8 @@ class RunRow:
     def from_columns(cls, columns: dict[str, Any]) -> "RunRow":
         """From a database row; columns a newer schema added and this code does not know are ignored."""
         known = {f.name for f in fields(cls)}
-        return cls(**{name: value for name, value in columns.items() if name in known})
+        values = {name: value for name, value in columns.items() if name in known}
+        return cls(**values | {"status": RunStatus(values["status"])})
 
     @property
     def accuracy(self) -> float | None:
