@@ -137,10 +137,13 @@ def test_runs_table_fits_80_columns_with_whole_ids_and_accuracy():
 
 
 def test_submissions_table_fits_80_columns_with_leaderboard_scores():
-    rows = [dict(id="20260101-120000-abc123", experiment="fashion", oob_accuracy=0.9512, public_score=0.9487,
-                 private_score=None, runs=["a", "b"], oob_images=60, train_images=60, message="first bag " * 6,
-                 path="/very/long/path/to/the/ledger/home/submissions/fashion-20260101-120000.csv",
-                 sha256="0123456789abcdef", created_at="2026-01-01T12:00:00+00:00")]
+    from ledger.store.rows import SubmissionRow
+
+    rows = [SubmissionRow(id="20260101-120000-abc123", experiment="fashion", oob_accuracy=0.9512, public_score=0.9487,
+                          private_score=None, runs=["a", "b"], weights={"a": 0.5, "b": 0.5}, oob_images=60,
+                          train_images=60, message="first bag " * 6,
+                          path="/very/long/path/to/the/ledger/home/submissions/fashion-20260101-120000.csv",
+                          sha256="0123456789abcdef", created_at="2026-01-01T12:00:00+00:00")]
     lines = _render(_submissions_table(rows, Console(width=80)))
     text = "\n".join(lines)
     assert max(len(line) for line in lines) <= 80
@@ -156,7 +159,7 @@ def test_submissions_score_by_prefix_shows_in_runs(setup):
     assert result.exit_code == 0, result.output
     assert f"submission {submission_id}: out-of-bag" in result.stdout and "public 0.9123, private 0.9001" in result.stdout
     row = Store(setup["home"]).submissions()[0]
-    assert (row["public_score"], row["private_score"]) == (0.9123, 0.9001)
+    assert (row.public_score, row.private_score) == (0.9123, 0.9001)
     listed = json.loads(invoke("submissions", "--json", "--home", setup["home"]).stdout)
     assert listed[0]["public_score"] == 0.9123
     assert "0.9123" in invoke("runs", "--home", setup["home"]).stdout
@@ -187,7 +190,7 @@ def test_submit_hands_the_file_to_kaggle_and_records_it(setup, tmp_path, monkeyp
     args = (bin_dir / "args").read_text().splitlines()
     assert args == ["competitions", "submit", "-c", "paddy", "-f", str(store.submission_path(row)), "-m",
                     "two convnexts and a vit"]
-    assert (row["message"], row["competition"], row["kaggle_exit"]) == ("two convnexts and a vit", "paddy", 0)
+    assert (row.message, row.competition, row.kaggle_exit) == ("two convnexts and a vit", "paddy", 0)
 
 
 def test_submit_records_kaggle_failure(setup, tmp_path, monkeypatch):
@@ -195,7 +198,7 @@ def test_submit_records_kaggle_failure(setup, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{_fake_kaggle(tmp_path / 'bin', exit_code=3)}{os.pathsep}{os.environ['PATH']}")
     result = invoke("submit", submission_id, "-m", "m", "--competition", "paddy", "--home", setup["home"])
     assert result.exit_code == 1 and "kaggle exited with status 3" in result.stderr
-    assert Store(setup["home"]).submissions()[0]["kaggle_exit"] == 3
+    assert Store(setup["home"]).submissions()[0].kaggle_exit == 3
 
 
 def test_submit_without_kaggle_says_how_to_install_it(setup, tmp_path, monkeypatch):
@@ -203,7 +206,7 @@ def test_submit_without_kaggle_says_how_to_install_it(setup, tmp_path, monkeypat
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     line = _one_error_line(invoke("submit", submission_id, "-m", "m", "--competition", "paddy", "--home", setup["home"]))
     assert "pip install kaggle" in line and "kaggle.json" in line
-    assert Store(setup["home"]).submissions()[0]["kaggle_exit"] is None
+    assert Store(setup["home"]).submissions()[0].kaggle_exit is None
 
 
 # ---------------------------------------------------------------- help
@@ -232,4 +235,4 @@ def test_a_v3_ledger_gains_the_submit_columns_and_keeps_its_submissions(tmp_path
     store = Store(home, existing=True)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     [row] = store.submissions()
-    assert row["id"] == "s1" and row["kaggle_exit"] is None and row["competition"] is None
+    assert row.id == "s1" and row.kaggle_exit is None and row.competition is None

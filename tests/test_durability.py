@@ -40,7 +40,7 @@ def test_a_ledger_of_the_first_schema_is_upgraded_without_losing_a_row(tmp_path)
     assert rows[0].artifact_dir == "fashion/r1"  # relative to the home from now on
     assert store.artifact_path(rows[0]) == home / "fashion" / "r1"
     store.update_run("r2", {"status": "interrupted"})  # the new status passes the CHECK constraint
-    assert store.submissions()[0]["runs"] == ["r1"] and store.submissions()[0]["sha256"] is None
+    assert store.submissions()[0].runs == ["r1"] and store.submissions()[0].sha256 is None
     store.close()
     assert Store(home).db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # idempotent
 

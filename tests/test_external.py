@@ -45,7 +45,7 @@ def test_a_hanging_kaggle_is_stopped_and_the_attempt_recorded(setup, tmp_path, m
     assert time.monotonic() - started < 30
     assert submission_id in line and "did not finish within 1 s" in line
     row = Store(setup["home"]).submissions()[0]
-    assert (row["kaggle_exit"], row["message"], row["competition"]) == (124, "m", "c") and row["submitted_at"]
+    assert (row.kaggle_exit, row.message, row.competition) == (124, "m", "c") and row.submitted_at
 
 
 def test_ctrl_c_while_kaggle_runs_records_the_attempt(setup, tmp_path, monkeypatch):
@@ -56,7 +56,7 @@ def test_ctrl_c_while_kaggle_runs_records_the_attempt(setup, tmp_path, monkeypat
     result = invoke("submit", submission_id, "-m", "m", "--competition", "c", "--home", setup["home"])
     line = one_error_line(result)
     assert result.exit_code == 130 and "interrupted while kaggle ran" in line
-    assert Store(setup["home"]).submissions()[0]["kaggle_exit"] == 130
+    assert Store(setup["home"]).submissions()[0].kaggle_exit == 130
 
 
 def test_sqlites_vague_errors_name_the_cause_and_the_folder(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def test_submit_refuses_a_file_changed_since_it_was_recorded(setup, tmp_path, mo
                                  "--home", setup["home"]))
     assert submission["submission_id"] in line and "changed" in line
     assert not (tmp_path / "bin" / "args").exists()  # kaggle never ran
-    assert Store(setup["home"]).submissions()[0]["kaggle_exit"] is None
+    assert Store(setup["home"]).submissions()[0].kaggle_exit is None
 
 
 def test_a_moved_home_submits_its_own_file_and_a_copy_never_the_original(setup, tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_a_moved_home_submits_its_own_file_and_a_copy_never_the_original(setup, 
     add_run(setup, "c0", "convnext", held_out=HALVES[0])
     submission = _bag(setup)
     row = Store(setup["home"]).submissions()[0]
-    assert not Path(row["path"]).is_absolute()  # relative to the home
+    assert not Path(row.path).is_absolute()  # relative to the home
     copy = tmp_path / "copy"
     shutil.copytree(setup["home"], copy)
     moved = tmp_path / "moved"
@@ -88,7 +88,7 @@ def test_a_v4_ledger_gets_relative_submission_paths_and_the_missing_status(tmp_p
     db.close()
     store = Store(home)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert [s["path"] for s in store.submissions()] == ["submissions/a.csv", str(outside.resolve())]
+    assert [s.path for s in store.submissions()] == ["submissions/a.csv", str(outside.resolve())]
     [run] = store.runs()
     assert (run.id, run.fingerprint, run.host) == ("r1", "f", "h")  # every column kept
     store.update_run("r1", {"status": "missing"})  # the CHECK constraint takes the new status
@@ -191,4 +191,4 @@ def test_a_read_only_ledger_serves_reads_and_refuses_writes_in_one_line(setup):
         assert result.exit_code == 0 and "c0" in result.stdout and submission["submission_id"] in result.stdout
         line = one_error_line(invoke("submissions", "score", submission["submission_id"], "0.9", "--home", home))
         assert str(db) in line and "read-only" in line
-    assert Store(home).submissions()[0]["public_score"] is None
+    assert Store(home).submissions()[0].public_score is None

@@ -219,8 +219,8 @@ def test_cli_json_records_and_plots(tmp_path, tiny_competition):
     rows = Store(home).lr_finds("tiny")
     assert len(rows) == 1
     row = rows[0]
-    assert (row["model"], row["accum"], row["frozen"], row["batches"]) == ("m0", 2, 1, len(json.loads(row["curve"])["lrs"]))
-    assert row["suggestions"] == data["suggestions"] and (home / row["plot"]) == plot
+    assert (row.model, row.accum, row.frozen, row.batches) == ("m0", 2, 1, len(json.loads(row.curve)["lrs"]))
+    assert row.suggestions == data["suggestions"] and (home / row.plot) == plot
     # The model is thrown away: nothing but the ledger, the image cache and the plot is written.
     written = {p.relative_to(home).parts[0] for p in home.iterdir()}
     assert written <= {"ledger.db", "ledger.db-wal", "ledger.db-shm", "cache", "tiny"}
@@ -261,4 +261,4 @@ def test_a_v2_ledger_gains_the_lr_finds_table_and_keeps_its_runs(tmp_path):
     store.record_lr_find(dict(id="l1", experiment="tiny", model="m", suggestions=json.dumps({"valley": 1e-3}),
                               plot=str(home / "tiny" / "lr.png")))
     row = store.lr_finds("tiny")[0]
-    assert row["suggestions"] == {"valley": 1e-3} and row["plot"] == "tiny/lr.png" and row["created_at"]
+    assert row.suggestions == {"valley": 1e-3} and row.plot == "tiny/lr.png" and row.created_at

@@ -156,7 +156,7 @@ def test_log_loss_on_one_probability_column_per_class(copy, tmp_path):
     assert report["score"] == pytest.approx(log_loss(truth, probs, labels=range(len(columns))), abs=1e-6)
 
     [row] = Store(comp.home).submissions("tiny")
-    assert row["metric"] == "log_loss" and row["oob_score"] == pytest.approx(data["oob_score"])
+    assert row.metric == "log_loss" and row.oob_score == pytest.approx(data["oob_score"])
     table = runner.invoke(app, ["submissions", "--home", str(comp.home)], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "log_loss" in table.stdout and f"{data['oob_score']:.4f}" in table.stdout
 

@@ -41,7 +41,7 @@ def _digest(folder):
              for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith("ledger.db")}
     if (folder / "ledger.db").is_file():
         store = Store(folder, existing=True)
-        files["rows"] = ([r.id for r in store.runs()], [r["id"] for r in store.submissions()])
+        files["rows"] = ([r.id for r in store.runs()], [r.id for r in store.submissions()])
         store.close()
     return files
 
@@ -73,9 +73,9 @@ def test_an_existing_file_needs_force_and_a_recorded_one_is_never_replaced(setup
     assert str(mine) in line and "--force" in line and mine.read_text() == "my own notes\n"
     assert _ensemble(setup, "--out", mine, "--force").exit_code == 0
     [row] = Store(setup["home"]).submissions()
-    assert hashlib.sha256(mine.read_bytes()).hexdigest() == row["sha256"]
+    assert hashlib.sha256(mine.read_bytes()).hexdigest() == row.sha256
     line = one_error_line(_ensemble(setup, "--out", mine, "--force"))
-    assert row["id"] in line and len(Store(setup["home"]).submissions()) == 1
+    assert row.id in line and len(Store(setup["home"]).submissions()) == 1
 
 
 def test_a_submission_recorded_by_another_ledger_above_the_path_is_kept(setup, tmp_path):
@@ -151,7 +151,7 @@ def test_two_ensembles_writing_one_out_at_once_record_one_submission(setup, tmp_
     line = one_error_line(second["result"])
     assert str(out) in line and "writing it right now" in line
     [row] = Store(setup["home"]).submissions()
-    assert hashlib.sha256(out.read_bytes()).hexdigest() == row["sha256"]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == row.sha256
     assert not reservation(out).exists()  # released once the row stands
 
 

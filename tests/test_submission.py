@@ -103,10 +103,10 @@ def test_bags_only_the_current_spec_version_and_records_its_provenance(setup):
     assert data["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     store = Store(setup["home"])
     [row] = store.submissions("tiny")
-    assert row["path"] == f"submissions/{out.name}" and store.submission_path(row).resolve() == out.resolve()
-    assert row["runs"] == ["c0", "c1", "v0"] and row["sha256"] == data["sha256"]
-    assert (row["oob_accuracy"], row["oob_images"], row["train_images"]) == (0.0, 60, 60)
-    assert json.loads(row["excluded"]) == data["excluded"] and row["weights"] == data["weights"]
+    assert row.path == f"submissions/{out.name}" and store.submission_path(row).resolve() == out.resolve()
+    assert row.runs == ["c0", "c1", "v0"] and row.sha256 == data["sha256"]
+    assert (row.oob_accuracy, row.oob_images, row.train_images) == (0.0, 60, 60)
+    assert json.loads(row.excluded) == data["excluded"] and row.weights == data["weights"]
 
     table = runner.invoke(app, ["runs", "--home", str(setup["home"])], env={"COLUMNS": "300"})  # no cell cut short
     assert table.exit_code == 0 and data["sha256"][:12] in table.stdout and "60/60" in table.stdout
@@ -196,6 +196,6 @@ def test_submissions_of_a_v4_ledger_were_estimated_on_accuracy(tmp_path):
                " VALUES ('s1', 'tiny', '/x.csv', 'now', '[]', '{}', 0.875)")
     db.close()
     [row] = Store(home, existing=True).submissions()
-    assert (row["metric"], row["oob_score"], row["oob_accuracy"]) == ("accuracy", 0.875, 0.875)
+    assert (row.metric, row.oob_score, row.oob_accuracy) == ("accuracy", 0.875, 0.875)
     table = runner.invoke(app, ["submissions", "--home", str(home)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "accuracy" in table.stdout and "0.8750" in table.stdout

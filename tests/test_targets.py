@@ -131,10 +131,10 @@ def test_a_probe_of_one_key_never_answers_for_another(tmp_path):
     t4, v100 = probe_key(model, _setting("t4")), probe_key(model, _setting("v100-16"))
     store.record_probe("x", "m", t4, "32", "cpu: test", 15_828_320_256, 0.05, 2,
                        [Trial(2, 32, 1000, False, 0.1, step_seconds=0.25)], target="t4", precision="fp16")
-    assert store.latest_probe(t4, "cpu: test", 15_828_320_256, 0.05)["precision"] == "fp16"
+    assert store.latest_probe(t4, "cpu: test", 15_828_320_256, 0.05).precision == "fp16"
     assert store.latest_probe(v100, "cpu: test", 15_828_320_256, 0.05) is None
-    [trial] = store.probe_trials(store.latest_probe(t4, "cpu: test", 15_828_320_256, 0.05)["id"])
-    assert trial["step_seconds"] == 0.25 and trial["alloc_retries"] is None
+    [trial] = store.latest_probe(t4, "cpu: test", 15_828_320_256, 0.05).trials
+    assert trial.step_seconds == 0.25 and trial.alloc_retries is None
 
 
 def test_an_older_ledger_gains_the_prediction_columns_and_keeps_its_rows(tmp_path):

@@ -7,6 +7,7 @@ install it. Nothing here prints; the caller shows what kaggle said.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from ledger.errors import LedgerError
 from ledger.store.database import now
 from ledger.bag.submission import resolve_submission_id
+from ledger.store.rows import SubmissionRow
 
 INSTALL_KAGGLE = ("the kaggle command is not on PATH: install it with `pip install kaggle` and put your API token "
                   "(kaggle.com > Settings > API > Create New Token) in ~/.kaggle/kaggle.json")
@@ -27,22 +29,22 @@ def _score(name: str, value: float | None) -> float | None:
     return value
 
 
-def record_scores(store, submission: str, public: float, private: float | None = None) -> dict:
+def record_scores(store, submission: str, public: float, private: float | None = None) -> SubmissionRow:
     """Keep the public (and, after the deadline, private) leaderboard score of a submission, named
     by id or unique id prefix, beside its out-of-bag estimate. Returns the updated row."""
     row = resolve_submission_id(store, submission)
     changes = {"public_score": _score("public", public)}
     if private is not None:
         changes["private_score"] = _score("private", private)
-    store.update_submission(row["id"], changes)
-    return row | changes
+    store.update_submission(row.id, changes)
+    return dataclasses.replace(row, **changes)
 
 
 @dataclass(frozen=True)
 class Handed:
     """What came of one `kaggle competitions submit`."""
 
-    submission: dict  # the ledger row, as updated
+    submission: SubmissionRow  # the ledger row, as updated
     command: list[str]
     exit_code: int
     output: str  # kaggle's stdout and stderr, for the user to read
@@ -61,17 +63,17 @@ def submit(store, submission: str, message: str, competition: str | None,
     received the file all the same."""
     row = resolve_submission_id(store, submission)
     if not competition:
-        raise LedgerError(f"submission {row['id']}: --competition SLUG is needed (the name in the competition's "
+        raise LedgerError(f"submission {row.id}: --competition SLUG is needed (the name in the competition's "
                           f"address, e.g. paddy-disease-classification)")
     kaggle = shutil.which("kaggle")
     if kaggle is None:
         raise LedgerError(INSTALL_KAGGLE)
     path = store.submission_path(row)
     if not path.is_file():
-        raise LedgerError(f"submission {row['id']}: its file {path} is gone")
-    if row.get("sha256") and hashlib.sha256(path.read_bytes()).hexdigest() != row["sha256"]:
-        raise LedgerError(f"submission {row['id']}: {path} has changed since it was written (sha256 "
-                          f"{row['sha256'][:12]} on record); nothing was handed to kaggle")
+        raise LedgerError(f"submission {row.id}: its file {path} is gone")
+    if row.sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != row.sha256:
+        raise LedgerError(f"submission {row.id}: {path} has changed since it was written (sha256 "
+                          f"{row.sha256[:12]} on record); nothing was handed to kaggle")
     command = [kaggle, "competitions", "submit", "-c", competition, "-f", str(path), "-m", message]
     attempt = {"message": message, "competition": competition, "submitted_at": now()}
     try:
@@ -79,16 +81,16 @@ def submit(store, submission: str, message: str, competition: str | None,
     except OSError as e:
         raise LedgerError(f"{kaggle}: cannot run it ({e})") from None
     except subprocess.TimeoutExpired:  # run() has killed kaggle
-        store.update_submission(row["id"], attempt | {"kaggle_exit": TIMED_OUT})
-        raise LedgerError(f"submission {row['id']}: kaggle did not finish within {timeout_s:g} s and was stopped; "
+        store.update_submission(row.id, attempt | {"kaggle_exit": TIMED_OUT})
+        raise LedgerError(f"submission {row.id}: kaggle did not finish within {timeout_s:g} s and was stopped; "
                           f"the attempt is recorded: see `kaggle competitions submissions -c {competition}` "
                           f"before submitting again") from None
     except KeyboardInterrupt:
-        store.update_submission(row["id"], attempt | {"kaggle_exit": INTERRUPTED})
-        error = LedgerError(f"submission {row['id']}: interrupted while kaggle ran; the attempt is recorded: see "
+        store.update_submission(row.id, attempt | {"kaggle_exit": INTERRUPTED})
+        error = LedgerError(f"submission {row.id}: interrupted while kaggle ran; the attempt is recorded: see "
                             f"`kaggle competitions submissions -c {competition}` before submitting again")
         error.exit_code = INTERRUPTED
         raise error from None
     changes = attempt | {"kaggle_exit": done.returncode}
-    store.update_submission(row["id"], changes)
-    return Handed(row | changes, command, done.returncode, (done.stdout + done.stderr).strip())
+    store.update_submission(row.id, changes)
+    return Handed(dataclasses.replace(row, **changes), command, done.returncode, (done.stdout + done.stderr).strip())

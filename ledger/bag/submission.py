@@ -26,7 +26,7 @@ from ledger.bag.completeness import check_whole
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
-from ledger.store.rows import RunRow
+from ledger.store.rows import RunRow, SubmissionRow
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric
@@ -105,9 +105,9 @@ def resolve_run_ids(store, prefixes: Sequence[str]) -> list[RunRow]:
     return list(found.values())
 
 
-def resolve_submission_id(store, prefix: str) -> dict:
+def resolve_submission_id(store, prefix: str) -> SubmissionRow:
     """The submissions row whose id is `prefix` or the one id starting with it."""
-    rows = {row["id"]: row for row in store.submissions()}
+    rows = {row.id: row for row in store.submissions()}
     return rows[match_id(list(rows), prefix, "submission", store.home)]
 
 
@@ -272,7 +272,7 @@ def _refuse_recorded(store, path: Path) -> None:
         raise LedgerError(f"--out {path}: is a folder; give a CSV file name")
     owner = store.submission_at(path) if path.exists() else None
     if owner is not None:
-        raise LedgerError(f"--out {path}: holds submission {owner['id']} (recorded files are never replaced); "
+        raise LedgerError(f"--out {path}: holds submission {owner.id} (recorded files are never replaced); "
                           f"choose another name or leave out --out")
 
 

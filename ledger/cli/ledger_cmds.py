@@ -54,14 +54,7 @@ def _predicted(row: RunRow) -> str:
     return f"{text}: {row.peak_vs_prediction}" if row.peak_vs_prediction else text
 
 
-def _oob(row: dict) -> tuple[str, float | None]:
-    """The metric a submission was estimated on and its figure; rows from before metrics were
-    recorded were made on accuracy."""
-    metric = row.get("metric") or "accuracy"
-    return metric, row.get("oob_score") if row.get("metric") else row["oob_accuracy"]
-
-
-def _submissions_table(submissions: list[dict], console_: Console) -> Table:
+def _submissions_table(submissions: list, console_: Console) -> Table:
     """The out-of-bag estimate (on the competition's metric, accuracy beside it) against the
     leaderboard; the sha256 prefix tells whether the file on disk is still the one recorded, the run
     count which runs made it (ids in --json)."""
@@ -74,11 +67,11 @@ def _submissions_table(submissions: list[dict], console_: Console) -> Table:
                Column("sha256", drop=7), Column("created", drop=6)]
     rows = []
     for s in submissions:
-        metric, oob = _oob(s)
-        rows.append([s["id"], s["experiment"], metric, _accuracy(oob), _accuracy(s["oob_accuracy"]),
-                     score(s["public_score"]), score(s["private_score"]), str(len(s["runs"])),
-                     _coverage(s["oob_images"], s["train_images"]), s["message"] or "", s["path"],
-                     (s["sha256"] or "")[:12], s["created_at"]])
+        metric, oob = s.oob
+        rows.append([s.id, s.experiment, metric, _accuracy(oob), _accuracy(s.oob_accuracy),
+                     score(s.public_score), score(s.private_score), str(len(s.runs)),
+                     _coverage(s.oob_images, s.train_images), s.message or "", s.path,
+                     (s.sha256 or "")[:12], s.created_at])
     return fit_table(console_, columns, rows, title="submissions")
 
 
@@ -109,7 +102,8 @@ def runs_command(
         store.check_experiment(experiment)
     rows, submissions, probes = store.runs(experiment), store.submissions(experiment), store.probes(experiment)
     if as_json:
-        _print_json({"runs": [row.to_dict() | {"spec": row.entry or None} for row in rows], "probes": probes, "submissions": submissions})
+        _print_json({"runs": [row.to_dict() | {"spec": row.entry or None} for row in rows],
+                     "probes": [p.to_dict() for p in probes], "submissions": [s.to_dict() for s in submissions]})
         return
     console.print(_runs_table(rows, console))
     if probes:
@@ -120,9 +114,9 @@ def runs_command(
                    Column("budget"), Column("precision", drop=4), Column("chosen k"), Column("trials", drop=4),
                    Column("created", drop=5)]
         console.print(fit_table(console, columns, [
-            [p["experiment"], p["model"], p["size"], p["device"],
-             (f"{p['target']} " if p.get("target") else "") + format_size(p["budget_bytes"]), p.get("precision") or "",
-             "nothing fits" if p["chosen_k"] is None else str(p["chosen_k"]), str(len(p["trials"])), p["created_at"]]
+            [p.experiment, p.model, p.size, p.device, (f"{p.target} " if p.target else "") + format_size(p.budget_bytes),
+             p.precision or "", "nothing fits" if p.chosen_k is None else str(p.chosen_k), str(len(p.trials)),
+             p.created_at]
             for p in probes], title="memory probes"))
     if submissions:
         console.print(_submissions_table(submissions, console))
@@ -156,7 +150,7 @@ def submissions_list(
         store.check_experiment(experiment)
     rows = store.submissions(experiment)
     if as_json:
-        _print_json(rows)
+        _print_json([row.to_dict() for row in rows])
     else:
         console.print(_submissions_table(rows, console))
 
@@ -177,10 +171,10 @@ def submissions_score(
     from ledger.store.database import Store
 
     row = record_scores(Store(home, existing=True), submission_id, public, private)
-    private_text = "" if row.get("private_score") is None else f", private {row['private_score']:.4f}"
-    metric, oob = _oob(row)
-    console.print(f"submission {row['id']}: out-of-bag {metric} {_accuracy(oob)}, "
-                  f"public {row['public_score']:.4f}{private_text}")
+    private_text = "" if row.private_score is None else f", private {row.private_score:.4f}"
+    metric, oob = row.oob
+    console.print(f"submission {row.id}: out-of-bag {metric} {_accuracy(oob)}, "
+                  f"public {row.public_score:.4f}{private_text}")
 
 
 @app.command()
@@ -189,7 +183,7 @@ def submit(
     submission_id: SubmissionArg,
     message: Annotated[str, typer.Option("--message", "-m", help="The submission's description on Kaggle.")],
     competition: Annotated[Optional[str], typer.Option(
-        envvar="LEDGER_COMPETITION", help="Kaggle competition slug, e.g. paddy-disease-classification.")] = None,
+        envvar="LEDGER_COMPETITION", help="Kaggle competition slug: the name in its address.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for kaggle before stopping "
                                                                     "it (the attempt is recorded).")] = 300,
     home: HomeOpt = None,
@@ -207,7 +201,7 @@ def submit(
         console.print(handed.output, markup=False)
     row = handed.submission
     if handed.exit_code != 0:
-        raise LedgerError(f"kaggle exited with status {handed.exit_code} for submission {row['id']} "
-                          f"({row['path']}); the attempt is recorded")
-    console.print(f"submission {row['id']} handed to kaggle ({row['competition']}); when it is scored: "
-                  f"ledger submissions score {row['id']} PUBLIC")
+        raise LedgerError(f"kaggle exited with status {handed.exit_code} for submission {row.id} "
+                          f"({row.path}); the attempt is recorded")
+    console.print(f"submission {row.id} handed to kaggle ({row.competition}); when it is scored: "
+                  f"ledger submissions score {row.id} PUBLIC")

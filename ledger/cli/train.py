@@ -91,7 +91,7 @@ def _probes_elsewhere(spec, store, precisions: dict) -> str:
     probes = store.probes(spec.name)
     if not probes:
         return "run `ledger probe-memory` first"
-    on_record = sorted({f"{p.get('target') or p['device']} in {p.get('precision') or '?'}" for p in probes})
+    on_record = sorted({f"{p.target or p.device} in {p.precision or '?'}" for p in probes})
     here = ", ".join(sorted(set(precisions.values())))
     return (f"the probes on record are for {', '.join(on_record)}, not the spec's probe.budget "
             f"({spec.probe.budget}) in {here} on this device: run `ledger probe-memory` without --budget to time it")

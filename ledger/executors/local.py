@@ -105,7 +105,7 @@ def row_facts(spec: Spec, store: Store, device: torch.device, jobs: int = 1) -> 
     for its peak."""
     def predicted_peak(run: RunPlan) -> int | None:
         trial = recorded_trial(store, spec, run.model, device, run.accum, jobs)
-        return trial and trial["peak_bytes"]
+        return trial and trial.peak_bytes
 
     return RowFacts(device_name(device), lambda run: resolve_precision(run.model.precision, device).name,
                     predicted_peak, spec.probe.margin)

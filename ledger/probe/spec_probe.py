@@ -145,7 +145,7 @@ def probe_models(spec, models, store, budget=None, device=None, display=None, jo
     return probes
 
 
-def recorded_trial(store, spec, model, device, accum: int, jobs: int = 1) -> dict | None:
+def recorded_trial(store, spec, model, device, accum: int, jobs: int = 1):
     """The latest probe's trial of `model` at factor `accum` on `device`, for the spec's budget: its
     peak is the run's predicted peak, its timings the run's estimate. None when nothing is on record."""
     from ledger.probe.memory import device_name
@@ -155,7 +155,7 @@ def recorded_trial(store, spec, model, device, accum: int, jobs: int = 1) -> dic
                                 spec.probe.margin)
     if latest is None:
         return None
-    return next((row for row in store.probe_trials(latest["id"]) if row["k"] == accum and row["error"] is None), None)
+    return next((trial for trial in latest.trials if trial.k == accum and trial.error is None), None)
 
 
 def record_peak_check(store, run_id: str, predicted_bytes: int | None, measured_bytes: int | None,
@@ -202,12 +202,11 @@ def accum_resolver(spec, store, display=None, device=None, may_probe: bool = Tru
             probe = probe_models(spec, [model], store, setting.budget, device, display, jobs)[0]
             chosen, trials = probe.result.chosen_k, probe.result.trials
         else:
-            chosen, trials = latest["chosen_k"], None
+            chosen, trials = latest.chosen_k, None
         if chosen is None:
             if trials is None:
-                rows = store.probe_trials(latest["id"])
-                trials = [Trial(r["k"], r["micro_batch"], r["peak_bytes"], bool(r["out_of_memory"]), r["seconds"],
-                                r["error"]) for r in rows]
+                trials = [Trial(r.k, r.micro_batch, r.peak_bytes, bool(r.out_of_memory), r.seconds, r.error)
+                          for r in latest.trials]
             raise LedgerError(nothing_fits_message(f"{model.name} ({model.arch} at {model.size_label}) on {where}",
                                                    trials, budget, usable_bytes(budget, spec.probe.margin)))
         say(f"{model.name}: accum {chosen} (from the memory probe, budget {described})")
@@ -223,15 +222,14 @@ def estimated_seconds(spec, store, plan, device, competition, jobs: int = 1) -> 
     from ledger.runs.training_run import split_of
 
     probed = recorded_trial(store, spec, plan.model, device, plan.accum, jobs) if plan.accum else None
-    if probed is None or probed.get("step_seconds") is None:
+    if probed is None or probed.step_seconds is None:
         return None
     train_idx, valid_idx = split_of(plan, competition)
     model = plan.model
     shape = RunShape(train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
                      batch_size=model.batch_size, epochs=model.epochs,
                      frozen_epochs=model.freeze_epochs if model.finetune else 0, tta_n=plan.tta_n)
-    timings = Timings(probed["step_seconds"], probed["predict_seconds_per_image"],
-                      probed["augmented_seconds_per_image"])
+    timings = Timings(probed.step_seconds, probed.predict_seconds_per_image, probed.augmented_seconds_per_image)
     return run_seconds(timings, shape)
 
 

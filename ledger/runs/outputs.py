@@ -27,6 +27,7 @@ from ledger.errors import LedgerError, SpecError
 from ledger.processes import process_alive
 from ledger.runs import artifacts
 from ledger.store.lost_ledger import LEDGER_FILE, RUN_MARKS, run_folders
+from ledger.store.migrations import path_from_home
 
 FILE, BUNDLE, REPORT = "file", "bundle", "report"  # the kinds of output
 _OWN_MARK = {BUNDLE: "manifest.json", REPORT: "report.html"}  # what ledger's own folder of a kind holds
@@ -60,7 +61,7 @@ def _recorded_submissions(home: Path) -> list[Path]:
             db.close()
     except sqlite3.Error:
         return []  # no such table yet, or unreadable: the home's own parts are guarded all the same
-    return [(p if p.is_absolute() else home / p).resolve() for p in paths]
+    return [path_from_home(str(p), home).resolve() for p in paths]
 
 
 def protected(out: Path, spec=None, homes: Sequence[Path] = (), reads: Sequence[Path] = ()) -> list[tuple[Path, str]]:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from ledger.errors import LedgerError
 from ledger.store.lost_ledger import refuse_lost_ledger
-from ledger.store.migrations import PROBE_TRIAL_V8_COLUMNS, SCHEMA_VERSION, migrate, path_in_home
+from ledger.store.migrations import PROBE_TRIAL_V8_COLUMNS, SCHEMA_VERSION, migrate, path_from_home, path_in_home
 from ledger.processes import process_alive
-from ledger.store.rows import RunRow, RunStatus
+from ledger.store.rows import LrFindRow, ProbeRow, ProbeTrialRow, RunRow, RunStatus, SubmissionRow
 
 # SQLite binds exact strs only: a status is stored as its word.
 sqlite3.register_adapter(RunStatus, lambda status: status.value)
@@ -167,9 +167,22 @@ class Store:
     # ------------------------------------------------------------ runs
     # Written only through `ledger.runs.recording`: columns are named, never positional.
 
+    def _insert(self, table: str, row: dict) -> None:
+        """The one INSERT: columns named, never positional."""
+        self.db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+
+    def home_path(self, path: Path) -> str:
+        """How a file is recorded: relative to the home when it lies inside it (a moved or copied home
+        keeps working, and a copy never points at the original's files), else absolute."""
+        return path_in_home(path, self.home)
+
+    def recorded_path(self, stored: str) -> Path:
+        """A recorded file's path here (the other half of `home_path`)."""
+        return path_from_home(stored, self.home)
+
     def insert_run(self, row: dict) -> None:
-        columns = ", ".join(row)
-        self.db.execute(f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        self._insert("runs", row)
 
     def update_run(self, run_id: str, changes: dict) -> None:
         assignments = ", ".join(f"{column}=?" for column in changes)
@@ -180,10 +193,7 @@ class Store:
 
     def artifact_path(self, row: RunRow) -> Path | None:
         """A run's folder: stored relative to the home (absolute in ledgers written elsewhere)."""
-        if not row.artifact_dir:
-            return None
-        path = Path(row.artifact_dir)
-        return path if path.is_absolute() else self.home / path
+        return self.recorded_path(row.artifact_dir) if row.artifact_dir else None
 
     def mark_stale_runs(self) -> list[str]:
         """`running` rows of this host whose process is gone become `interrupted`; returns their ids.
@@ -234,45 +244,40 @@ class Store:
                      precision: str | None = None) -> str:
         probe_id = new_id()
         extra = [column for column, _ in PROBE_TRIAL_V8_COLUMNS]
+        limit = int(budget_bytes * (1 - margin))
         with self.db:  # one transaction: a probe is recorded whole or not at all
             self.db.execute("BEGIN")
-            self.db.execute(
-                "INSERT INTO probe_choices (id, experiment, model, probe_key, size, device, budget_bytes, margin,"
-                " chosen_k, created_at, target, precision) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (probe_id, experiment, model, probe_key, size, device, budget_bytes, margin, chosen_k, now(), target,
-                 precision),
-            )
-            limit = int(budget_bytes * (1 - margin))
-            self.db.executemany(
-                "INSERT INTO probe_trials (probe_id, k, micro_batch, peak_bytes, fits, out_of_memory, seconds,"
-                f" startup_seconds, error, {', '.join(extra)}) VALUES ({', '.join('?' * (9 + len(extra)))})",
-                [(probe_id, t.k, t.micro_batch, t.peak_bytes, int(t.fits(limit)), int(t.out_of_memory), t.seconds,
-                  t.startup_seconds, t.error, *(getattr(t, column, None) for column in extra)) for t in trials],
-            )
+            self._insert("probe_choices", dict(
+                id=probe_id, experiment=experiment, model=model, probe_key=probe_key, size=size, device=device,
+                budget_bytes=budget_bytes, margin=margin, chosen_k=chosen_k, created_at=now(), target=target,
+                precision=precision))
+            for t in trials:
+                self._insert("probe_trials", dict(
+                    probe_id=probe_id, k=t.k, micro_batch=t.micro_batch, peak_bytes=t.peak_bytes,
+                    fits=int(t.fits(limit)), out_of_memory=int(t.out_of_memory), seconds=t.seconds,
+                    startup_seconds=t.startup_seconds, error=t.error) | {c: getattr(t, c, None) for c in extra})
         return probe_id
 
-    def latest_probe(self, probe_key: str, device: str, budget_bytes: int, margin: float) -> dict | None:
+    def latest_probe(self, probe_key: str, device: str, budget_bytes: int, margin: float) -> ProbeRow | None:
         row = self.db.execute(
             "SELECT * FROM probe_choices WHERE probe_key=? AND device=? AND budget_bytes=? AND margin=?"
             " ORDER BY rowid DESC LIMIT 1",
             (probe_key, device, budget_bytes, margin),
         ).fetchone()
-        return dict(row) if row else None
+        return None if row is None else self._probe(dict(row))
 
     def _rows_of(self, table: str, experiment: str | None) -> list[dict]:
         """A table's rows in the order they were written, optionally of one experiment."""
         where, args = (" WHERE experiment=?", [experiment]) if experiment else ("", [])
         return [dict(r) for r in self.db.execute(f"SELECT * FROM {table}{where} ORDER BY rowid", args)]
 
-    def probes(self, experiment: str | None = None) -> list[dict]:
-        """Every probe's choice with its trials, oldest first."""
-        rows = self._rows_of("probe_choices", experiment)
-        for row in rows:
-            row["trials"] = self.probe_trials(row["id"])
-        return rows
+    def _probe(self, columns: dict) -> ProbeRow:
+        trials = self.db.execute("SELECT * FROM probe_trials WHERE probe_id=? ORDER BY rowid", (columns["id"],))
+        return ProbeRow.from_columns(columns | {"trials": tuple(ProbeTrialRow.from_columns(dict(r)) for r in trials)})
 
-    def probe_trials(self, probe_id: str) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM probe_trials WHERE probe_id=?", (probe_id,))]
+    def probes(self, experiment: str | None = None) -> list[ProbeRow]:
+        """Every probe's choice with its trials, oldest first."""
+        return [self._probe(row) for row in self._rows_of("probe_choices", experiment)]
 
     # ------------------------------------------------------------ submissions
 
@@ -281,24 +286,18 @@ class Store:
         """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message, metric,
         oob_score (the out-of-bag figure on that metric)."""
         submission_id = new_id()
-        row = dict(id=submission_id, experiment=experiment, path=path_in_home(path, self.home), created_at=now(),
-                   runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra)
-        self.db.execute(f"INSERT INTO submissions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                        tuple(row.values()))
+        self._insert("submissions", dict(
+            id=submission_id, experiment=experiment, path=self.home_path(path), created_at=now(),
+            runs=json.dumps(run_ids), weights=json.dumps(weights), oob_accuracy=oob_accuracy, **extra))
         return submission_id
 
-    def submissions(self, experiment: str | None = None) -> list[dict]:
-        rows = self._rows_of("submissions", experiment)
-        for row in rows:
-            row["runs"], row["weights"] = json.loads(row["runs"]), json.loads(row["weights"])
-        return rows
+    def submissions(self, experiment: str | None = None) -> list[SubmissionRow]:
+        return [SubmissionRow.from_columns(row) for row in self._rows_of("submissions", experiment)]
 
-    def submission_path(self, row: dict) -> Path:
-        """A submission's file: stored relative to the home (absolute when written outside it)."""
-        path = Path(row["path"])
-        return path if path.is_absolute() else self.home / path
+    def submission_path(self, row: SubmissionRow) -> Path:
+        return self.recorded_path(row.path)
 
-    def submission_at(self, path: Path) -> dict | None:
+    def submission_at(self, path: Path) -> SubmissionRow | None:
         """The recorded submission whose file is `path`, if any."""
         target = Path(path).resolve()
         return next((row for row in self.submissions() if self.submission_path(row).resolve() == target), None)
@@ -315,18 +314,10 @@ class Store:
         """One `lr-find` result: id, experiment, model, suggestions (JSON) and plot, plus any other
         lr_finds column. created_at is filled in; a plot inside the home is stored relative to it."""
         row = dict(row, created_at=row.get("created_at") or now())
-        plot = row.get("plot")
-        if plot:
-            try:
-                row["plot"] = str(Path(plot).resolve().relative_to(self.home.resolve()))
-            except ValueError:
-                row["plot"] = str(Path(plot).resolve())
-        self.db.execute(f"INSERT INTO lr_finds ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                        tuple(row.values()))
+        if row.get("plot"):
+            row["plot"] = self.home_path(Path(row["plot"]))
+        self._insert("lr_finds", row)
         return row["id"]
 
-    def lr_finds(self, experiment: str | None = None) -> list[dict]:
-        rows = self._rows_of("lr_finds", experiment)
-        for row in rows:
-            row["suggestions"] = json.loads(row["suggestions"])
-        return rows
+    def lr_finds(self, experiment: str | None = None) -> list[LrFindRow]:
+        return [LrFindRow.from_columns(row) for row in self._rows_of("lr_finds", experiment)]

@@ -168,12 +168,18 @@ def _migrate_v6_run_metric(db: sqlite3.Connection, home: Path) -> None:
 
 
 def path_in_home(path: Path, home: Path) -> str:
-    """`path` relative to the home when it lies inside it (so a moved or copied home keeps working
-    and a copy never points at the original's files), else absolute."""
+    """How the ledger records a file: relative to the home when it lies inside it (so a moved or
+    copied home keeps working and a copy never points at the original's files), else absolute."""
     try:
         return str(Path(path).resolve().relative_to(home.resolve()))
     except ValueError:
         return str(Path(path).resolve())
+
+
+def path_from_home(stored: str, home: Path) -> Path:
+    """A recorded file's path: the other half of `path_in_home`."""
+    path = Path(stored)
+    return path if path.is_absolute() else Path(home) / path
 
 
 def _migrate_v7_missing(db: sqlite3.Connection, home: Path) -> None:

@@ -136,3 +136,116 @@ class RunRow:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class _Row:
+    """A row of one ledger table, typed: built from the database's columns (those a newer schema
+    added and this code does not know are ignored), and handed to `--json` as a dict."""
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in columns.items() if name in known})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ProbeTrialRow(_Row):
+    """One trial of a probe (`probe_trials`): a factor k, its peak and its timings."""
+
+    probe_id: str
+    k: int
+    micro_batch: int
+    peak_bytes: int | None
+    fits: int  # 1 when the peak fitted the budget less the margin
+    out_of_memory: int
+    seconds: float
+    startup_seconds: float | None = None
+    error: str | None = None
+    allocated_peak_bytes: int | None = None
+    reserved_peak_bytes: int | None = None
+    alloc_retries: int | None = None
+    step_seconds: float | None = None
+    predict_seconds_per_image: float | None = None
+    augmented_seconds_per_image: float | None = None
+
+
+@dataclass(frozen=True)
+class ProbeRow(_Row):
+    """A probe's choice (`probe_choices`) for one model entry and target, with its trials."""
+
+    id: str
+    experiment: str
+    model: str
+    probe_key: str
+    size: str
+    device: str
+    budget_bytes: int
+    margin: float
+    chosen_k: int | None
+    created_at: str
+    target: str | None = None  # the target card, when the budget named one
+    precision: str | None = None
+    trials: tuple[ProbeTrialRow, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubmissionRow(_Row):
+    """A submission (`submissions`): its file, the runs and weights that made it, its out-of-bag
+    estimate, and what Kaggle said of it."""
+
+    id: str
+    experiment: str
+    path: str  # relative to the ledger home when inside it (Store.home_path)
+    created_at: str
+    runs: list[str]
+    weights: dict[str, float]
+    oob_accuracy: float | None = None
+    oob_images: int | None = None
+    train_images: int | None = None
+    sha256: str | None = None
+    public_score: float | None = None
+    private_score: float | None = None
+    message: str | None = None
+    excluded: str | None = None  # JSON: the runs left out of the bag, with the reason
+    submitted_at: str | None = None
+    competition: str | None = None
+    kaggle_exit: int | None = None
+    metric: str | None = None  # None: made before metrics were recorded, on accuracy
+    oob_score: float | None = None
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "SubmissionRow":
+        columns = dict(columns, runs=json.loads(columns["runs"]), weights=json.loads(columns["weights"]))
+        return super().from_columns(columns)
+
+    @property
+    def oob(self) -> tuple[str, float | None]:
+        """The metric the submission was estimated on and its figure (accuracy for old rows)."""
+        return (self.metric, self.oob_score) if self.metric else ("accuracy", self.oob_accuracy)
+
+
+@dataclass(frozen=True)
+class LrFindRow(_Row):
+    """A learning-rate range test (`lr_finds`): its suggestions and curve."""
+
+    id: str
+    experiment: str
+    model: str
+    suggestions: dict[str, float]
+    created_at: str
+    arch: str | None = None
+    size: str | None = None
+    accum: int | None = None
+    frozen: int | None = None
+    device: str | None = None
+    stopped: str | None = None
+    batches: int | None = None
+    curve: str | None = None  # JSON
+    plot: str | None = None  # relative to the ledger home when inside it
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "LrFindRow":
+        return super().from_columns(dict(columns, suggestions=json.loads(columns["suggestions"])))
