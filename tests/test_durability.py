@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY_CONVNEXT, write_spec
 
 from ledger.training.checkpoint import CHECKPOINT
@@ -79,6 +80,7 @@ def _ledger(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+@pytest.mark.slow
 def test_kill_9_in_the_second_of_three_runs_then_the_same_command_finishes_the_job(tmp_path, tiny_competition):
     home = tmp_path / "home"
     spec = write_spec(tmp_path / "tiny.yaml", tiny_competition,

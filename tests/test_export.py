@@ -91,6 +91,7 @@ def predict(exported, bundle: Path, name: str) -> subprocess.CompletedProcess:
                    f"{name}.csv", "--probs", f"{name}.npz", cwd=exported["folder"])
 
 
+@pytest.mark.slow
 def test_the_bundle_writes_the_ensemble_submission_offline(exported):
     done = predict(exported, exported["bundle"], "bundle")
     assert done.returncode == 0, done.stderr

@@ -19,6 +19,8 @@ from ledger.executors.process_pool import ProcessPool, check_jobs
 from ledger.spec.loader import load_spec
 from ledger.store.database import Store
 
+pytestmark = pytest.mark.slow  # trains or builds end to end: `make test-quick` leaves it out
+
 RUNS = ONE_RUN.replace("runs: 1,", "runs: 3,")  # the hostile tests' tiny entry, three runs
 
 

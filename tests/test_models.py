@@ -7,7 +7,7 @@ from conftest import TINY_CONVNEXT
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, SpecError
 from ledger.training.models import (
     LAYER_GROUPS, create_model, freeze_body, map_by_position, packaged_state_dict, parameter_groups,
 )
@@ -106,3 +106,42 @@ def test_packaged_weights_refuse_another_arch_and_another_layout():
         map_by_position({"theirs.a": torch.zeros(2, 3), "theirs.b": torch.zeros(5)}, own, "w", "arch")
     with pytest.raises(LedgerError, match="1 tensors, but arch has 2"):
         map_by_position({"theirs.a": torch.zeros(2, 3)}, own, "w", "arch")
+
+
+def test_the_conv_stem_gives_the_tokens_timms_patch_embedding_gives():
+    from timm.layers import PatchEmbed
+
+    from ledger.training.layers import ConvStemPatchEmbed
+
+    x = torch.randn(2, 3, 32, 32)
+    for patch, fmt in ((4, "NHWC"), (2, "NCHW"), (8, "NHWC")):
+        args = dict(img_size=32, patch_size=patch, in_chans=3, embed_dim=48)
+        plain = PatchEmbed(**args, flatten=False, output_fmt=fmt)
+        stem = ConvStemPatchEmbed(**args, flatten=False, output_fmt=fmt)
+        assert stem(x).shape == plain(x).shape and stem.grid_size == plain.grid_size == (32 // patch,) * 2
+        strides = [m.stride[0] for m in stem.proj if isinstance(m, torch.nn.Conv2d)]
+        assert strides == [2] * (patch.bit_length() - 1) + [1]  # 3x3 stride-2 convolutions, then the 1x1
+    with pytest.raises(ValueError, match="power-of-2"):
+        ConvStemPatchEmbed(img_size=30, patch_size=3, in_chans=3, embed_dim=48)
+
+
+def test_a_spec_names_the_conv_stem_for_vit_and_swin_and_an_unknown_layer_is_refused(tmp_path, tiny_competition):
+    from conftest import write_spec
+
+    from ledger.spec.loader import load_spec
+    from ledger.training.layers import ConvStemPatchEmbed
+    from ledger.training.models import create_model
+
+    models = ("  - {name: swin, arch: swin_tiny_patch4_window7_224, size: 32, model_kwargs: {img_size: 32, "
+              "patch_size: 4, window_size: 4, embed_dim: 24, depths: [1, 1], num_heads: [2, 2], embed_layer: conv_stem}}\n"
+              "  - {name: vit, arch: vit_tiny_patch16_224, size: 32, model_kwargs: {img_size: 32, patch_size: 4, "
+              "depth: 1, embed_dim: 32, num_heads: 2, embed_layer: conv_stem}}\n")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", tiny_competition, models))
+    for model in spec.models:
+        net = create_model(model, num_classes=10)
+        assert isinstance(net.patch_embed, ConvStemPatchEmbed)
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    bad = write_spec(tmp_path / "bad.yaml", tiny_competition, models.replace("embed_layer: conv_stem}}\n  - {name: vit",
+                                                                              "embed_layer: convstem}}\n  - {name: vit"))
+    with pytest.raises(SpecError, match=r"models\[0\]\.model_kwargs: .*embed_layer 'convstem'"):
+        load_spec(bad)

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from ledger.runs import artifacts
 from ledger.cli import app
 
+pytestmark = pytest.mark.slow  # trains or builds end to end: `make test-quick` leaves it out
+
 runner = CliRunner()
 
 MODELS = (

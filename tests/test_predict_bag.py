@@ -17,6 +17,8 @@ from ledger.cli import app
 from ledger.data.augment import N_DRAWS, keyed_draws
 from ledger.runs import artifacts
 
+pytestmark = pytest.mark.slow  # trains or builds end to end: `make test-quick` leaves it out
+
 runner = CliRunner()
 
 MODELS = "".join(

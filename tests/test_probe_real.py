@@ -11,6 +11,8 @@ from ledger.probe.accumulation import micro_batch_size, run_in_child, search_acc
 from ledger.probe.trial import TIMING_STEPS, training_trial
 from ledger.spec.loader import DataSpec, ModelSpec
 
+pytestmark = pytest.mark.slow  # trains or builds end to end: `make test-quick` leaves it out
+
 BATCH = 32
 
 

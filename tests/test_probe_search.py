@@ -161,6 +161,7 @@ def child_trials():
         return dict(zip(CHILD_CALLS, pool.map(run, CHILD_CALLS)))
 
 
+@pytest.mark.slow
 def test_child_reports_a_peak_that_grows_with_the_allocation(child_trials):
     small, _ = child_trials["allocate_50"]
     large, _ = child_trials["allocate_200"]
@@ -201,6 +202,7 @@ def test_child_side_turns_other_errors_into_one_line():
     assert trial.error.startswith("ValueError: Expected more than 1 value per channel when training (")
 
 
+@pytest.mark.slow
 def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
     # kill -9 of `ledger probe-memory` runs no cleanup in the parent; the trial child must not live on.
     import os

@@ -133,6 +133,7 @@ def test_the_teacher_must_split_as_the_student_and_is_in_the_fingerprint(tmp_pat
         load_spec(tmp_path / "random.yaml", check_models=False)
 
 
+@pytest.mark.slow
 def test_a_student_trains_on_its_folds_teacher_run_end_to_end(tmp_path, tiny_competition):
     from ledger.cli import app
 

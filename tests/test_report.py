@@ -126,6 +126,7 @@ def written(tmp_path_factory, tiny_competition):
     return tmp_path, ids, write_report(spec, store, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_for_runs_and_bag(written):
     tmp_path, ids, report = written
     assert [s.name for s in report.sections] == ["bag", *ids]  # the failed run is left out

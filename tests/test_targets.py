@@ -147,6 +147,7 @@ def test_an_older_ledger_gains_the_prediction_columns_and_keeps_its_rows(tmp_pat
     assert (row.id, row.peak_bytes, row.predicted_peak_bytes, row.peak_over_prediction) == ("r1", 123, None, None)
 
 
+@pytest.mark.slow
 def test_probe_for_a_t4_then_train_carries_predicted_and_measured_peaks(tmp_path, tiny_competition):
     """The issue's check on a tiny competition: the probe answers for the T4 (fp16, its capacity less
     the margin), the dry run estimates the time, and the trained run's row has both peaks."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains or builds end to end: `make test-quick` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 # What `ledger data fashion-mnist` needs; torch and timm are imported only by training commands.
 DATA_COMMAND_NEEDS = ("numpy", "pandas", "pillow", "typer", "rich", "pyyaml")

@@ -26,7 +26,7 @@ ALLOWED = ("torch", "timm", "numpy", "pandas", "PIL", "safetensors")
 MODULES: dict[str, tuple[str, ...] | None] = {
     "errors": None, "units": None, "processes": None,
     "data.batches": None, "data.augment": None, "data.competition": None, "data.images": None,
-    "training.models": None, "training.device": None, "training.inference": None,
+    "training.models": None, "training.layers": None, "training.device": None, "training.inference": None,
     "training.packaged_weights": None, "probe.memory": None, "runs.artifacts": None,
     "bag.ensemble": None, "bag.matching": None, "export.runtime": None,
     "bag.submission_csv": ("read_sample_submission", "write_submission", "_unlink", "_TEMPORARY",

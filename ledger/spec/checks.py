@@ -262,9 +262,11 @@ def check_model(file: Path, index: int, model) -> None:
         hint = difflib.get_close_matches(model.arch, timm.list_models(), n=3)
         extra = f" (close: {', '.join(hint)})" if hint else ""
         raise spec_error(file, f"{where}.arch", f"unknown timm architecture {model.arch!r}{extra}")
+    from ledger.training.layers import timm_kwargs
+
     try:
         with torch.device("meta"):
-            net = timm.create_model(model.arch, pretrained=False, num_classes=2, **model.model_kwargs)
+            net = timm.create_model(model.arch, pretrained=False, num_classes=2, **timm_kwargs(model.model_kwargs))
     except TypeError as e:
         raise spec_error(file, f"{where}.model_kwargs", f"{model.arch} does not take them ({e})") from None
     except Exception as e:  # noqa: BLE001 - any construction failure is the user's kwargs

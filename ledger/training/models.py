@@ -12,6 +12,7 @@ from torch import nn
 from ledger.errors import LedgerError, first_line
 from ledger.training.packaged_weights import PACKAGED
 from ledger.spec.objects import ModelSpec
+from ledger.training.layers import timm_kwargs
 
 
 def create_model(model: ModelSpec, num_classes: int, where: str | None = None) -> nn.Module:
@@ -19,7 +20,7 @@ def create_model(model: ModelSpec, num_classes: int, where: str | None = None) -
     dict (loaded with weights_only=True); a name in PACKAGED_WEIGHTS takes the weights an installed
     package ships. Either way the classifier is new, sized for the classes. `where` names the model
     in error messages (e.g. "spec.yaml: models[0]")."""
-    kwargs = dict(num_classes=num_classes, **model.model_kwargs)
+    kwargs = dict(num_classes=num_classes, **timm_kwargs(model.model_kwargs))
     if isinstance(model.pretrained, str):
         return create_packaged_model(model, num_classes, where)
     if isinstance(model.pretrained, Path):
@@ -39,7 +40,7 @@ def create_packaged_model(model: ModelSpec, num_classes: int, where: str | None 
     (kept as it is when num_classes is the packaged 1000)."""
     arch = check_packaged_weights(model, where)
     state = packaged_state_dict(model.pretrained)
-    net = timm.create_model(arch, pretrained=False, num_classes=state_classes(state), **model.model_kwargs)
+    net = timm.create_model(arch, pretrained=False, num_classes=state_classes(state), **timm_kwargs(model.model_kwargs))
     net.load_state_dict(map_by_position(state, net.state_dict(), model.pretrained, arch))
     if num_classes != net.num_classes:
         net.reset_classifier(num_classes)
