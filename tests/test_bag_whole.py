@@ -53,3 +53,15 @@ def test_runs_of_another_recipe_never_count(setup):
     add_run(setup, "old", "convnext", fingerprint="0123456789ab")
     shutil.rmtree(setup["home"] / "tiny" / "old")
     assert _ensemble(setup, "--dry-run").exit_code == 0
+
+
+def test_a_train_holding_the_experiment_between_two_runs_is_named(setup):
+    from ledger.runs.lock import experiment_lock
+
+    add_run(setup, "c0", "convnext", held_out=HALVES[0])
+    add_run(setup, "v0", "vit")
+    with experiment_lock(setup["home"], "tiny", "2026-01-01T00:00:00"):  # no row is running at this instant
+        line = one_error_line(_ensemble(setup, "--dry-run"))
+        assert f"pid {os.getpid()}" in line and "yet to finish" in line
+        assert _ensemble(setup, "--allow-missing", "--dry-run").exit_code == 0
+    assert _ensemble(setup, "--dry-run").exit_code == 0  # once the train ends

@@ -184,8 +184,8 @@ def submit(
     message: Annotated[str, typer.Option("--message", "-m", help="The submission's description on Kaggle.")],
     competition: Annotated[Optional[str], typer.Option(
         envvar="LEDGER_COMPETITION", help="Kaggle competition slug: the name in its address.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for kaggle before stopping "
-                                                                    "it (the attempt is recorded).")] = 300,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for kaggle before stopping it (the "
+                                                             "attempt is recorded).")] = 300,
     home: HomeOpt = None,
 ) -> None:
     """Hand a recorded submission's CSV to `kaggle competitions submit` and keep the message and
@@ -196,6 +196,8 @@ def submit(
     from ledger.bag.leaderboard import submit as hand_to_kaggle
     from ledger.store.database import Store
 
+    if not timeout > 0:  # a float range in the option would widen --help past 80 columns
+        raise LedgerError(f"--timeout {timeout}: expected a number of seconds above 0")
     handed = hand_to_kaggle(Store(home, existing=True), submission_id, message, competition, timeout)
     if handed.output:
         console.print(handed.output, markup=False)

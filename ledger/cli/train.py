@@ -244,7 +244,8 @@ def _print_bag_estimate(spec, store) -> None:
     from ledger.bag.submission import make_submission
 
     try:
-        figure = make_submission(spec, store, dry_run=True).estimate
+        # This train still holds the experiment's lock, which a bag would take for one still running.
+        figure = make_submission(spec, store, dry_run=True, allow_missing=True).estimate
     except LedgerError:
         return  # no sample submission yet, or runs of an older recipe: `ledger ensemble` says why
     if figure.images:

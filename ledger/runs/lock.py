@@ -44,3 +44,21 @@ def experiment_lock(home: Path, experiment: str, started: str) -> Iterator[None]
         yield
     finally:
         handle.close()  # releases the lock
+
+
+def training_now(home: Path, experiment: str) -> str | None:
+    """Who holds the experiment's lock ('pid N on HOST since T'), or None when no train runs: a
+    shared lock taken and dropped at once. (A train starting in that very instant is refused as if
+    a second train ran; it can be started again at once.)"""
+    path = lock_path(home, experiment)
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:
+            return None  # a filesystem without locks: nothing to learn here
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
