@@ -241,11 +241,11 @@ def _print_bag_estimate(spec, store) -> None:
     metric: what the runs just trained are worth together. Nothing when there is no bag to judge yet."""
     from ledger.errors import LedgerError
     from ledger.bag.metrics import format_score
-    from ledger.bag.submission import make_submission
+    from ledger.bag.submission import BagOptions, make_submission
 
     try:
         # This train still holds the experiment's lock, which a bag would take for one still running.
-        figure = make_submission(spec, store, dry_run=True, allow_missing=True).estimate
+        figure = make_submission(spec, store, BagOptions(allow_missing=True), dry_run=True).estimate
     except LedgerError:
         return  # no sample submission yet, or runs of an older recipe: `ledger ensemble` says why
     if figure.images:

@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from ledger.errors import LedgerError, SpecError
+from ledger.durable import replace_folder
 
 # Package data (in the wheel too), so `ledger data fashion-mnist` works from an install, not only a checkout.
 EMBEDDED_SOURCE = Path(str(files("ledger.data") / "embedded" / "fashion-mnist"))
@@ -199,18 +200,7 @@ def write_competition(
         os.chmod(building, 0o755)  # mkdtemp makes it private; the result is an ordinary folder.
 
         _check_destination(out_dir, force)  # again: something may have appeared meanwhile
-        if out_dir.exists():
-            # Move the old folder aside first, so a failure here still leaves one whole folder.
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, retired / out_dir.name)
-            try:
-                os.replace(building, out_dir)
-            except OSError:
-                os.replace(retired / out_dir.name, out_dir)  # put the old one back
-                raise
-            shutil.rmtree(retired)
-        else:
-            os.replace(building, out_dir)
+        replace_folder(building, out_dir)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise

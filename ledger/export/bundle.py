@@ -32,6 +32,7 @@ from ledger.runs import artifacts
 from ledger.runs.checksums import recorded, verify
 from ledger.export.runtime import BAG, ENTRY, MANIFEST, RUNS, WEIGHTS, RunEntry, sha256_file
 from ledger.bag.submission import BagMember, BagOptions, bag_members
+from ledger.durable import replace_folder
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
 from ledger.runs.outputs import BUNDLE, guard_output, reserved
@@ -147,7 +148,7 @@ def _write_bundle(spec, out: Path, members: list[BagMember], entries: list[tuple
         size = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
         if max_size is not None and size > max_size:
             raise LedgerError(f"{out}: the bundle is {format_size(size)}, over --max-size {format_size(max_size)}")
-        _replace(partial, out)
+        replace_folder(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -177,20 +178,3 @@ def _versions_text(versions: Mapping[str, str]) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def _replace(partial: Path, out: Path) -> None:
-    """`partial` becomes `out`; an old `out` is moved aside first and removed only once the new one stands."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(partial, out)
-    except OSError:
-        if old.exists():
-            os.replace(old, out)
-        raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old.exists():
-        old.unlink()

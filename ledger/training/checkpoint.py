@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ledger.errors import LedgerError, first_line
-from ledger.signals import signals_held
+from ledger.durable import signals_held
 from ledger.training.hooks import EpochMetrics
 from ledger.training.step import LoopParts
 

@@ -4,6 +4,7 @@ failed run with a false "is the disk full?", a deleted checkpoint and a train th
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import write_spec
 from hostile_common import ONE_RUN, invoke
 
 from ledger.runs.execution import partial_dir
-from ledger.signals import signals_held
+from ledger.durable import signals_held
 from ledger.store.database import Store
 from ledger.training import checkpoint as checkpoint_module
 from ledger.training.checkpoint import CHECKPOINT
@@ -87,3 +88,30 @@ def test_sigterm_inside_a_checkpoint_write_records_an_interrupted_resumable_run_
     assert again.exit_code == 0, again.output
     assert "resuming after epoch 1" in again.output
     assert [r.status for r in Store(home).runs("tiny")] == ["done", "done"]
+
+
+def test_a_folder_is_replaced_whole_or_left_as_it_was(tmp_path, monkeypatch):
+    import os
+
+    from ledger import durable
+
+    target, built = tmp_path / "bundle", tmp_path / ".bundle.partial"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    built.mkdir()
+    (built / "new.txt").write_text("new")
+    real_replace = os.replace
+
+    def failing_second_rename(source, destination):
+        if Path(source) == built:
+            raise OSError("disk full")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(durable.os, "replace", failing_second_rename)
+    with pytest.raises(OSError, match="disk full"):
+        durable.replace_folder(built, target)
+    assert [p.name for p in target.iterdir()] == ["old.txt"]  # the old folder is back, whole
+    monkeypatch.setattr(durable.os, "replace", real_replace)
+    durable.replace_folder(built, target)
+    assert [p.name for p in target.iterdir()] == ["new.txt"] and not built.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # nothing left aside

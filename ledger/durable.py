@@ -1,5 +1,5 @@
-"""Stopping at a clean instant: Ctrl-C and SIGTERM held back while a file that a resume depends on
-is written, then delivered.
+"""Writes that are whole or not there: Ctrl-C and SIGTERM held back while a file that a resume
+depends on is written, then delivered; and a folder replaced by a newly built one in one rename.
 
 A KeyboardInterrupt raised inside torch.save's C++ writer comes back as a RuntimeError ("file
 write failed"): the checkpoint write then looked like a full disk, the run was marked failed, its
@@ -11,10 +11,14 @@ command stops.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 HELD = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,3 +52,21 @@ def signals_held(signals: tuple[int, ...] = HELD) -> Iterator[None]:
             signal.signal(number, handler)
         for number in arrived:
             signal.raise_signal(number)  # the handler restored above runs now
+
+
+def replace_folder(built: Path, target: Path) -> None:
+    """`built` (a finished folder beside `target`) becomes `target`. An old `target` is moved aside
+    first and removed only once the new one stands, so a failure at any point leaves one whole
+    folder there, the old or the new."""
+    if not target.exists():
+        os.replace(built, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, retired / target.name)
+    try:
+        os.replace(built, target)
+    except OSError:
+        os.replace(retired / target.name, target)  # put the old one back (kept aside if even that fails)
+        retired.rmdir()
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
