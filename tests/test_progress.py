@@ -111,7 +111,7 @@ def test_stage_display_draws_nothing_from_the_library_side():
 
 
 def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
-    from ledger.training.loop import EpochMetrics
+    from ledger.training.hooks import EpochMetrics
 
     console, out = _console(False)
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=3, freeze_epochs=1, finetune=True, name="m"))] * 2

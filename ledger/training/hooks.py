@@ -1,9 +1,9 @@
 """What the training loop reports, and to whom: `EpochMetrics` (one epoch's figures) and `Progress`,
 the base class of every listener (the command line's display, a worker's relay to the driver).
 
-Every hook is declared here as a no-op, as Lightning's `Callback` declares its hooks, so a listener
-overrides only what it draws and the loop calls each hook by name without asking first. Torch-free:
-the command line imports this without loading torch.
+Every hook is declared here as a no-op, so a listener overrides only what it draws. The learner
+reaches a listener through `callbacks.ProgressCallback`. Torch-free: the command line imports this
+without loading torch.
 """
 
 from __future__ import annotations
