@@ -145,3 +145,21 @@ def test_the_weight_average_is_the_first_callback_and_the_checkpoint_holds_it(tm
     assert fitted.net is learner.average.module
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["ema"]
     assert all(torch.equal(saved[k], v) for k, v in learner.average.state_dict().items())
+
+
+def test_a_nan_loss_fails_fit_but_not_fit_epochs_whose_callbacks_judge_it():
+    from ledger.training.learner import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss, match="epoch 1, step 2"):  # lr NaN: every loss after the first step
+        _learner([]).fit([Phase("train", 1, float("nan"), 0.25, 25.0)])
+    losses = []
+
+    class Record(Callback):
+        def after_step(self, learner):
+            losses.append(learner.loss.item())
+
+    learner = _learner([Record()], valid=False)
+    for group in learner.parts.optimizer.param_groups:
+        group["lr"] = float("nan")
+    fitted = learner.fit_epochs(2)  # lr-find records divergence; the probe measures whatever the loss
+    assert len(fitted.history) == 2 and len(losses) == 8 and np.isnan(losses[1:]).all()
