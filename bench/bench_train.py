@@ -36,7 +36,7 @@ from ledger.data.batches import Batches
 from ledger.training.device import Runtime, model_on_device, resolve_precision
 from ledger.training.loss import Criterion
 from ledger.training.step import StepSettings
-from ledger.training.loop import fit
+from ledger.training.learner import Learner
 
 TARGET_RATIO = 0.95
 
@@ -93,8 +93,9 @@ def ledger_loop(model, images: np.ndarray, competition: Competition, train_idx: 
                       seed=seed)
     timed = TimedBatches(batches, plan.warmup, plan.steps)
     runtime = Runtime(device, precision, accum, transform, generator)
-    fit(net, [Phase("train", 1, model.lr, pct_start=0.25, div=25.0)], timed, runtime,
-        Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix), StepSettings.of(model))
+    learner = Learner(net, timed, runtime, Criterion(len(competition.vocab), model.label_smoothing, model.mixup,
+                                                     model.cutmix), StepSettings.of(model))
+    learner.fit([Phase("train", 1, model.lr, pct_start=0.25, div=25.0)])
     return plan.steps * model.batch_size / timed.seconds
 
 

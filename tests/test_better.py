@@ -1,5 +1,5 @@
-"""Weight averaging and gradient clipping in the one training step (worked by hand on tiny nets),
-group-aware folds, test-time resolution, and the settings' place in the fingerprint."""
+"""Weight averaging (the learner's callback) and gradient clipping in the one training step (worked
+by hand on tiny nets), group-aware folds, test-time resolution, and the settings' place in the fingerprint."""
 
 from dataclasses import replace
 
@@ -13,6 +13,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ledger.data.batches import Batches
 from ledger.training.device import Runtime, resolve_precision
 from ledger.training.loss import Criterion
+from ledger.training.callbacks import Callback, WeightAverage
+from ledger.training.learner import Learner
 from ledger.training.step import StepSettings, loop_parts, train_step
 
 CPU = torch.device("cpu")
@@ -101,20 +103,28 @@ def test_weight_average_follows_timms_warm_up_worked_by_hand():
     net = nn.Sequential(nn.Flatten(), nn.Linear(3, 2))
     images, targets = one_image()
     runtime, settings = linear_runtime(), StepSettings(weight_decay=0.0, ema=0.6)
-    parts = loop_parts(net, Batches(images.numpy(), targets.numpy(), np.arange(1), 1), runtime, settings)
+    seen = []
+
+    class Record(Callback):  # after the average, which the learner puts first
+        def after_step(self, learner):
+            seen.append(({k: v.detach().clone() for k, v in net.state_dict().items()},
+                         {k: v.detach().clone() for k, v in learner.inference_net.state_dict().items()}))
+
+    learner = Learner(net, Batches(images.numpy(), targets.numpy(), np.arange(1), 1), runtime, Criterion(2),
+                      settings, callbacks=[Record()])
+    assert isinstance(learner.callbacks[0], WeightAverage)
+    for group in learner.parts.optimizer.param_groups:
+        group["lr"] = 0.1
+    fitted = learner.fit_epochs(len(decays))  # one image: one step an epoch
     expected = None
-    for decay in decays:
-        for group in parts.optimizer.param_groups:
-            group["lr"] = 0.1
-        train_step(parts, images, targets, runtime, Criterion(2), settings)
-        weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for decay, (weights, averaged) in zip(decays, seen, strict=True):
         expected = weights if expected is None else {k: decay * expected[k] + (1 - decay) * weights[k] for k in weights}
-        averaged = parts.inference_net.state_dict()
         for key in weights:
             torch.testing.assert_close(averaged[key], expected[key], atol=1e-6, rtol=1e-6)
-    assert parts.steps == 4
-    # The average lags the weights: after 4 steps it is not the net itself.
-    assert not torch.allclose(parts.inference_net[1].weight, net[1].weight)
+    assert learner.parts.steps == 4
+    # The average lags the weights: after 4 steps it is not the net itself, and the fit hands it back.
+    assert fitted.net is learner.average.module
+    assert not torch.allclose(fitted.net[1].weight, net[1].weight)
 
 
 # ---------------------------------------------------------------- group-aware folds
@@ -274,7 +284,7 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
     from ledger.runs import training_run
     from ledger.training.checkpoint import Checkpoint
     from ledger.runs.execution import cached_images
-    from ledger.training.hooks import SilentProgress
+    from ledger.training.callbacks import SilentProgress
     from ledger.training.inference import predict
 
     models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, ema: 0.9, save_weights: true,"
@@ -282,8 +292,13 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
     spec, run, competition = _one_run(tmp_path, tiny_competition, models)
     assert run.tta_sizes == ((32, 32), (48, 48))
     trained_nets = []
-    real_fit = training_run.fit
-    monkeypatch.setattr(training_run, "fit", lambda net, *a, **k: trained_nets.append(net) or real_fit(net, *a, **k))
+
+    class Recorded(training_run.Learner):
+        def __init__(self, net, *args, **kwargs):
+            trained_nets.append(net)
+            super().__init__(net, *args, **kwargs)
+
+    monkeypatch.setattr(training_run, "Learner", Recorded)
     images = cached_images(competition, run.model, tmp_path / "cache")
     trained = training_run.train_run(run, competition, images, CPU, SilentProgress(), Checkpoint(tmp_path / "ck"))
     [raw] = trained_nets
@@ -316,7 +331,7 @@ def test_an_architecture_of_one_input_size_is_refused_before_training(tmp_path, 
     from ledger.training.checkpoint import Checkpoint
     from ledger.errors import LedgerError
     from ledger.runs.execution import cached_images
-    from ledger.training.hooks import SilentProgress
+    from ledger.training.callbacks import SilentProgress
     from ledger.runs.training_run import train_run
 
     models = ("  - {name: v, arch: vit_tiny_patch16_224, size: 16, runs: 1,"

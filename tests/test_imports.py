@@ -12,7 +12,7 @@ PACKAGE = Path(ledger.__file__).parent
 
 # Config, data listing, planning, the ledger, bagging and reports: none of them trains or predicts.
 TORCH_FREE = ("cli", "spec.loader", "spec.checks", "spec.overrides", "spec.keys", "spec.schema", "spec.reference", "training.packaged_weights",
-              "spec.fingerprint", "store.rows", "training.hooks", "ids", "runs.plan", "store.database",
+              "spec.fingerprint", "store.rows", "training.callbacks", "ids", "runs.plan", "store.database",
               "runs.recording", "runs.artifacts", "data.competition", "data.fashion_mnist", "bag.ensemble",
               "bag.out_of_bag", "bag.submission", "bag.score", "bag.leaderboard", "report.page",
               "report.interpretation", "report.plots", "cli.tables", "training.schedule", "errors")

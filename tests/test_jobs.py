@@ -14,7 +14,7 @@ from hostile_common import ONE_RUN, invoke, one_error_line
 from ledger.executors.dispatch import dispatch, longest_first
 from ledger.errors import LedgerError
 from ledger.executors.local import plan_experiment, row_facts
-from ledger.training.hooks import Progress
+from ledger.training.callbacks import Progress
 from ledger.executors.process_pool import ProcessPool, check_jobs
 from ledger.spec.loader import load_spec
 from ledger.store.database import Store
@@ -121,7 +121,7 @@ def test_the_eta_counts_the_runs_that_train_at_once():
 
     from rich.console import Console
 
-    from ledger.training.hooks import EpochMetrics
+    from ledger.training.callbacks import EpochMetrics
     from ledger.cli.progress import ConsoleEvents, RunProgress
 
     out = StringIO()

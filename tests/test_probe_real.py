@@ -56,18 +56,18 @@ def test_a_smaller_budget_never_gives_a_smaller_k(measured):
 
 
 def test_fit_the_range_test_and_the_probe_take_the_same_training_step(monkeypatch, tiny_competition, tmp_path):
-    """One `train_step`: counted in fit, in lr-find's range test and in the probe's trial (run here
-    in-process), each step one effective batch of the run's size."""
+    """One `train_step`, called by the `Learner` alone: counted there (not in step.py, which a loop of
+    its own would call) in fit, in lr-find's range test and in the probe's trial (run here in-process),
+    each step one effective batch of the run's size."""
     import torch
 
-    from ledger.training import step
-
-    from ledger.training import loop as train
+    from ledger.training import learner, lr_find, step
     from ledger.data.batches import Batches
     from ledger.training.device import Runtime, model_on_device, resolve_precision
     from ledger.training.loss import Criterion
     from ledger.training.lr_find import range_test
     from ledger.training.schedule import Phase
+    from ledger.probe import trial as probe_trial
 
     calls = []
     original = step.train_step
@@ -76,8 +76,9 @@ def test_fit_the_range_test_and_the_probe_take_the_same_training_step(monkeypatc
         calls.append(len(images))
         return original(parts, images, *args)
 
-    monkeypatch.setattr(step, "train_step", counted)
-    monkeypatch.setattr(train, "train_step", counted)
+    monkeypatch.setattr(learner, "train_step", counted)
+    # Neither lr-find nor the probe holds a step of its own to call.
+    assert not hasattr(lr_find, "train_step") and not hasattr(probe_trial, "train_step")
     model = ModelSpec(name="m", arch="convnext_atto", size=(32, 32), model_kwargs=TINY_CONVNEXT, batch_size=8)
     cpu = torch.device("cpu")
     net, transform = model_on_device(model, 3, cpu)
@@ -85,7 +86,7 @@ def test_fit_the_range_test_and_the_probe_take_the_same_training_step(monkeypatc
     images = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32), dtype=np.uint8)
     labels = np.arange(16, dtype=np.int64) % 3
     batches = Batches(images, labels, np.arange(16), 8)
-    train.fit(net, [Phase("train", 1, 1e-3, 0.25, 25.0)], batches, runtime, Criterion(3))
+    learner.Learner(net, batches, runtime, Criterion(3)).fit([Phase("train", 1, 1e-3, 0.25, 25.0)])
     assert calls == [8, 8]
     range_test(net, batches, runtime, Criterion(3), step.StepSettings(), num_it=3, stop_div=False)
     assert calls == [8] * 5

@@ -239,11 +239,20 @@ def test_a_trial_child_dies_with_its_killed_parent(tmp_path):
         raise AssertionError("the trial child outlived its parent")
 
 
-def test_timed_batches_give_the_median_step_after_the_first():
-    from ledger.probe.trial import _TimedBatches
+def test_the_step_timer_gives_the_median_step_after_the_first():
+    from ledger.probe.trial import StepTimer
+    from ledger.training.callbacks import StopFit
 
-    timed = _TimedBatches([1, 2, 3])
-    assert [item for item in timed] == [1, 2, 3] and len(timed) == 3
+    timed = StepTimer(3)
+    loss = type("Loss", (), {"item": lambda self: 0.5})()
+    learner = type("Learner", (), {"loss": loss})()
+    for step in range(3):  # a time at each step's start, and one when the device finished the last
+        timed.before_step(learner)
+        if step < 2:
+            timed.after_step(learner)
+    with pytest.raises(StopFit):
+        timed.after_step(learner)  # its third step: the fit stops there
+    assert len(timed.times) == 4 and timed.times == sorted(timed.times)
     timed.times = [10.0, 12.0, 12.5, 13.5]  # steps of 2.0 (warm-up), 0.5 and 1.0 seconds
     assert timed.step_seconds() == pytest.approx(0.75)
     timed.times = [10.0, 12.0, 12.5, 13.5, 13.9]  # then 0.5, 1.0 and 0.4: the median, 0.5, not the mean

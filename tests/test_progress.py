@@ -17,7 +17,7 @@ from ledger.cli.tables import duration
 from ledger.data.batches import Batches
 from ledger.probe.accumulation import Trial
 from ledger.training.device import Runtime
-from ledger.training.hooks import SilentProgress, stage_callback
+from ledger.training.callbacks import SilentProgress, stage_callback
 from ledger.training.inference import tta
 
 
@@ -118,7 +118,7 @@ def test_stage_display_draws_nothing_from_the_library_side():
 
 
 def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
-    from ledger.training.loop import EpochMetrics
+    from ledger.training.callbacks import EpochMetrics
 
     console, out = _console(False)
     plans = [SimpleNamespace(model=SimpleNamespace(epochs=3, freeze_epochs=1, finetune=True, name="m"))] * 2
@@ -134,7 +134,7 @@ def test_off_a_terminal_epoch_lines_count_epochs_and_give_an_eta(monkeypatch):
 
 
 def test_the_eta_times_each_entry_at_its_own_epochs():
-    from ledger.training.hooks import EpochMetrics
+    from ledger.training.callbacks import EpochMetrics
 
     console, out = _console(False)
     fast = SimpleNamespace(model=SimpleNamespace(epochs=2, freeze_epochs=0, finetune=False, name="fast"))

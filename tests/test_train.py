@@ -17,11 +17,11 @@ from ledger.training.checkpoint import Checkpoint
 from ledger.training.schedule import Phase
 from ledger.data.batches import Batches
 from ledger.training.device import Runtime, model_on_device, resolve_precision
-from ledger.training.hooks import SilentProgress
+from ledger.training.callbacks import Callback
 from ledger.training.inference import predict, tta
 from ledger.training.loss import Criterion
 from ledger.training.step import StepSettings, accumulate_gradients
-from ledger.training.loop import NonFiniteLoss, fit
+from ledger.training.learner import Learner, NonFiniteLoss
 
 CPU = torch.device("cpu")
 FP32 = resolve_precision("fp32", CPU)
@@ -81,7 +81,8 @@ def test_optimizer_and_schedule_step_once_per_effective_batch():
     step_hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(1))
     forward_hook = model.register_forward_hook(lambda module, args, out: micro_sizes.append(len(args[0])))
     try:
-        history = fit(model, [Phase("train", 2, 1e-3, 0.25, 25.0)], batches, runtime(accum=4), Criterion(3)).history
+        learner = Learner(model, batches, runtime(accum=4), Criterion(3))
+        history = learner.fit([Phase("train", 2, 1e-3, 0.25, 25.0)]).history
     finally:
         step_hook.remove()
         forward_hook.remove()
@@ -100,8 +101,8 @@ def test_fit_follows_fastais_one_cycle_for_lr_and_momentum():
     hook = register_optimizer_step_pre_hook(
         lambda opt, args, kwargs: seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0])))
     try:
-        fit(model, [Phase("train", 2, 1e-2, 0.25, 25.0)], Batches(images, labels, np.arange(32), 8), runtime(),
-            Criterion(3))
+        Learner(model, Batches(images, labels, np.arange(32), 8), runtime(), Criterion(3)).fit(
+            [Phase("train", 2, 1e-2, 0.25, 25.0)])
     finally:
         hook.remove()
     rates, moms = [r for r, _ in seen], [m for _, m in seen]
@@ -121,8 +122,8 @@ def test_fit_uses_fastais_adam_and_no_weight_decay_on_norms_and_biases():
     groups = []
     hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: groups.append(opt.param_groups))
     try:
-        fit(model, [Phase("train", 1, 1e-3, 0.25, 25.0)], Batches(images, labels, np.arange(16), 8), runtime(),
-            Criterion(3), StepSettings(weight_decay=0.01))
+        Learner(model, Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3),
+                StepSettings(weight_decay=0.01)).fit([Phase("train", 1, 1e-3, 0.25, 25.0)])
     finally:
         hook.remove()
     decay = {id(p): g["weight_decay"] for g in groups[0] for p in g["params"]}
@@ -144,14 +145,15 @@ def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
         np.random.seed(3)
         model = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.2, **TINY_VIT)
 
-        class Stop(SilentProgress):
-            def end(self, metrics):
-                if metrics.epoch == stop_after:
+        class Stop(Callback):
+            def after_epoch(self, learner):
+                if learner.metrics.epoch == stop_after:
                     raise KeyboardInterrupt  # killed after this epoch's metrics, before its checkpoint
 
         batches = Batches(images, labels, np.arange(48), 8, shuffle=True, drop_last=True, seed=7)
-        fitted = fit(model, phases, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
-                     StepSettings.of(spec), progress=Stop(), checkpoint=Checkpoint(folder))
+        learner = Learner(model, batches, runtime(accum=2, seed=5), Criterion(3, 0.1, mixup=0.4),
+                          StepSettings.of(spec), callbacks=[Stop(), Checkpoint(folder)])
+        fitted = learner.fit(phases)
         return model, fitted.history, fitted.net
 
     uninterrupted, full_history, uninterrupted_average = train(tmp_path / "a")
@@ -172,8 +174,8 @@ def test_a_non_finite_loss_fails_the_run_naming_epoch_and_step():
     images, labels = random_images(32)
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 2"):
         # An lr of NaN: the first step's loss is finite, every later one NaN.
-        fit(tiny_vit(), [Phase("train", 1, float("nan"), 0.25, 25.0)], Batches(images, labels, np.arange(32), 8),
-            runtime(), Criterion(3))
+        Learner(tiny_vit(), Batches(images, labels, np.arange(32), 8), runtime(), Criterion(3)).fit(
+            [Phase("train", 1, float("nan"), 0.25, 25.0)])
 
 
 def test_label_smoothing_loss_matches_the_formula_worked_by_hand():
@@ -242,8 +244,9 @@ def test_frozen_phase_trains_the_head_and_norm_layers_only():
     body, head = split_body_head(model)
     norm_ids = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     before = {id(p): p.detach().clone() for p in model.parameters()}
-    history = fit(model, [Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True)],
-                  Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3), StepSettings(weight_decay=0.0)).history
+    learner = Learner(model, Batches(images, labels, np.arange(16), 8), runtime(), Criterion(3),
+                      StepSettings(weight_decay=0.0))
+    history = learner.fit([Phase("frozen", 1, (None, 1e-2), 0.99, 25.0, frozen=True)]).history
     assert [m.phase for m in history] == ["frozen"]
     body_plain = [p for p in body if id(p) not in norm_ids]
     assert all(torch.equal(p, before[id(p)]) for p in body_plain)

@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeRemainingColumn)
 
 from ledger.store.rows import RunStatus
-from ledger.training.hooks import EpochMetrics
+from ledger.training.callbacks import EpochMetrics
 from ledger.cli.tables import duration, trial_verdict
 from ledger.units import format_size
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Hashable, Protocol, Sequence
 
 from ledger.store.rows import RunStatus
-from ledger.training.hooks import Progress
+from ledger.training.callbacks import Progress
 
 if TYPE_CHECKING:
-    from ledger.training.hooks import ExperimentEvents
+    from ledger.training.callbacks import ExperimentEvents
     from ledger.runs.plan import RunPlan
     from ledger.runs.recording import RunResult
     from ledger.store.database import Store

@@ -32,7 +32,7 @@ from ledger.runs.recording import RunResult, record, record_start
 from ledger.spec.loader import ModelSpec, Spec
 from ledger.store.database import Store, new_id
 from ledger.training.device import resolve_precision
-from ledger.training.hooks import ExperimentEvents
+from ledger.training.callbacks import ExperimentEvents
 
 
 def resumable(store: Store, row: dict) -> bool:

@@ -28,7 +28,7 @@ import torch
 from ledger.store.rows import RunStatus
 from ledger.training.device import threads_per_job
 from ledger.errors import LedgerError, describe
-from ledger.training.hooks import Progress, RelayProgress
+from ledger.training.callbacks import Progress, RelayProgress
 from ledger.processes import die_with_parent, exit_reason
 from ledger.runs.recording import RunResult
 

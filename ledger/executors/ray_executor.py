@@ -30,7 +30,7 @@ from ledger.errors import LedgerError, first_line
 from ledger.executors.ray_worker import TASK_OPTIONS, run, worker_facts
 
 if TYPE_CHECKING:
-    from ledger.training.hooks import ExperimentEvents
+    from ledger.training.callbacks import ExperimentEvents
     from ledger.runs.plan import RunPlan
     from ledger.runs.recording import RunResult
     from ledger.spec.loader import Spec

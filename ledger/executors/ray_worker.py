@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from ledger.errors import LedgerError
-from ledger.training.hooks import RelayProgress
+from ledger.training.callbacks import RelayProgress
 
 if TYPE_CHECKING:
     from ledger.runs.plan import RunPlan

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.probe.accumulation import Trial
+from ledger.training.callbacks import Callback, StopFit
 
 
 # A step's time needs more steps than its memory does: the first steps of a fresh process pay for
@@ -35,26 +36,23 @@ class TrialTarget:
     cpu_threads: int | None = None  # a `--jobs` run's share of the cores (None: the process's own)
 
 
-class _TimedBatches:
-    """The trial's batches, noting the time each is asked for: step i ran between request i and i + 1.
-    The trial synchronises the device after its last step (its .item()), so the last interval ends
-    on the device's time. A step's time is the median over all steps but the first (warm-up): on a shared
-    machine one step stalled by another process must not count three times over."""
+class StepTimer(Callback):
+    """The trial's callback: notes the time each step starts, waits for the device after the last
+    one, so that the last interval ends on the device's time, and stops the fit after `steps` steps.
+    A step's time is the median over all steps but the first (warm-up): on a shared machine one step
+    stalled by another process must not count three times over."""
 
-    def __init__(self, batches):
-        self.batches, self.times = batches, []
+    def __init__(self, steps: int):
+        self.steps, self.times = steps, []
 
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        for item in self.batches:
-            self.times.append(time.perf_counter())
-            yield item
+    def before_step(self, learner) -> None:
         self.times.append(time.perf_counter())
 
-    def __getattr__(self, name):  # state() and restore(), for a checkpoint
-        return getattr(self.batches, name)
+    def after_step(self, learner) -> None:
+        if len(self.times) >= self.steps:
+            learner.loss.item()  # waits for the device
+            self.times.append(time.perf_counter())
+            raise StopFit
 
     def step_seconds(self) -> float | None:
         intervals = [b - a for a, b in zip(self.times, self.times[1:])]
@@ -106,7 +104,8 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     from ledger.training.loss import Criterion
     from ledger.probe.memory import PeakMemory
     from ledger.spec.loader import check_model
-    from ledger.training.step import StepSettings, loop_parts, train_step
+    from ledger.training.learner import Learner
+    from ledger.training.step import StepSettings
     from ledger.probe.targets import memory_fraction, sdpa_kernels
 
     target = target or TrialTarget(precision=model.precision)
@@ -140,24 +139,19 @@ def training_trial(model, paths: tuple, num_classes: int, steps: int, device: st
     steps = max(steps, TIMING_STEPS)
     indices = np.resize(np.arange(len(images)), steps * model.batch_size)
     labels = np.zeros(len(images), dtype=np.int64)
-    batches = _TimedBatches(Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k))
+    batches = Batches(images, labels, indices, model.batch_size, shuffle=True, seed=k)
     torch_precision = resolve_precision(target.precision, torch_device)
     generator = torch.Generator().manual_seed(k)
     runtime = Runtime(torch_device, torch_precision, k, transform, generator)
     # The run's own training step (its loss, mixing, clipping and weight average), every layer
     # trainable: the unfrozen phase is the worst case.
-    settings = StepSettings.of(model)
-    parts = loop_parts(net, batches, runtime, settings)
     criterion = Criterion(num_classes, model.label_smoothing, model.mixup, model.cutmix)
-    net.train()
-    for group in parts.optimizer.param_groups:
+    timer = StepTimer(steps)
+    learner = Learner(net, batches, runtime, criterion, StepSettings.of(model), callbacks=[timer])
+    for group in learner.parts.optimizer.param_groups:
         group["lr"] = model.lr
-    loss = None
-    for batch, targets in batches:
-        loss = train_step(parts, batch.to(torch_device), targets.to(torch_device), runtime, criterion, settings)
-    if loss is not None:
-        loss.item()  # waits for the device: the last step's interval ends on its time
-    step_seconds = batches.step_seconds()
+    learner.fit_epochs(1, name="probe")
+    step_seconds = timer.step_seconds()
     # Validation and TTA batches (no gradients, micro-batch sized) are part of a run's peak too.
     plain, augmented = _prediction_seconds(net, images, micro_batch, transform, torch_device, torch_precision,
                                            generator)

@@ -27,7 +27,7 @@ from ledger.training.checkpoint import CHECKPOINT, Checkpoint
 from ledger.data.competition import Competition
 from ledger.data.images import load_images
 from ledger.errors import describe
-from ledger.training.hooks import Progress, stage_callback
+from ledger.training.callbacks import Progress, stage_callback
 from ledger.probe.memory import is_out_of_memory
 from ledger.runs.plan import RunPlan
 from ledger.runs.recording import RunResult

@@ -1,6 +1,7 @@
 """`ledger lr-find` for one model entry of a spec: load its training split, run fastai's range test
-(`lr_find.range_test`) on a throw-away copy of the model, plot the curve and record it in the ledger.
-The algorithm and its suggestions are in `training/lr_find.py`; this module only orchestrates."""
+(`lr_find.range_test`: the `Learner` with lr-find's callback) on a throw-away copy of the model, plot
+the curve and record it in the ledger. The algorithm and its suggestions are in `training/lr_find.py`;
+this module only orchestrates."""
 
 from __future__ import annotations
 

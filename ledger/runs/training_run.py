@@ -19,7 +19,7 @@ from ledger.training.checkpoint import Checkpoint
 from ledger.data.competition import Competition
 from ledger.training.device import Runtime, library_versions, model_on_device, resolve_precision
 from ledger.errors import LedgerError
-from ledger.training.hooks import Progress, stage_callback
+from ledger.training.callbacks import Progress, stage_callback
 from ledger.training.inference import tta_at_sizes
 from ledger.training.loss import Criterion
 from ledger.probe.memory import PeakMemory, device_name
@@ -34,7 +34,8 @@ from ledger.spec.loader import dump_yaml
 from ledger.spec.objects import model_to_dict
 from ledger.data.splits import fold_indices, split_indices
 from ledger.training.step import StepSettings
-from ledger.training.loop import FitResult, fit
+from ledger.training.callbacks import ProgressCallback
+from ledger.training.learner import FitResult, Learner
 
 
 @dataclass
@@ -125,8 +126,11 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
     _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
-    fitted = fit(net, fit_phases(model), batches, runtime, criterion, StepSettings.of(model), valid=valid,
-                 progress=progress, checkpoint=checkpoint, metric=metric)
+    # The checkpoint before the display: it restores before the display reports the resumed epochs,
+    # and each epoch is saved before its end is shown.
+    learner = Learner(net, batches, runtime, criterion, StepSettings.of(model), valid=valid, metric=metric,
+                      callbacks=[checkpoint, ProgressCallback(progress)])
+    fitted = learner.fit(fit_phases(model))
 
     # The held-out images get exactly the test images' TTA (sizes included): the estimate measures it.
     test_batches = Batches(images.test, None, np.arange(len(images.test)), micro_batch, keys=test_keys)

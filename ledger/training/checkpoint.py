@@ -1,4 +1,5 @@
-"""A run's checkpoint: everything the loop needs to go on after a kill as if it never stopped.
+"""A run's checkpoint, a callback on the `Learner`: everything the loop needs to go on after a kill
+as if it never stopped, restored before the fit and saved after every epoch.
 
 Saved after every epoch into the run's partial folder (written to a temporary name, then renamed,
 so a kill during the save leaves the previous checkpoint whole) and deleted when the run commits.
@@ -22,7 +23,8 @@ import torch
 
 from ledger.errors import LedgerError, first_line
 from ledger.durable import signals_held
-from ledger.training.hooks import EpochMetrics
+from ledger.training.callbacks import Callback
+from ledger.training.callbacks import EpochMetrics
 from ledger.training.step import LoopParts
 
 CHECKPOINT = "checkpoint.pt"
@@ -50,19 +52,30 @@ def _write_failure(error: BaseException) -> str:
     return first_line(error)
 
 
-class Checkpoint:
+class Checkpoint(Callback):
+    """List it after the weight average (the learner puts that first), whose state it holds, and
+    before the progress display, which reports the epochs it restored."""
+
     def __init__(self, folder: Path):
         self.path = Path(folder) / CHECKPOINT
         self.restored_epochs = 0  # set by restore(): how many epochs the loop did not train again
 
+    def before_fit(self, learner) -> None:
+        if self.exists():
+            learner.history = self.restore(learner.parts, learner.average)
+
+    def after_epoch(self, learner) -> None:
+        self.save(learner.parts, learner.history, learner.average)
+
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def save(self, parts: LoopParts, history: list[EpochMetrics]) -> None:
+    def save(self, parts: LoopParts, history: list[EpochMetrics], average=None) -> None:
+        """`average`: the weight average (timm's ModelEmaV3), when the fit keeps one."""
         version, state, gauss = random.getstate()
         data = dict(
             model=parts.net.state_dict(), optimizer=parts.optimizer.state_dict(), scaler=parts.scaler.state_dict(),
-            ema=None if parts.ema is None else parts.ema.state_dict(), steps=parts.steps,
+            ema=None if average is None else average.state_dict(), steps=parts.steps,
             history=[dataclasses.asdict(m) for m in history],
             batch_order=parts.batches.state(), augmentation=parts.generator.get_state(),
             torch_global=torch.get_rng_state(), numpy_global=_numpy_global_state(),
@@ -84,8 +97,8 @@ class Checkpoint:
                 raise LedgerError(f"{self.path}: cannot save the checkpoint: {_write_failure(error)}") from None
             os.replace(temporary, self.path)
 
-    def restore(self, parts: LoopParts) -> list[EpochMetrics]:
-        """Load every state into `parts` and the global generators; returns the epochs done."""
+    def restore(self, parts: LoopParts, average=None) -> list[EpochMetrics]:
+        """Load every state into `parts`, `average` and the global generators; returns the epochs done."""
         # weights_only: a checkpoint is data, never code, even one left in a shared folder. Its
         # errors are never shown: torch's advice to retry with weights_only=False would run
         # whatever code a tampered file holds.
@@ -97,8 +110,8 @@ class Checkpoint:
         parts.net.load_state_dict(data["model"])
         parts.optimizer.load_state_dict(data["optimizer"])
         parts.scaler.load_state_dict(data["scaler"])
-        if parts.ema is not None and data.get("ema") is not None:
-            parts.ema.load_state_dict(data["ema"])
+        if average is not None and data.get("ema") is not None:
+            average.load_state_dict(data["ema"])
         parts.steps = data.get("steps", 0)
         parts.batches.restore(data["batch_order"])
         parts.generator.set_state(data["augmentation"])

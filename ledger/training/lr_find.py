@@ -2,7 +2,8 @@
 
 The test trains a fresh model for up to `num_it` effective batches while the learning rate grows
 exponentially from `start_lr` to `end_lr`, records fastai's smoothed loss after every batch, and
-stops once that loss passes 4x its minimum. The model is thrown away afterwards: only the curve, the
+stops once that loss passes 4x its minimum. As fastai's, it is a callback (`LrFinder`) on a fit of
+the `Learner`, so it trains with the run's own step. The model is thrown away afterwards: only the curve, the
 suggestions, a plot and a ledger row remain (`runs/lr_find_run.py` draws and records them).
 
 Suggestions follow fastai's `SuggestionMethod` (valley, slide, minimum, steep), computed as fastai
@@ -20,6 +21,8 @@ import numpy as np
 from torch import nn
 
 from ledger.errors import LedgerError
+from ledger.training.callbacks import Callback, StopFit
+from ledger.training.learner import Learner
 
 START_LR, END_LR, NUM_IT = 1e-7, 10.0, 100
 SMOOTH_BETA = 0.98  # fastai's AvgSmoothLoss
@@ -58,41 +61,60 @@ def exponential_lr(step: int, num_it: int, start_lr: float = START_LR, end_lr: f
     return start_lr * (end_lr / start_lr) ** (step / num_it)
 
 
+class LrFinder(Callback):
+    """fastai's LRFinder callback: sets each step's learning rate on the exponential schedule,
+    records the loss after it, and stops the fit at `num_it` steps or when the loss diverges."""
+
+    def __init__(self, start_lr: float = START_LR, end_lr: float = END_LR, num_it: int = NUM_IT,
+                 stop_div: bool = True, progress: LrFindProgress | None = None):
+        self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, num_it
+        self.stop_div, self.progress = stop_div, progress
+        self.smoother, self.best = SmoothLoss(), math.inf
+        self.lrs, self.losses, self.raw = [], [], []
+        self.lr, self.stopped = start_lr, "num_it"
+
+    def before_step(self, learner) -> None:
+        self.lr = exponential_lr(len(self.lrs), self.num_it, self.start_lr, self.end_lr)
+        for group in learner.parts.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def after_step(self, learner) -> None:
+        # .item() waits for the device every batch: the stop test needs the value anyway.
+        loss = learner.loss.item()
+        smooth = self.smoother.add(loss)
+        self.lrs.append(self.lr), self.losses.append(smooth), self.raw.append(loss)
+        if self.progress is not None:
+            self.progress(len(self.lrs), self.num_it, self.lr, smooth)
+        # The diverging batch is recorded before stopping, as fastai's Recorder does.
+        if not math.isfinite(smooth):
+            self._stop("non-finite")
+        self.best = min(self.best, smooth)
+        if self.stop_div and smooth > DIVERGENCE * self.best:
+            self._stop("diverged")
+        if len(self.lrs) >= self.num_it:
+            self._stop("num_it")
+
+    def _stop(self, reason: str) -> None:
+        self.stopped = reason
+        raise StopFit(reason)
+
+    def result(self) -> RangeTest:
+        return RangeTest(self.lrs, self.losses, self.raw, self.stopped)
+
+
 def range_test(net: nn.Module, batches, runtime, criterion, settings, start_lr: float = START_LR,
                end_lr: float = END_LR, num_it: int = NUM_IT, stop_div: bool = True,
                progress: LrFindProgress | None = None) -> RangeTest:
     """Train `net` (in place: pass a model you will throw away) with the run's own training step
-    (`step.train_step`: its optimizer, loss, accumulation, clipping) on up to `num_it` effective
-    batches, going round `batches` again when it runs out, as fastai fits as many epochs as it needs."""
-    from ledger.training.step import loop_parts, train_step
-
+    (the `Learner`'s: its optimizer, loss, accumulation, clipping) on up to `num_it` effective
+    batches, going round `batches` again when it runs out, as fastai fits as many epochs as it needs.
+    A frozen body stays frozen: its weights get no gradient, so AdamW leaves them (and their decay) alone."""
     if len(batches) == 0:
         raise LedgerError("lr-find: no training batches (the training split is empty)")
-    # A frozen body's weights get no gradient, so AdamW leaves them (and their decay) alone.
-    parts = loop_parts(net, batches, runtime, settings)
-    smoother, best = SmoothLoss(), math.inf
-    lrs, losses, raw = [], [], []
-    net.train()
-    while True:
-        for images, targets in batches:
-            lr = exponential_lr(len(lrs), num_it, start_lr, end_lr)
-            for group in parts.optimizer.param_groups:
-                group["lr"] = lr
-            images, targets = images.to(runtime.device, non_blocking=True), targets.to(runtime.device, non_blocking=True)
-            # .item() waits for the device every batch: the stop test needs the value anyway.
-            loss = train_step(parts, images, targets, runtime, criterion, settings).item()
-            smooth = smoother.add(loss)
-            lrs.append(lr), losses.append(smooth), raw.append(loss)
-            if progress is not None:
-                progress(len(lrs), num_it, lr, smooth)
-            # The diverging batch is recorded before stopping, as fastai's Recorder does.
-            if not math.isfinite(smooth):
-                return RangeTest(lrs, losses, raw, "non-finite")
-            best = min(best, smooth)
-            if stop_div and smooth > DIVERGENCE * best:
-                return RangeTest(lrs, losses, raw, "diverged")
-            if len(lrs) >= num_it:
-                return RangeTest(lrs, losses, raw, "num_it")
+    finder = LrFinder(start_lr, end_lr, num_it, stop_div, progress)
+    Learner(net, batches, runtime, criterion, settings, callbacks=[finder]).fit_epochs(math.ceil(num_it / len(batches)),
+                                                                                      name="lr_find")
+    return finder.result()
 
 
 # ---------------------------------------------------------------- suggestions

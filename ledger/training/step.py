@@ -1,5 +1,5 @@
-"""One training step, the only one: `fit`, the learning-rate range test and the memory probe all
-call `train_step`, so accumulation, the grad scaler, clipping and weight averaging live here once.
+"""One training step, the only one: the `Learner` calls `train_step` for every fit, lr-find and
+probe trial, so accumulation, the grad scaler and clipping live here once.
 
 `accumulate_gradients` is exact for unequal micro-batches; `LoopParts` is what a step changes and a
 checkpoint must hold.
@@ -27,7 +27,7 @@ class StepSettings:
 
     weight_decay: float = 0.01
     clip_grad: float | None = None  # the largest global gradient norm; None: no clipping
-    ema: float | None = None  # the decay of an average of the weights (timm's ModelEmaV3); None: off
+    ema: float | None = None  # the decay of an average of the weights (callbacks.WeightAverage); None: off
 
     @classmethod
     def of(cls, train) -> "StepSettings":
@@ -51,30 +51,15 @@ class LoopParts:
     scaler: torch.amp.GradScaler
     batches: Batches
     generator: torch.Generator
-    ema: nn.Module | None = None  # timm's ModelEmaV3: the averaged copy lives in `ema.module`
-    steps: int = 0  # optimizer steps taken, which the average's warm-up counts
-
-    @property
-    def inference_net(self) -> nn.Module:
-        """What validation, TTA and saved weights use: the averaged weights when averaging is on."""
-        return self.net if self.ema is None else self.ema.module
+    steps: int = 0  # optimizer steps taken, which the weight average's warm-up counts
 
 
 def loop_parts(net: nn.Module, batches: Batches, runtime: Runtime, settings: StepSettings) -> LoopParts:
-    """The optimizer (fastai's Adam: no weight decay on norm layers and biases), the grad scaler
-    (a no-op unless fp16) and, with `settings.ema`, the averaged copy of `net`."""
+    """The optimizer (fastai's Adam: no weight decay on norm layers and biases) and the grad scaler
+    (a no-op unless fp16)."""
     optimizer = fastai_adam(parameter_groups(net, settings.weight_decay))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision.scaled)
-    ema = None
-    if settings.ema:
-        from timm.utils import ModelEmaV3
-
-        # timm's warm-up: after optimizer step t the decay is min(ema, 1 - t^(-2/3)), 0 at step 1 (a
-        # copy), so the random start fades fast; it reaches 0.99 only after 1,000 steps.
-        # No device: the copy stays where `net` is (naming `cuda` for a net on `cuda:0` would turn off
-        # timm's one-kernel update as if the devices differed).
-        ema = ModelEmaV3(net, decay=settings.ema, use_warmup=True)
-    return LoopParts(net, optimizer, scaler, batches, runtime.generator, ema)
+    return LoopParts(net, optimizer, scaler, batches, runtime.generator)
 
 
 def accumulate_gradients(net: nn.Module, images: torch.Tensor, targets: torch.Tensor, accum: int,
@@ -107,8 +92,8 @@ def accumulate_gradients(net: nn.Module, images: torch.Tensor, targets: torch.Te
 def train_step(parts: LoopParts, images: torch.Tensor, targets: torch.Tensor, runtime: Runtime,
                criterion: Criterion, settings: StepSettings) -> torch.Tensor:
     """One optimizer step over one effective batch (already on the device, learning rate already
-    set): accumulate, clip, step, update the scaler and the average. Returns the batch's loss,
-    detached, without waiting for the device."""
+    set): accumulate, clip, step, update the scaler. Returns the batch's loss, detached, without
+    waiting for the device."""
     parts.optimizer.zero_grad(set_to_none=True)
     loss = accumulate_gradients(parts.net, images, targets, runtime.accum, runtime.training_batch, runtime.precision,
                                 parts.scaler, criterion)
@@ -118,7 +103,4 @@ def train_step(parts: LoopParts, images: torch.Tensor, targets: torch.Tensor, ru
     parts.scaler.step(parts.optimizer)  # skipped by the scaler when fp16 gradients overflowed
     parts.scaler.update()
     parts.steps += 1
-    if parts.ema is not None:
-        # Counted after the step, as timm's train.py passes `num_updates`: step 1 copies the weights.
-        parts.ema.update(parts.net, step=parts.steps)
     return loss
