@@ -246,6 +246,7 @@ def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
     import timm
 
     from ledger.data.augment import BatchTransform
+    from ledger.spec.objects import RunTta
     from ledger.training.inference import predict, tta_at_sizes
 
     torch.manual_seed(0)
@@ -256,10 +257,10 @@ def test_tta_at_sizes_is_the_mean_of_each_sizes_prediction():
     runtime = Runtime(CPU, resolve_precision("fp32", CPU), 1, transform, torch.Generator().manual_seed(0))
     at = lambda size: predict(net, batches, Runtime(CPU, runtime.precision, 1, BatchTransform(  # noqa: E731
         size, (0.5,) * 3, (0.25,) * 3, augment=None), runtime.generator))[0]
-    both = tta_at_sizes(net, batches, runtime, 0, 0.25, sizes=((32, 32), (48, 48)))
+    both = tta_at_sizes(net, batches, runtime, RunTta(n=0, sizes=((32, 32), (48, 48))))
     torch.testing.assert_close(both, (at((32, 32)) + at((48, 48))) / 2)
     assert not torch.allclose(at((32, 32)), at((48, 48)))  # the size really changes the prediction
-    torch.testing.assert_close(tta_at_sizes(net, batches, runtime, 0, 0.25), at((32, 32)))
+    torch.testing.assert_close(tta_at_sizes(net, batches, runtime, RunTta(n=0)), at((32, 32)))
 
 
 def _one_run(tmp_path, tiny_competition, models, tta="{n: 0, beta: 0.25, size: [1.0, 1.5]}", extra=""):
@@ -290,7 +291,7 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
     models = ("  - {name: c, arch: convnext_atto, size: 32, runs: 1, ema: 0.9, save_weights: true,"
               " model_kwargs: {dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}}\n")
     spec, run, competition = _one_run(tmp_path, tiny_competition, models)
-    assert run.tta_sizes == ((32, 32), (48, 48))
+    assert run.tta.sizes == ((32, 32), (48, 48))
     trained_nets = []
 
     class Recorded(training_run.Learner):
@@ -308,7 +309,7 @@ def test_a_run_predicts_with_the_average_at_every_tta_size_and_saves_the_average
     def at_sizes(net, rows):
         batches = Batches(rows, None, np.arange(len(rows)), 4)
         return sum(predict(net, batches, replace(trained.runtime, transform=trained.runtime.transform.resized(s)))[0]
-                   for s in run.tta_sizes) / 2
+                   for s in run.tta.sizes) / 2
 
     # Test and held-out images alike: the average's predictions, at both sizes (n: 0, so no randomness).
     torch.testing.assert_close(trained.test_probs, at_sizes(average, images.test))

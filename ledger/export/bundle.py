@@ -36,6 +36,7 @@ from ledger.durable import replace_folder
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
 from ledger.runs.outputs import BUNDLE, guard_output, reserved
+from ledger.spec.objects import KEYED_DRAWS, RunTta
 
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
 
@@ -77,9 +78,7 @@ def run_entry(member: BagMember, extra_targets: Sequence[str]) -> tuple[RunEntry
     sizes = [len(vocab)] + [len(artifacts.load_predictions(extras[t]).vocab) for t in order]
     entry = RunEntry(run_id=member.row.id, entry=member.entry, weight=member.weight,
                      model=model | {"pretrained": False},  # its own weights replace any starting weights
-                     tta_n=int(tta.get("n", 0)), tta_beta=float(tta.get("beta", 0.0)),
-                     tta_seed=int(tta.get("seed", 0)), vocab=vocab, head_sizes=sizes,
-                     tta_sizes=[list(size) for size in tta.get("sizes") or []])
+                     tta=RunTta.from_dict(tta).to_dict(), vocab=vocab, head_sizes=sizes)
     return entry, resolved
 
 
@@ -100,9 +99,9 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
 
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
     # Runs trained before TTA keyed its draws to each image drew them per batch: not repeatable here.
-    notes = [f"run {e.run_id} was trained before TTA keyed its draws to each image: the bundle's {e.tta_n} "
+    notes = [f"run {e.run_id} was trained before TTA keyed its draws to each image: the bundle's {e.tta['n']} "
              f"augmented passes are not the run's own, so a few labels may differ from its submission"
-             for e, resolved in entries if e.tta_n and (resolved.get("tta") or {}).get("draws") != artifacts.KEYED_DRAWS]
+             for e, resolved in entries if e.tta["n"] and (resolved.get("tta") or {}).get("draws") != KEYED_DRAWS]
     versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
 

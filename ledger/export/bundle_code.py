@@ -34,7 +34,7 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "bag.submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "DIGITS", "Shape", "fill"),
     "spec.keys": None,
     "spec.objects": ("PRECISIONS", "RESIZE_METHODS", "MAX_RUNS", "DataSpec", "AugmentSpec", "TrainSpec",
-                     "ModelSpec", "model_from_dict"),
+                     "ModelSpec", "model_from_dict", "KEYED_DRAWS", "RunTta"),
     "probe.accumulation": ("micro_batch_size",),
     "probe.targets": ("precision_for",),
 }

@@ -23,6 +23,7 @@ from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.runs.checksums import verify
 from ledger.store.rows import RunRow
 from ledger.errors import LedgerError, first_line
+from ledger.spec.objects import RunTta
 
 Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then each run's prediction
 
@@ -93,10 +94,7 @@ class SavedRun:
     """What predicting with a run needs, read back from its folder."""
 
     model: object  # its ModelSpec, its own weights in place of any starting ones
-    tta_n: int
-    tta_beta: float
-    tta_seed: int  # the seed its TTA generator drew from (0 for runs trained before it was recorded)
-    tta_sizes: tuple  # tta.size, resolved: () for the run's own size
+    tta: RunTta
     vocab: list[str]  # the submission's classes, in the head's order
     head: int  # the head's size: the submission's classes, then any extra target's
 
@@ -118,8 +116,7 @@ def run_model(folder: Path) -> SavedRun:
     # The head holds the submission's classes first, then any extra target's: its total size is
     # the sum over every test prediction file, whatever the targets' order.
     head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
-    return SavedRun(model, int(tta.get("n", 0)), float(tta.get("beta", 0.0)), int(tta.get("seed", 0)),
-                    tuple(tuple(size) for size in tta.get("sizes") or ()), vocab, head)
+    return SavedRun(model, RunTta.from_dict(tta), vocab, head)
 
 
 def predict_images(members: list[BagMember], paths: list[Path], device, use_tta: bool = True,
@@ -134,7 +131,7 @@ def predict_images(members: list[BagMember], paths: list[Path], device, use_tta:
     total, vocab = None, None
     for member in members:
         saved = run_model(member.folder)
-        model, n = saved.model, saved.tta_n if use_tta else 0
+        model, tta = saved.model, saved.tta if use_tta else saved.tta.plain()
         if vocab is not None and saved.vocab != vocab:
             raise LedgerError(f"run {member.row.id}: its classes differ from run {members[0].row.id}'s; "
                               f"runs of one bag must share their classes")
@@ -145,13 +142,13 @@ def predict_images(members: list[BagMember], paths: list[Path], device, use_tta:
                                        progress=None if stage is None else
                                        (lambda done, count: stage("decoding", done, count)))
         images = decoded[key]
-        label = f"run {member.row.id}" + (" (tta)" if n else "")
+        label = f"run {member.row.id}" + (" (tta)" if tta.n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
         sizes = (len(vocab), saved.head - len(vocab)) if saved.head > len(vocab) else (len(vocab),)
         # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
         # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
-        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, n, saved.tta_beta,
-                            saved.tta_seed, progress, saved.tta_sizes if use_tta else (), keys=[p.name for p in paths])
+        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, tta, progress,
+                            keys=[p.name for p in paths])
         total = probs * member.weight if total is None else total + probs * member.weight
         release_memory()
     weight_sum = sum(m.weight for m in members)

@@ -10,7 +10,6 @@ each run, so the two predict alike.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -21,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ledger.errors import LedgerError, first_line
+from ledger.spec.objects import RunTta
 
 MANIFEST = "manifest.json"
 BAG = "bag.json"
@@ -83,12 +83,9 @@ class RunEntry:
     entry: str  # the spec's model entry it is a run of
     weight: float  # its normalised weight in the bag
     model: dict  # the resolved model entry (spec.model_to_dict), its own weights in place of any start
-    tta_n: int
-    tta_beta: float
-    tta_seed: int
+    tta: dict  # the run's resolved `tta:` section (RunTta.to_dict)
     vocab: list[str]  # the submission's classes, in the head's order
     head_sizes: list[int]  # the submission's classes, then each extra target's
-    tta_sizes: list = dataclasses.field(default_factory=list)  # [[h, w], ...]: tta.size; []: the run's size
 
     @classmethod
     def read(cls, path: Path) -> "RunEntry":
@@ -100,11 +97,11 @@ class RunEntry:
 
 
 def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: np.ndarray, device,
-                tta_n: int, tta_beta: float, tta_seed: int, progress: Callable[[int, int], None] | None = None,
-                tta_sizes: tuple = (), keys: Sequence[str] | None = None) -> np.ndarray:
+                tta: RunTta, progress: Callable[[int, int], None] | None = None,
+                keys: Sequence[str] | None = None) -> np.ndarray:
     """(N, C) float32 probabilities of the submission's classes from one run's saved weights, with
-    fastai's TTA (`tta_n` 0: the plain pass). The batches are the run's training micro-batches and
-    each image's augmented passes are keyed to `tta_seed` and its key (its file name), as the run's
+    fastai's TTA (`tta.n` 0: the plain pass). The batches are the run's training micro-batches and
+    each image's augmented passes are keyed to `tta.seed` and its key (its file name), as the run's
     own test TTA was,
     so the same images in the same order give back the run's test predictions."""
     import torch
@@ -126,10 +123,10 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
         raise LedgerError(f"{weights_file}: unreadable weights file ({type(e).__name__}: {first_line(e)})") from None
     accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
     runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform,
-                      torch.Generator().manual_seed(tta_seed))
+                      torch.Generator().manual_seed(tta.seed))
     batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum), keys=keys)
     # At each of the run's test-time sizes (tta.size; none: its training size), averaged as the run did.
-    probs = tta_at_sizes(net, batches, runtime, tta_n, tta_beta, tta_seed, tuple(tuple(s) for s in tta_sizes),
+    probs = tta_at_sizes(net, batches, runtime, tta,
                          head_sizes=tuple(head_sizes), progress=progress)
     return probs[:, : head_sizes[0]].numpy()
 
@@ -167,10 +164,10 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
         if key not in decoded:
             say(f"decoding {len(paths)} test images at {model.item_size} ({model.resize})")
             decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None)
-        say(f"run {run_id} ({entry.entry}, weight {entry.weight:.3f}, TTA n={entry.tta_n})")
+        tta = RunTta.from_dict(entry.tta)
+        say(f"run {run_id} ({entry.entry}, weight {entry.weight:.3f}, TTA n={tta.n})")
         probs = predict_run(model, tuple(entry.head_sizes), folder / WEIGHTS, decoded[key], device,
-                            entry.tta_n, entry.tta_beta, entry.tta_seed, tta_sizes=tuple(entry.tta_sizes),
-                            keys=[path.name for path in paths])
+                            tta, keys=[path.name for path in paths])
         runs.append(RunInput(run_id, entry.entry, Predictions(ids, probs, np.asarray(entry.vocab))))
         weights[run_id] = entry.weight
         release_memory()

@@ -228,7 +228,7 @@ def estimated_seconds(spec, store, plan, device, competition, jobs: int = 1) -> 
     model = plan.model
     shape = RunShape(train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
                      batch_size=model.batch_size, epochs=model.epochs,
-                     frozen_epochs=model.freeze_epochs if model.finetune else 0, tta_n=plan.tta_n)
+                     frozen_epochs=model.freeze_epochs if model.finetune else 0, tta_n=plan.tta.n)
     timings = Timings(probed.step_seconds, probed.predict_seconds_per_image, probed.augmented_seconds_per_image)
     return run_seconds(timings, shape)
 

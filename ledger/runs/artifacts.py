@@ -29,9 +29,6 @@ SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 SPEC = "spec.yaml"
 WEIGHTS = "model.safetensors"
-# How TTA drew its randomness (the resolved spec's tta.draws): keyed to each image, so it repeats for any
-# subset or order of the images (runs without it drew per batch).
-KEYED_DRAWS = "keyed"
 
 
 def predictions_file(base: str, target: str | None = None) -> str:

@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 from ledger.store.rows import RunStatus
 from ledger.spec.fingerprint import run_fingerprint
+from ledger.spec.objects import RunTta
 from ledger.runs.pseudo_labels import PseudoPlan, TeacherRun, pseudo_plan
 from ledger.store.rows import RunRow
 from ledger.spec.loader import DataSpec, ModelSpec, Spec
@@ -51,11 +52,9 @@ class RunPlan:
     fingerprint: str
     resume: bool = False  # an interrupted run of this id left a checkpoint to go on from
     data: DataSpec | None = None  # where the competition is (a Ray worker loads it itself)
-    tta_n: int = 4
-    tta_beta: float = 0.25
+    tta: RunTta = RunTta()  # how the run predicts its test and held-out images (seed: train_seed)
     metric: str = "accuracy"  # the competition's metric, scored after each epoch and on the TTA'd held-out images
     class_order: tuple[str, ...] | None = None  # the metric's class order (qwk)
-    tta_sizes: tuple[tuple[int, int], ...] = ()  # sizes to predict at (tta.size); (): the entry's size
     pseudo: PseudoPlan | None = None  # the teacher runs that held out this run's validation images
 
 
@@ -120,8 +119,9 @@ def _run_plan(spec: Spec, model: ModelSpec, run_id: str, number: int, split: Spl
     pseudo = pseudo_plan(spec.pseudo, split, teachers) if spec.pseudo is not None else None
     return RunPlan(run_id=run_id, experiment=spec.name, model=model, run_number=number, split=split,
                    train_seed=train_seed, accum=accum, fingerprint=fingerprint, resume=resume,
-                   tta_n=spec.tta.n, tta_beta=spec.tta.beta, data=spec.data, metric=spec.metric,
-                   class_order=spec.class_order, tta_sizes=spec.tta.sizes_for(model.size) if spec.tta.size else (),
+                   tta=RunTta(spec.tta.n, spec.tta.beta, train_seed,
+                              spec.tta.sizes_for(model.size) if spec.tta.size else ()),
+                   data=spec.data, metric=spec.metric, class_order=spec.class_order,
                    pseudo=pseudo)
 
 
@@ -141,6 +141,7 @@ def keep_promise(plans: Sequence[RunPlan], promised: Sequence[Mapping], used_ids
         shown = None if plan.resume else by_key.get((plan.fingerprint, plan.run_number))
         if shown is not None:
             plan = dataclasses.replace(plan, run_id=shown["run_id"], train_seed=shown["train_seed"],
+                                       tta=dataclasses.replace(plan.tta, seed=shown["train_seed"]),
                                        split=dataclasses.replace(plan.split, seed=shown["split_seed"]))
         kept.append(plan)
     return kept

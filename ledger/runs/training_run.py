@@ -125,7 +125,7 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     valid = Batches(images.train, labels, valid_idx, micro_batch, keys=train_keys) if len(valid_idx) else None
     criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
                           extra_names=tuple(t.name for t in competition.extra))
-    _check_tta_sizes(net, images.test[:1], runtime, plan.tta_sizes)
+    _check_tta_sizes(net, images.test[:1], runtime, plan.tta.sizes)
     # The checkpoint before the display: it restores before the display reports the resumed epochs,
     # and each epoch is saved before its end is shown.
     learner = Learner(net, batches, runtime, criterion, StepSettings.of(model), valid=valid, metric=metric,
@@ -137,12 +137,12 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     # TTA's draws are keyed to the run's seed (recorded as tta.seed) and each image's name: the
     # exported bundle and `ledger predict` then repeat these test predictions exactly, for any
     # subset or order of the images.
-    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta_n, plan.tta_beta, plan.train_seed,
-                              plan.tta_sizes, head_sizes=sizes, progress=stage_callback(progress, "tta test"))
+    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta, head_sizes=sizes,
+                              progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta_n, plan.tta_beta, plan.train_seed,
-                                   plan.tta_sizes, head_sizes=sizes, progress=stage_callback(progress, "tta valid"))
+        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta, head_sizes=sizes,
+                                   progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
                       metric, pseudo_images)
 
@@ -217,8 +217,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=dict(n=plan.tta_n, beta=plan.tta_beta, seed=plan.train_seed, draws=artifacts.KEYED_DRAWS,
-                             sizes=[list(s) for s in plan.tta_sizes] or None),
+                    tta=plan.tta.to_dict(),
                     fingerprint=plan.fingerprint, versions=library_versions())
     if plan.pseudo is not None:
         resolved["pseudo"] = dict(teacher_runs=[t.run_id for t in plan.pseudo.teachers],

@@ -243,3 +243,37 @@ def model_from_dict(entry: dict) -> ModelSpec:
     if isinstance(values.get("pretrained"), str) and values["pretrained"] not in PACKAGED_WEIGHTS:
         values["pretrained"] = Path(values["pretrained"])
     return ModelSpec(**values)
+
+
+# How TTA drew its randomness (the resolved spec's tta.draws): keyed to each image, so it repeats for any
+# subset or order of the images (runs without it drew per batch).
+KEYED_DRAWS = "keyed"
+
+
+@dataclass(frozen=True)
+class RunTta:
+    """How a run predicts its test and held-out images, resolved: fastai's TTA with `n` augmented
+    passes blended by `beta`, each image's draws keyed to `seed`, at `sizes` (tta.size; (): the
+    entry's own size). The one shape a plan, a run folder's spec.yaml, `predict` and a bundle share."""
+
+    n: int = 4
+    beta: float = 0.25
+    seed: int = 0
+    sizes: tuple[tuple[int, int], ...] = ()
+
+    def to_dict(self) -> dict:
+        """The resolved spec's `tta:` section."""
+        return dict(n=self.n, beta=self.beta, seed=self.seed, draws=KEYED_DRAWS,
+                    sizes=[list(size) for size in self.sizes] or None)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "RunTta":
+        """From a resolved spec's `tta:` (or a bundle's entry): a run recorded before its seed was
+        takes 0, as its TTA generator did."""
+        values = values or {}
+        return cls(int(values.get("n", 0)), float(values.get("beta", 0.0)), int(values.get("seed", 0)),
+                   tuple(tuple(int(x) for x in size) for size in values.get("sizes") or ()))
+
+    def plain(self) -> "RunTta":
+        """No augmented pass, at the entry's own size: `predict --no-tta`."""
+        return RunTta(0, self.beta, self.seed, ())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ledger.data.batches import Batches
+from ledger.spec.objects import RunTta
 from ledger.training.device import Runtime
 
 
@@ -70,12 +71,13 @@ def tta(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float,
     return torch.lerp(augmented.mean(0), plain, beta)
 
 
-def tta_at_sizes(net: nn.Module, batches: Batches, runtime: Runtime, n: int, beta: float, seed: int = 0,
-                 sizes: tuple[tuple[int, int], ...] = (), head_sizes: tuple[int, ...] | None = None,
+def tta_at_sizes(net: nn.Module, batches: Batches, runtime: Runtime, settings: RunTta,
+                 head_sizes: tuple[int, ...] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """`tta` at each of `sizes` (the transform's own size when empty), averaged: the stored pixels
-    are resampled to each size by the same transform, so a net trained at 224 can predict at 288
-    (timm's test_input_size) from the same image cache."""
+    """A run's TTA (`settings`: n, beta, seed) at each of its sizes (the transform's own size when
+    none), averaged: the stored pixels are resampled to each size by the same transform, so a net
+    trained at 224 can predict at 288 (timm's test_input_size) from the same image cache."""
+    n, beta, seed, sizes = settings.n, settings.beta, settings.seed, settings.sizes
     if not sizes:
         return tta(net, batches, runtime, n, beta, seed, head_sizes=head_sizes, progress=progress)
     total = []
