@@ -10,7 +10,8 @@ from conftest import write_spec
 from hostile_common import ONE_RUN, invoke, one_error_line
 
 from ledger.runs import artifacts
-from ledger.runs.checksums import CHECKSUMS, sha256_of
+from ledger.runs.artifacts import sha256_file
+from ledger.runs.checksums import CHECKSUMS
 from ledger.store.database import Store
 
 
@@ -49,7 +50,7 @@ def test_the_sums_are_recorded_when_the_run_finishes(home):
     row, folder = _run(home)
     sums = json.loads(row.checksums)
     assert set(sums) >= {artifacts.WEIGHTS, artifacts.TEST_PREDS, artifacts.VALID_PREDS}
-    assert sums[artifacts.WEIGHTS] == sha256_of(folder / artifacts.WEIGHTS)
+    assert sums[artifacts.WEIGHTS] == sha256_file(folder / artifacts.WEIGHTS)
     assert json.loads((folder / CHECKSUMS).read_text()) == sums
 
 

@@ -10,7 +10,6 @@ each run, so the two predict alike.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ledger.errors import LedgerError, first_line
+from ledger.runs.artifacts import sha256_file
 from ledger.spec.objects import RunTta
 
 MANIFEST = "manifest.json"
@@ -30,15 +30,6 @@ RUNS = "runs"
 CODE = "ledger_bundle"
 LAUNCHER = "predict.py"
 VERSIONED = ("torch", "timm")  # the libraries whose versions can change a prediction
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(path: Path) -> dict:

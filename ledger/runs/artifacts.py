@@ -14,6 +14,7 @@ the final name is always whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -101,3 +102,12 @@ def write_json(path: Path, data: dict) -> None:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks: what a run's checksums and a bundle's manifest record."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

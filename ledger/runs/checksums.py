@@ -11,24 +11,15 @@ read as they are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from ledger.errors import LedgerError
 from ledger.runs import artifacts
+from ledger.runs.artifacts import sha256_file
 
 CHECKSUMS = "checksums.json"
-_CHUNK = 1 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _summed(folder: Path) -> list[Path]:
@@ -39,7 +30,7 @@ def _summed(folder: Path) -> list[Path]:
 
 def write_checksums(folder: Path) -> dict[str, str]:
     """Sum the run's files and keep the sums in the folder; returns them (file name -> sha256)."""
-    sums = {path.name: sha256_of(path) for path in _summed(Path(folder))}
+    sums = {path.name: sha256_file(path) for path in _summed(Path(folder))}
     (Path(folder) / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n")
     return sums
 
@@ -73,7 +64,7 @@ def verify(row, folder: Path, names: Iterable[str]) -> dict[str, str]:
         if not path.is_file():
             raise LedgerError(f"run {row.id}: {path} is gone since the run finished; train the run again "
                               f"(`ledger train`), or restore the file")
-        if sha256_of(path) != sums[name]:
+        if sha256_file(path) != sums[name]:
             raise LedgerError(f"run {row.id}: {path} changed since the run finished (damaged? its sha256 no "
                               f"longer matches the one recorded); restore it, or train the run again")
         checked[name] = sums[name]
