@@ -142,7 +142,7 @@ def test_the_longest_runs_are_handed_out_first_and_runs_without_an_estimate_last
 
 def test_a_probe_for_jobs_measures_with_a_runs_share_of_the_cores_and_answers_only_for_them(tmp_path, tiny_competition,
                                                                                          monkeypatch):
-    from ledger.probe.spec_probe import probe_key, probe_setting
+    from ledger.probe.setting import probe_key, probe_setting
     from ledger.training.device import threads_per_job
 
     monkeypatch.chdir(tmp_path)

@@ -27,7 +27,7 @@ from ledger.errors import LedgerError  # noqa: E402
 from ledger.executors.local import plan_experiment  # noqa: E402
 from ledger.probe.memory import device_name  # noqa: E402
 from ledger.probe.accumulation import Trial  # noqa: E402
-from ledger.probe.spec_probe import probe_key, probe_setting  # noqa: E402
+from ledger.probe.setting import probe_key, probe_setting  # noqa: E402
 from ledger.executors.ray_executor import RayOptions, train_on_ray, worker_accum  # noqa: E402
 from ledger.spec.loader import load_spec  # noqa: E402
 from ledger.store.database import Store, new_id  # noqa: E402

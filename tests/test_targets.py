@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ledger.cli import app
 from ledger.probe.time_estimate import RunShape, Timings, run_seconds
 from ledger.probe.accumulation import Trial
-from ledger.probe.spec_probe import ProbeSetting, probe_key
+from ledger.probe.setting import ProbeSetting, probe_key
 from ledger.spec.loader import ModelSpec
 from ledger.store.database import Store
 from ledger.probe.targets import TARGETS, check_peak, memory_fraction, parse_budget, precision_for, sdpa_kernels
@@ -178,7 +178,7 @@ def test_probe_for_a_t4_then_train_carries_predicted_and_measured_peaks(tmp_path
 def test_decoding_is_charged_only_when_the_images_are_not_cached(tmp_path, tiny_competition):
     from ledger.data.competition import load_competition
     from ledger.data.images import load_images
-    from ledger.probe.spec_probe import decoding_seconds
+    from ledger.probe.planned_time import decoding_seconds
     from ledger.spec.loader import DataSpec
 
     competition = load_competition(DataSpec(root=tiny_competition, labels="train.csv"))

@@ -59,7 +59,7 @@ def _dry_run(spec, plans, store, torch_device, jobs: int = 1) -> None:
     total: does the spec fit a 12-hour Kaggle session?"""
     from ledger.data.competition import load_competition
     from ledger.cli.tables import duration
-    from ledger.probe.spec_probe import decoding_seconds, estimated_seconds
+    from ledger.probe.planned_time import decoding_seconds, estimated_seconds
     from ledger.training.device import resolve_precision
 
     competition = load_competition(spec.data)

@@ -26,7 +26,8 @@ from ledger.runs.execution import PARTIAL_SUFFIX, cached_images, committed_resul
 from ledger.probe.memory import device_name, release_memory
 from ledger.runs.plan import RunPlan, keep_promise, plan, promise
 from ledger.executors.process_pool import ProcessPool, check_jobs
-from ledger.probe.spec_probe import estimated_seconds, record_peak_check, recorded_trial
+from ledger.probe.planned_time import estimated_seconds
+from ledger.probe.spec_probe import record_peak_check, recorded_trial
 from ledger.runs.pseudo_labels import teacher_runs
 from ledger.runs.recording import RunResult, record, record_start
 from ledger.spec.loader import ModelSpec, Spec

@@ -1,5 +1,6 @@
-"""The probe of a spec, for a target card: what a probe answers for (its key), running it over the
-spec's models, and reading its answers back (`accum: auto`, a run's predicted peak and timings).
+"""The probe of a spec, for a target card: running it over the spec's models, and reading its
+answers back (`accum: auto`, a run's predicted peak and timings). What a probe answers for (its
+setting and key) is ledger.probe.setting; a planned run's time, ledger.probe.planned_time.
 
 The search and the child runner are ledger.probe.accumulation; the trial itself is ledger.probe.trial.
 """
@@ -8,74 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ledger.probe.setting import probe_key, probe_setting
+
 from ledger.probe.accumulation import (SearchResult, Trial, micro_batch_size, nothing_fits_message, run_in_child, search_accum,
                           usable_bytes)
 from ledger.units import format_size
 
-
-
-@dataclass(frozen=True)
-class ProbeSetting:
-    """What a probe answers for besides the model: the budget (a target card or a size), the margin,
-    the probing device's capability (None on a CPU) and the library versions it measured with."""
-
-    budget: object  # ledger.probe.targets.Budget
-    margin: float
-    local_capability: tuple[int, int] | None
-    versions: dict
-    # On a CPU, for runs trained side by side (`train --jobs N`): the cores each gets. A run's speed
-    # and peak depend on it (oneDNN picks kernels and scratch space by thread count), so the probe
-    # trains with it. None: the process's own, as one run at a time has.
-    cpu_threads: int | None = None
-
-    @property
-    def capability(self) -> tuple[int, int] | None:
-        """The target's, or with a bare size the probing device's: it decides precision and kernels."""
-        return self.budget.target.capability if self.budget.target is not None else self.local_capability
-
-    def precision(self, model) -> str:
-        from ledger.probe.targets import precision_for
-
-        return precision_for(model.precision, self.capability)
-
-
-def probe_environment() -> dict:
-    """torch's and cuDNN's versions and the allocator settings: a probe measured with others does not
-    answer for this process."""
-    import torch
-
-    from ledger.probe.trial import allocator_config
-
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return dict(torch=torch.__version__, cudnn=cudnn, alloc_conf=allocator_config())
-
-
-def probe_setting(spec, device, budget=None, jobs: int = 1) -> ProbeSetting:
-    """The setting of a probe on `device` (torch.device) for the spec's budget, or `budget` (a Budget),
-    for runs trained `jobs` at a time (`train --jobs`, CPU only)."""
-    import torch
-
-    from ledger.training.device import threads_per_job
-
-    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    threads = threads_per_job(jobs) if device.type == "cpu" and jobs > 1 else None
-    return ProbeSetting(budget or spec.probe.target, spec.probe.margin, capability, probe_environment(), threads)
-
-
-def probe_key(model, setting: ProbeSetting) -> str:
-    """What a probe's answer depends on, besides device, budget and margin (their own columns): the
-    model, its input (size, presize, resize) and batch, the target and the precision it resolves to,
-    and the versions it ran with; a weight average (`ema`, one more copy of the weights) when it is
-    on, and a CPU run's share of the cores under `--jobs`, so keys of runs without them are as they
-    were. A probe of one key never answers for another."""
-    import json
-
-    averaged = {"ema": model.ema} if model.ema else {}
-    threads = {"cpu_threads": setting.cpu_threads} if setting.cpu_threads else {}
-    return json.dumps(dict(arch=model.arch, size=list(model.size), presize=model.presize and list(model.presize),
-                           resize=model.resize, model_kwargs=model.model_kwargs, batch_size=model.batch_size,
-                           target=setting.budget.target_name, precision=setting.precision(model),
-                           **averaged, **threads, **setting.versions), sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -213,38 +152,3 @@ def accum_resolver(spec, store, display=None, device=None, may_probe: bool = Tru
         return chosen
 
     return resolve
-
-
-def estimated_seconds(spec, store, plan, device, competition, jobs: int = 1) -> float | None:
-    """A planned run's time on `device` from its probe's timings (ledger.probe.time_estimate); None when no probe
-    with timings is on record for its factor on this device."""
-    from ledger.probe.time_estimate import RunShape, Timings, run_seconds
-    from ledger.runs.training_run import split_of
-
-    probed = recorded_trial(store, spec, plan.model, device, plan.accum, jobs) if plan.accum else None
-    if probed is None or probed.step_seconds is None:
-        return None
-    train_idx, valid_idx = split_of(plan, competition)
-    model = plan.model
-    shape = RunShape(train_images=len(train_idx), valid_images=len(valid_idx), test_images=len(competition.test_ids),
-                     batch_size=model.batch_size, epochs=model.epochs,
-                     frozen_epochs=model.freeze_epochs if model.finetune else 0, tta_n=plan.tta.n)
-    timings = Timings(probed.step_seconds, probed.predict_seconds_per_image, probed.augmented_seconds_per_image)
-    return run_seconds(timings, shape)
-
-
-def decoding_seconds(competition, model, cache_dir, sample: int = 64) -> float:
-    """The time to decode a model entry's train and test images at its item size, as the first run of
-    the entry will (the cache serves later runs and commands): nothing when they are cached, else the
-    time load_images takes over a sample of them, scaled to all of them."""
-    import time
-
-    from ledger.data.images import is_cached, load_images
-
-    paths = (tuple(competition.train_paths), tuple(competition.test_paths))
-    if all(is_cached(p, model.item_size, model.resize, cache_dir) for p in paths if p):
-        return 0.0
-    chosen = tuple(competition.train_paths[:sample])
-    started = time.perf_counter()
-    load_images(chosen, model.item_size, model.resize, cache_dir=None)
-    return (time.perf_counter() - started) / max(1, len(chosen)) * sum(len(p) for p in paths)
