@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunRow, RunStatus, SubmissionRow
 from ledger.runs.artifacts import TEST_PREDS, VALID_PREDS, load_predictions
 from ledger.runs.checksums import verify
 from ledger.runs.outputs import FILE, guard_output, reservation, reserved
@@ -26,7 +26,6 @@ from ledger.bag.completeness import check_whole
 from ledger.bag.ensemble import BagResult, RunInput, bag, normalise_weights
 from ledger.bag.submission_csv import read_sample_submission, write_submission
 from ledger.ids import match_id
-from ledger.store.rows import RunRow, SubmissionRow
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric

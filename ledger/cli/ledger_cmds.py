@@ -8,11 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunRow, RunStatus
 from ledger.cli.common import (HomeOpt, JsonOpt, _accuracy, _coverage, _print_json, app, console, err_console,
                                friendly_errors)
 from ledger.errors import LedgerError
-from ledger.store.rows import RunRow
 
 
 def _runs_table(rows: list[RunRow], console_: Console) -> Table:

@@ -36,7 +36,7 @@ from ledger.durable import replace_folder
 from ledger.export.bundle_code import write_code
 from ledger.errors import LedgerError, first_line
 from ledger.runs.outputs import BUNDLE, guard_output, reserved
-from ledger.spec.objects import KEYED_DRAWS, RunTta
+from ledger.spec.objects import KEYED_DRAWS
 
 FORMAT = 1  # of the manifest, for bundles read by a later ledger
 
@@ -78,7 +78,7 @@ def run_entry(member: BagMember, extra_targets: Sequence[str]) -> tuple[RunEntry
     sizes = [len(vocab)] + [len(artifacts.load_predictions(extras[t]).vocab) for t in order]
     entry = RunEntry(run_id=member.row.id, entry=member.entry, weight=member.weight,
                      model=model | {"pretrained": False},  # its own weights replace any starting weights
-                     tta=RunTta.from_dict(tta).to_dict(), vocab=vocab, head_sizes=sizes)
+                     tta=dict(tta), vocab=vocab, head_sizes=sizes)  # as the run recorded it
     return entry, resolved
 
 
@@ -99,9 +99,9 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
 
     entries = [run_entry(m, spec.data.extra_targets) for m in members]
     # Runs trained before TTA keyed its draws to each image drew them per batch: not repeatable here.
-    notes = [f"run {e.run_id} was trained before TTA keyed its draws to each image: the bundle's {e.tta['n']} "
+    notes = [f"run {e.run_id} was trained before TTA keyed its draws to each image: the bundle's {e.tta.get('n')} "
              f"augmented passes are not the run's own, so a few labels may differ from its submission"
-             for e, resolved in entries if e.tta["n"] and (resolved.get("tta") or {}).get("draws") != KEYED_DRAWS]
+             for e, resolved in entries if e.tta.get("n") and (resolved.get("tta") or {}).get("draws") != KEYED_DRAWS]
     versions, version_notes = _training_versions([resolved.get("versions") for _, resolved in entries])
     notes += version_notes
 

@@ -1,8 +1,8 @@
 """`ledger predict`: class probabilities for new images from runs that kept their weights.
 
 One run (named by id or unique prefix), or a spec's bag: the current spec's done runs chosen and
-weighted by the same code and options (`BagOptions`) as `ledger ensemble` and `ledger export`. Each model is rebuilt from its run's
-resolved `spec.yaml` (arch, model_kwargs, size, resize, augmentation, TTA) with its saved weights,
+weighted by the same code and options (`BagOptions`) as `ledger ensemble` and `ledger export`. Each
+model is rebuilt from its run's resolved `spec.yaml` (arch, model_kwargs, size, resize, augmentation, TTA) with its saved weights,
 so the images go through the transform the run was trained and tested with.
 """
 
@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunRow, RunStatus
 from ledger.runs import artifacts
 from ledger.bag.submission import BagMember, BagOptions, bag_members
 from ledger.runs.checksums import verify
-from ledger.store.rows import RunRow
 from ledger.errors import LedgerError, first_line
 from ledger.spec.objects import RunTta
 
@@ -145,8 +144,8 @@ def predict_images(members: list[BagMember], paths: list[Path], device, use_tta:
         label = f"run {member.row.id}" + (" (tta)" if tta.n else "")
         progress = None if stage is None else (lambda done, count, label=label: stage(label, done, count))
         sizes = (len(vocab), saved.head - len(vocab)) if saved.head > len(vocab) else (len(vocab),)
-        # The bundle's own prediction: the run's micro-batches, TTA drawn from the run's TTA seed
-        # (0 for runs trained before it was recorded) at its sizes, so the same images give the same answer.
+        # The bundle's own prediction: the run's micro-batches, TTA keyed to the run's TTA seed and
+        # each image's name, at its sizes, so an image gets the answer the run gave it.
         probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, tta, progress,
                             keys=[p.name for p in paths])
         total = probs * member.weight if total is None else total + probs * member.weight

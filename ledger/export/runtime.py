@@ -74,7 +74,7 @@ class RunEntry:
     entry: str  # the spec's model entry it is a run of
     weight: float  # its normalised weight in the bag
     model: dict  # the resolved model entry (spec.model_to_dict), its own weights in place of any start
-    tta: dict  # the run's resolved `tta:` section (RunTta.to_dict)
+    tta: dict  # the run's resolved `tta:` section, as its spec.yaml holds it (read by RunTta.from_dict)
     vocab: list[str]  # the submission's classes, in the head's order
     head_sizes: list[int]  # the submission's classes, then each extra target's
 
@@ -93,8 +93,7 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     """(N, C) float32 probabilities of the submission's classes from one run's saved weights, with
     fastai's TTA (`tta.n` 0: the plain pass). The batches are the run's training micro-batches and
     each image's augmented passes are keyed to `tta.seed` and its key (its file name), as the run's
-    own test TTA was,
-    so the same images in the same order give back the run's test predictions."""
+    own test TTA was, so the run's test images, in any order or subset, give back its predictions."""
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -113,12 +112,11 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     except (OSError, SafetensorError) as e:  # a truncated or corrupt file
         raise LedgerError(f"{weights_file}: unreadable weights file ({type(e).__name__}: {first_line(e)})") from None
     accum = model.accum if isinstance(model.accum, int) and model.accum > 0 else 1
-    runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform,
-                      torch.Generator().manual_seed(tta.seed))
+    # TTA draws nothing from the runtime's generator (its draws are keyed to each image).
+    runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform, torch.Generator())
     batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum), keys=keys)
     # At each of the run's test-time sizes (tta.size; none: its training size), averaged as the run did.
-    probs = tta_at_sizes(net, batches, runtime, tta,
-                         head_sizes=tuple(head_sizes), progress=progress)
+    probs = tta_at_sizes(net, batches, runtime, tta, head_sizes=tuple(head_sizes), progress=progress)
     return probs[:, : head_sizes[0]].numpy()
 
 

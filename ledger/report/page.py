@@ -18,12 +18,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunRow, RunStatus
 from ledger.runs import artifacts
 from ledger.runs.checksums import verify
 from ledger.errors import LedgerError
 from ledger.ids import match_id
-from ledger.store.rows import RunRow
 from ledger.report.interpretation import Interpretation, bag, interpretation, most_confused, per_class_accuracy
 from ledger.bag.metrics import format_score
 from ledger.report.plots import plot_confusion, plot_top_losses, plot_training_curves

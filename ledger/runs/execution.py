@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunStatus, RunSummary
 from ledger.runs import artifacts
 from ledger.runs.checksums import read_checksums, write_checksums
 from ledger.training.checkpoint import CHECKPOINT, Checkpoint
@@ -31,7 +31,6 @@ from ledger.training.callbacks import Progress, stage_callback
 from ledger.probe.memory import is_out_of_memory
 from ledger.runs.plan import RunPlan
 from ledger.runs.recording import RunResult
-from ledger.store.rows import RunSummary
 from ledger.runs.training_run import ImageSet, split_of, train_run, write_run_folder
 
 PARTIAL_SUFFIX = ".partial"

@@ -13,11 +13,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunRow, RunStatus
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.spec.objects import RunTta
 from ledger.runs.pseudo_labels import PseudoPlan, TeacherRun, pseudo_plan
-from ledger.store.rows import RunRow
 from ledger.spec.loader import DataSpec, ModelSpec, Spec
 
 

@@ -14,12 +14,11 @@ from datetime import datetime, timedelta, timezone
 
 import yaml
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunStatus, RunSummary
 from ledger.runs import artifacts
 from ledger.runs.checksums import read_checksums
 from ledger.runs.recording import RunResult, record_found
 from ledger.store.lost_ledger import run_folders
-from ledger.store.rows import RunSummary
 
 
 @dataclass(frozen=True)

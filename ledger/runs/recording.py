@@ -7,9 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.store.rows import RunStatus
+from ledger.store.rows import RunStatus, RunSummary
 from ledger.runs.plan import RunPlan
-from ledger.store.rows import RunSummary
 from ledger.spec.objects import model_to_dict
 from ledger.store.database import Store, now
 

@@ -19,7 +19,7 @@ from ledger.training.checkpoint import Checkpoint
 from ledger.data.competition import Competition
 from ledger.training.device import Runtime, library_versions, model_on_device, resolve_precision
 from ledger.errors import LedgerError
-from ledger.training.callbacks import Progress, stage_callback
+from ledger.training.callbacks import Progress, ProgressCallback, stage_callback
 from ledger.training.inference import tta_at_sizes
 from ledger.training.loss import Criterion
 from ledger.probe.memory import PeakMemory, device_name
@@ -34,7 +34,6 @@ from ledger.spec.loader import dump_yaml
 from ledger.spec.objects import model_to_dict
 from ledger.data.splits import fold_indices, split_indices
 from ledger.training.step import StepSettings
-from ledger.training.callbacks import ProgressCallback
 from ledger.training.learner import FitResult, Learner
 
 

@@ -26,6 +26,24 @@ class RunStatus(str, enum.Enum):
     __format__ = str.__format__  # f"{status}" is the word, on every Python
 
 
+def _known(cls, values: dict[str, Any]) -> dict[str, Any]:
+    """The values `cls` has fields for: a newer schema's or file's extra keys are left out."""
+    names = {f.name for f in fields(cls)}
+    return {name: value for name, value in values.items() if name in names}
+
+
+class _Row:
+    """A row of one ledger table, typed: built from the database's columns (those a newer schema
+    added and this code does not know are ignored), and handed to `--json` as a dict."""
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]):
+        return cls(**_known(cls, columns))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """A finished run's figures, written as `summary.json` in its folder."""
@@ -71,12 +89,11 @@ class RunSummary:
     def from_dict(cls, values: dict) -> "RunSummary":
         """From a `summary.json`; keys it lacks (an older run) take their defaults, unknown keys are
         ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        return cls(**_known(cls, values))
 
 
 @dataclass(frozen=True)
-class RunRow:
+class RunRow(_Row):
     """One row of the `runs` table. Written only by `ledger.runs.recording`; read everywhere else."""
 
     id: str
@@ -119,10 +136,7 @@ class RunRow:
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "RunRow":
-        """From a database row; columns a newer schema added and this code does not know are ignored."""
-        known = {f.name for f in fields(cls)}
-        values = {name: value for name, value in columns.items() if name in known}
-        return cls(**values | {"status": RunStatus(values["status"])})
+        return super().from_columns(dict(columns, status=RunStatus(columns["status"])))
 
     @property
     def accuracy(self) -> float | None:
@@ -133,22 +147,6 @@ class RunRow:
     def entry(self) -> dict:
         """The resolved model entry the run trained (`spec`), as a dict; {} when not recorded."""
         return json.loads(self.spec) if self.spec else {}
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-class _Row:
-    """A row of one ledger table, typed: built from the database's columns (those a newer schema
-    added and this code does not know are ignored), and handed to `--json` as a dict."""
-
-    @classmethod
-    def from_columns(cls, columns: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        return cls(**{name: value for name, value in columns.items() if name in known})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

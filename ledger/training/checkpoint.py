@@ -23,8 +23,7 @@ import torch
 
 from ledger.errors import LedgerError, first_line
 from ledger.durable import signals_held
-from ledger.training.callbacks import Callback
-from ledger.training.callbacks import EpochMetrics
+from ledger.training.callbacks import Callback, EpochMetrics
 from ledger.training.step import LoopParts
 
 CHECKPOINT = "checkpoint.pt"

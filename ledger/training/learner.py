@@ -18,9 +18,8 @@ from torch import nn
 
 from ledger.bag.metrics import Metric
 from ledger.data.batches import Batches
-from ledger.training.callbacks import SYNC_INTERVAL_S, Callback, StopFit, WeightAverage
+from ledger.training.callbacks import Callback, EpochMetrics, StopFit, SYNC_INTERVAL_S, WeightAverage
 from ledger.training.device import Runtime
-from ledger.training.callbacks import EpochMetrics
 from ledger.training.inference import classification_metrics, predict
 from ledger.training.loss import Criterion
 from ledger.training.models import freeze_body
