@@ -52,7 +52,7 @@ HomeOpt = Annotated[Optional[Path], typer.Option("--home", help="Ledger folder (
 ModelOpt = Annotated[Optional[list[str]], typer.Option("--model", help="Only this model entry (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N (default: the first GPU, else CPU).")]
-# How a bag is chosen and weighed: the same four options on ensemble, predict SPEC and export.
+# How a bag is chosen and weighed: the same options on ensemble, predict SPEC and export (BagOptions).
 RunsOpt = Annotated[Optional[list[str]], typer.Option(
     "--run", "--runs", help="Bag exactly this run (id or unique id prefix; repeatable).")]
 WeightOpt = Annotated[Optional[list[str]], typer.Option(

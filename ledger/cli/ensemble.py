@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli.common import (AllowMissingOpt, DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
-                               _accuracy, _bag_options, _coverage, _device, _load, _print_json, app, console,
-                               friendly_errors)
+from ledger.cli.common import (AllowMissingOpt, DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt,
+                               WeightOpt, _accuracy, _bag_options, _coverage, _device, _load, _print_json, app,
+                               console, friendly_errors)
 from ledger.errors import SpecError
 
 def _number(value: float) -> float | None:
@@ -194,8 +194,8 @@ def predict(
 ) -> None:
     """Class probabilities and labels for new images from runs that kept their weights.
 
-    Given a spec, it bags the runs `ledger ensemble` bags with the same --run, --weight, --use-tuned
-    and --steps. Each image's TTA is keyed to the image, so an image gets the same probabilities
+    Given a spec, it bags the runs `ledger ensemble` bags with the same --run, --weight, --use-tuned,
+    --steps and --allow-missing. Each image's TTA is keyed to the image, so an image gets the same probabilities
     alone, in any folder, and in the ensemble's submission.
 
     Example: ledger predict experiments/fashion.yaml new_images/ --out predictions.csv --use-tuned

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import (AllowMissingOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt, _bag_options, _load,
-                               app, console, err_console, friendly_errors)
+from ledger.cli.common import (AllowMissingOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
+                               _bag_options, _load, app, console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
 
