@@ -21,14 +21,13 @@ from ledger.spec.keys import spec_keys
 from ledger.spec.loader import HOME_ENTRIES
 from ledger.spec.objects import AugmentSpec, ModelSpec, Spec, TrainSpec
 from ledger.training.packaged_weights import PACKAGED_WEIGHTS
+from ledger.units import UNIT_NAMES
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FILE = "docs/spec.schema.json"  # the committed copy, relative to the repository root
 
 # What a name may be: it names a folder (runs/<name>) or files, so no '/', no leading '.'.
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-# A memory size as ledger.units.parse_size reads it: a number and an optional unit, any case.
-_UNITS = ("b", "kb", "mb", "gb", "tb", "kib", "mib", "gib", "tib")
 
 
 def _any_case(text: str) -> str:
@@ -47,7 +46,8 @@ _SIZE = {"anyOf": [{"type": "integer", "minimum": 1},
 _BUDGET = {"anyOf": [
     {"enum": list(TARGETS)},  # what an editor offers; the pattern below also takes T4, A100_80, ...
     {"type": "string", "pattern": "^\\s*(" + "|".join(_any_case(name) for name in TARGETS) + ")\\s*$"},
-    {"type": "string", "pattern": "^\\s*([0-9]+(\\.[0-9]*)?|\\.[0-9]+)\\s*(" + "|".join(_any_case(u) for u in _UNITS)
+    # A memory size as ledger.units.parse_size reads it: a number and an optional unit, any case.
+    {"type": "string", "pattern": "^\\s*([0-9]+(\\.[0-9]*)?|\\.[0-9]+)\\s*(" + "|".join(_any_case(u) for u in UNIT_NAMES)
                                   + ")?\\s*$"},
     {"type": "integer", "minimum": 0},
 ]}
