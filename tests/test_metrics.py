@@ -195,7 +195,7 @@ def test_the_spec_metric_defaults_to_accuracy_and_takes_a_class_order(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     ("metric: auc\n", "metric: expected one of accuracy, error_rate, f1_macro, f1_micro, f1_weighted, log_loss, "
-                      "roc_auc, qwk, got 'auc'"),
+                      "roc_auc, qwk, f1_samples, f2_samples, rmse, mae, got 'auc'"),
     ("class_order: [a, b, a]\n", "class_order: expected a list of distinct class names, got ['a', 'b', 'a']"),
     ("class_order: mild\n", "class_order: expected a non-empty list, got str 'mild'"),
 ])

@@ -26,6 +26,13 @@ import numpy as np
 from ledger.errors import LedgerError
 from ledger.bag.matching import few
 
+# What a label is: one class per image, any number of tags, or numbers. The first is the default.
+SINGLE_LABEL = "single_label"
+MULTI_LABEL = "multi_label"
+REGRESSION = "regression"
+TASKS = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+DEFAULT_METRIC = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "f2_samples", REGRESSION: "rmse"}
+
 # Two scores closer than this (relative to their size, at least 1) are equal: a weight search or a
 # tie must never be decided by floating-point rounding, which differs between CPUs and BLAS builds.
 TOLERANCE = 1e-9

@@ -27,7 +27,9 @@ import pandas as pd
 from ledger.bag.ensemble import checked_weights
 from ledger.bag.matching import as_str, check_shape, check_unique, column_positions, few
 from ledger.errors import LedgerError
-from ledger.bag.metrics import ACCURACY, LOG_LOSS, Metric
+from ledger.bag.metrics import ACCURACY, SINGLE_LABEL, Metric
+from ledger.bag.decisions import choose
+from ledger.bag.task_metrics import TaskMetric, tie_breaker as tie_breaker_of
 
 DEFAULT_STEPS = 30  # greedy selection steps; Caruana et al. find the curve flat well before 50
 
@@ -38,13 +40,15 @@ class HeldOut:
 
     entries: tuple[str, ...]  # entry (spec model) names, in the order given
     ids: np.ndarray  # str (N,): every image some run held out, sorted
-    labels: np.ndarray  # int (N,): true class, index into vocab
-    vocab: np.ndarray  # str (C,)
+    # The truth: int (N,) true class, index into vocab; or float (N, C) true tags (0/1) or numbers.
+    labels: np.ndarray
+    vocab: np.ndarray  # str (C,): classes, tags or target columns
     probs: np.ndarray  # float64 (E, N, C): the entry's mean over its runs; 0 where it does not cover
     counts: np.ndarray  # int (E, N): the entry's runs that held the image out
     train_images: int  # training images in total, for the coverage figure
     # (entry index, rows into ids, float64 probs in vocab order) of every run, in the order given
     runs: tuple[tuple[int, np.ndarray, np.ndarray], ...] = ()
+    task: str = SINGLE_LABEL
 
     @property
     def covered(self) -> np.ndarray:
@@ -78,6 +82,11 @@ def held_out(
 ) -> HeldOut:
     """`valids`: (run_id, entry, Predictions with labels) for every run that has held-out
     predictions. Columns are matched by class name; an image's true label must agree across runs."""
+    tasks = {p.task for _, _, p in valids}
+    if len(tasks) > 1:
+        raise LedgerError(f"runs of different tasks ({', '.join(sorted(tasks))}) cannot be bagged together")
+    if tasks and tasks != {SINGLE_LABEL}:
+        return _held_out_vectors(valids, vocab, train_images, tasks.pop())
     vocab = as_str(vocab)
     entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
     ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids])) if valids else np.zeros(0, str)
@@ -114,6 +123,69 @@ def held_out(
                    len(ids) if train_images is None else int(train_images), tuple(runs))
 
 
+def _held_out_vectors(valids, vocab, train_images: int | None, task: str) -> HeldOut:
+    """`held_out` for tags or numbers: the truth is each image's target vector, which every run
+    that held it out must give alike."""
+    vocab = as_str(vocab)
+    entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
+    ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids]))
+    sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
+    counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
+    truth = np.full((len(ids), len(vocab)), np.nan)
+    runs = []
+    for run_id, entry, preds in valids:
+        check_shape(run_id, preds, "validation")
+        run_ids = as_str(preds.ids)
+        check_unique(run_ids, f"run {run_id}: validation predictions")
+        if preds.targets is None:
+            raise LedgerError(f"run {run_id}: validation predictions carry no targets")
+        rows = np.searchsorted(ids, run_ids)
+        columns = column_positions(run_id, as_str(preds.vocab), vocab, "validation")
+        run_truth = np.asarray(preds.targets, dtype=np.float64)[:, columns]
+        known = truth[rows]
+        disagree = ~np.isnan(known).any(axis=1) & ~np.isclose(known, run_truth, rtol=1e-6, atol=1e-6).all(axis=1)
+        if disagree.any():
+            raise LedgerError(f"run {run_id}: validation targets disagree with another run's for "
+                              f"{few(ids[rows[disagree]])}")
+        truth[rows] = run_truth
+        e = entries.index(entry)
+        run_probs = np.asarray(preds.probs[:, columns], dtype=np.float64)
+        sums[e, rows] += run_probs
+        counts[e, rows] += 1
+        runs.append((e, rows, run_probs))
+    return HeldOut(entries, ids, truth, vocab, sums / np.maximum(counts, 1)[..., None], counts,
+                   len(ids) if train_images is None else int(train_images), tuple(runs), task)
+
+
+@dataclass(frozen=True)
+class ChosenOutOfBag:
+    """A metric of decisions (tags at thresholds, grades at cut-offs) that scores predictions with
+    the decisions chosen on them, as the submission's are chosen on the out-of-bag predictions: a
+    little optimistic (a few thresholds fitted on thousands of images; docs/bagging-and-metrics.md
+    measures it against hidden labels). name, better, ...: the metric's own."""
+
+    metric: TaskMetric
+
+    def __getattr__(self, name: str):
+        return getattr(self.metric, name)
+
+    def score(self, truth: np.ndarray, preds: np.ndarray) -> float:
+        return self.metric.score(truth, preds, self.decision(truth, preds))
+
+    def decision(self, truth: np.ndarray, preds: np.ndarray):
+        return choose(self.metric, truth, preds) if len(truth) else None
+
+
+def out_of_bag_metric(metric):
+    """`metric` as the out-of-bag figures score it: decisions chosen on the images scored."""
+    return ChosenOutOfBag(metric) if isinstance(metric, TaskMetric) and metric.decided else metric
+
+
+def _accuracy(held: HeldOut, truth: np.ndarray, probs: np.ndarray) -> float:
+    """Accuracy, for single-label bags; tags and numbers have none (nan)."""
+    return ACCURACY.score(truth, probs) if held.task == SINGLE_LABEL else float("nan")
+
+
 def _weight_vector(held: HeldOut, weights: Mapping[str, float]) -> np.ndarray:
     unknown = sorted(set(weights) - set(held.entries))
     if unknown:
@@ -137,8 +209,25 @@ def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | N
     if images is None:
         images = held.common([e for e, w in zip(held.entries, vector) if w > 0])
     probs, truth = _combined(held.probs, vector, images), held.labels[images]
-    return Estimate(metric.name, metric.score(truth, probs), ACCURACY.score(truth, probs), int(images.sum()),
+    metric = out_of_bag_metric(metric)
+    return Estimate(metric.name, metric.score(truth, probs), _accuracy(held, truth, probs), int(images.sum()),
                     held.train_images)
+
+
+def chosen_decision(held: HeldOut, weights: Mapping[str, float], metric):
+    """The thresholds or cut-offs the bag with `weights` decides with, chosen on the images every
+    weighted entry covers; None for a metric that scores predictions as they are, or without
+    held-out images (the submission then decides at 0.5, or at the nearest grade)."""
+    if not (isinstance(metric, TaskMetric) and metric.decided):
+        return None
+    weighted = {e: w for e, w in weights.items() if w > 0}
+    if not weighted or set(weighted) - set(held.entries):
+        return None
+    vector = _weight_vector(held, weighted)
+    images = held.common(list(weighted))
+    if not images.any():
+        return None
+    return out_of_bag_metric(metric).decision(held.labels[images], _combined(held.probs, vector, images))
 
 
 def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACCURACY) -> Tuned:
@@ -157,16 +246,16 @@ def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACC
     if not images.any():
         raise LedgerError("no training image is held out by every entry: nothing to tune weights on")
     truth = held.labels[images]
+    metric, tie_breaker = out_of_bag_metric(metric), tie_breaker_of(metric, held.task)
 
     def evaluate(counts: np.ndarray) -> tuple[float, float]:
         probs = _combined(held.probs, counts / counts.sum(), images)
-        return metric.score(truth, probs), (float("nan") if metric.needs_probabilities
-                                            else LOG_LOSS.score(truth, probs))
+        return metric.score(truth, probs), (float("nan") if tie_breaker is None else tie_breaker.score(truth, probs))
 
     def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
         if metric.better(a[0], b[0]) or metric.better(b[0], a[0]):
             return metric.better(a[0], b[0])
-        return LOG_LOSS.better(a[1], b[1])
+        return tie_breaker is not None and tie_breaker.better(a[1], b[1])
 
     def best_next(counts: np.ndarray) -> tuple[tuple[float, float], np.ndarray]:
         best = None
@@ -237,6 +326,7 @@ def by_runs(held: HeldOut, weights: Mapping[str, float], metric: Metric = ACCURA
     if most < 2:
         return pd.DataFrame([], columns=columns)
     table = []
+    metric = out_of_bag_metric(metric)
     one_run = _first_runs_mean(held, 1)
     for k in range(1, most + 1):
         images = depth >= k
@@ -244,5 +334,5 @@ def by_runs(held: HeldOut, weights: Mapping[str, float], metric: Metric = ACCURA
         bag_k = _combined(_first_runs_mean(held, k), vector, images)
         bag_1 = _combined(one_run, vector, images)
         table.append((k, int(images.sum()), metric.score(truth, bag_k), metric.score(truth, bag_1),
-                      ACCURACY.score(truth, bag_k), ACCURACY.score(truth, bag_1)))
+                      _accuracy(held, truth, bag_k), _accuracy(held, truth, bag_1)))
     return pd.DataFrame(table, columns=columns)

@@ -174,3 +174,95 @@ def _check_ids(submission: Path, solution: Path, truth: pd.DataFrame, guesses: p
         problems.append(f"{len(missing)} ids in {solution} are not in {submission} (e.g. {_examples(missing)})")
     if problems:
         raise LedgerError("; ".join(problems))
+
+
+# ---------------------------------------------------------------- tags and numbers
+
+
+def score_vectors(submission: Path, solution: Path, metric: str, task: str) -> ScoreReport:
+    """A multi_label or regression submission against its solution, as scikit-learn scores them
+    (ledger.bag.task_metrics). Tags: one column of space-separated tags (an empty cell: none), or
+    one column per tag holding 0/1 or, for roc_auc and log_loss, probabilities. Numbers: the
+    solution's columns after the id, each in the submission's column of the same name (one target
+    may sit in any one column). `per_class` holds each tag's or target's figures."""
+    from ledger.bag.task_metrics import task_metric
+
+    scorer = task_metric(metric, task)
+    truth_table, guesses = _read_table(solution), _read_table(submission)
+    id_column = truth_table.columns[0]
+    if guesses.columns[0] != id_column:
+        raise LedgerError(f"{submission}: the first column must be {id_column!r}, not {guesses.columns[0]!r}")
+    if truth_table.empty:
+        raise LedgerError(f"{solution}: has no rows to score")
+    _check_ids(submission, solution, truth_table, guesses, id_column)
+    guesses = guesses.set_index(id_column).loc[truth_table[id_column]].reset_index()
+    if task == "regression":
+        names = list(truth_table.columns[1:])
+        columns = names if set(names) <= set(guesses.columns) else list(guesses.columns[1:2]) * (len(names) == 1)
+        if len(columns) != len(names):
+            raise LedgerError(f"{submission}: no column for targets {_examples(set(names) - set(guesses.columns))} "
+                              f"of {solution}")
+        truth = _numbers(solution, truth_table, names, id_column)
+        preds = _numbers(submission, guesses, columns, id_column)
+    else:
+        names, truth = _tags(solution, truth_table, id_column, None)
+        names, truth, preds = _tag_predictions(submission, guesses, id_column, names, truth, scorer)
+    per_target = pd.DataFrame({"label": names, "n": len(truth), "correct": 0, "accuracy": float("nan")})
+    if task == "regression":
+        per_target["rmse"] = np.sqrt(((truth - preds) ** 2).mean(axis=0))
+    else:
+        per_target["n"] = truth.sum(axis=0).astype(int)  # the tag's true positives in the solution
+        per_target["correct"] = ((preds >= 0.5) & (truth == 1)).sum(axis=0).astype(int)
+        per_target["accuracy"] = per_target["correct"] / per_target["n"].clip(lower=1)
+    return ScoreReport(accuracy=float("nan"), n=len(truth), per_class=per_target, metric=metric,
+                       score=scorer.score(truth, preds), shape=task)
+
+
+def _numbers(path: Path, table: pd.DataFrame, columns: Sequence[str], id_column: str) -> np.ndarray:
+    values = table[list(columns)].apply(lambda c: pd.to_numeric(c.str.strip(), errors="coerce")).to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise LedgerError(f"{path}: id {table[id_column].iloc[row]}: {columns[column]} is "
+                          f"{table[columns[column]].iloc[row]!r}, not a number ({int(bad.sum())} such cells)")
+    return values
+
+
+def _tags(path: Path, table: pd.DataFrame, id_column: str, names: list[str] | None) -> tuple[list[str], np.ndarray]:
+    """(tag names, 0/1 (N, T)) of a table of one tags column, or of 0/1 columns named as tags."""
+    if table.shape[1] == 2 and (names is None or table.columns[1] not in names):
+        words = [cell.split() for cell in table.iloc[:, 1]]
+        found = sorted({w for row in words for w in row} | set(names or ()))
+        index = {name: i for i, name in enumerate(found)}
+        matrix = np.zeros((len(table), len(found)))
+        for row, tags in enumerate(words):
+            matrix[row, [index[t] for t in tags]] = 1
+        return found, matrix
+    columns = list(table.columns[1:])
+    values = _numbers(path, table, columns, id_column)
+    return columns, values
+
+
+def _tag_predictions(submission: Path, guesses: pd.DataFrame, id_column: str, names: list[str], truth: np.ndarray,
+                     scorer) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The submission's tags or tag columns over the union of the solution's and its own tags."""
+    guess_names, preds = _tags(submission, guesses, id_column, names)
+    if guesses.shape[1] > 2 or guesses.columns[1] in names:
+        unknown = sorted(set(guess_names) - set(names))
+        missing = sorted(set(names) - set(guess_names))
+        if unknown or missing:
+            raise LedgerError(f"{submission}: tag columns differ from the solution's"
+                              + (f"; no column for {_examples(missing)}" if missing else "")
+                              + (f"; not a tag of the solution: {_examples(unknown)}" if unknown else ""))
+    elif scorer.needs_probabilities:
+        raise LedgerError(f"{submission}: holds tags in {guesses.columns[1]!r}; metric {scorer.name} scores "
+                          f"probabilities (one column per tag)")
+    union = sorted(set(names) | set(guess_names))
+    return union, _over(truth, names, union), _over(preds, guess_names, union)
+
+
+def _over(matrix: np.ndarray, names: list[str], union: list[str]) -> np.ndarray:
+    out = np.zeros((len(matrix), len(union)))
+    for j, name in enumerate(names):
+        out[:, union.index(name)] = matrix[:, j]
+    return out

@@ -29,7 +29,8 @@ from ledger.ids import match_id
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric
-from ledger.bag.out_of_bag import DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare, estimate, held_out, tune_weights
+from ledger.bag.out_of_bag import (DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, chosen_decision, compare,
+                                   estimate, held_out, tune_weights)
 from ledger.bag.submission_shape import Shape, spec_metric, submission_shape
 
 
@@ -89,6 +90,7 @@ class Submission:
     submission_id: str | None = None
     shape: Shape | None = None  # what the CSV holds: labels or probabilities
     gain: pd.DataFrame | None = None  # oob.by_runs: the figure by the number of runs averaged
+    decision: object | None = None  # decisions.Decision: thresholds or cut-offs chosen out of bag
 
 
 # ---------------------------------------------------------------- which runs
@@ -176,13 +178,14 @@ def default_out(home: Path, experiment: str) -> Path:
     return path
 
 
-def bag_members(spec, store, options: BagOptions = BagOptions()) -> list[BagMember]:
+def bag_members(spec, store, options: BagOptions = BagOptions()) -> tuple[list[BagMember], object | None]:
     """The runs `ledger ensemble` bags with these options, weighted as it weighs them (runs weighted 0
-    left out): what `predict SPEC` and `export` predict with."""
+    left out), and the thresholds or cut-offs it decides with (None: a single-label bag, or a metric
+    that takes probabilities or numbers as they are): what `predict SPEC` and `export` predict with."""
     submission = make_submission(spec, store, options, dry_run=True)
     rows = {row.id: row for row in submission.selection.rows}
     return [BagMember(rows[run_id], submission.selection.entry[run_id], store.artifact_path(rows[run_id]), weight)
-            for run_id, weight in submission.weights.items()]
+            for run_id, weight in submission.weights.items()], submission.decision
 
 
 def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path | None = None,
@@ -217,8 +220,8 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     frame, id_col, _ = read_sample_submission(sample_path)
     vocab = sorted(str(v) for v in runs[0].test.vocab)
     metric = spec_metric(spec, vocab)
-    shape = submission_shape(sample_path, list(frame.columns), vocab, metric)  # a mismatch fails before any work
-    held = held_out([(r.run_id, r.model, r.valid) for r in runs if r.valid is not None and r.valid.labels is not None],
+    shape = submission_shape(sample_path, list(frame.columns), vocab, metric, spec.task)  # fails before any work
+    held = held_out([(r.run_id, r.model, r.valid) for r in runs if r.valid is not None and r.valid.truth is not None],
                     vocab, _train_images(spec))
     tuned = tune_weights(held, steps, metric) if (tune or use_tuned) else None
     comparison = compare(held, {e: w for e, w in given.items() if e in held.entries}, tuned, metric) \
@@ -233,9 +236,10 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     total = sum(chosen.values())
     entry_weights = {e: w / total for e, w in chosen.items()}
     figure, gain = _estimate(held, entry_weights, metric)
+    decision = chosen_decision(held, entry_weights, metric)
 
     submission = Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded,
-                            None, shape=shape, gain=gain)
+                            None, shape=shape, gain=gain, decision=decision)
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
@@ -258,9 +262,10 @@ def _write_and_record(spec, store, path, sample_path, submission, bagged, exclud
             spec.name, path, [r.run_id for r in bagged], result.weights,
             None if math.isnan(figure.accuracy) else figure.accuracy,
             metric=figure.metric, oob_score=None if math.isnan(figure.score) else figure.score, oob_images=figure.images, train_images=figure.train_images, sha256=sha256,
-            excluded=json.dumps([{"run_id": e.run_id, "reason": e.reason} for e in excluded]), message=message)
+            excluded=json.dumps([{"run_id": e.run_id, "reason": e.reason} for e in excluded]), message=message,
+            decision=None if submission.decision is None else json.dumps(submission.decision.to_dict()))
 
-    write_submission(sample_path, result, path, commit=record, shape=shape)
+    write_submission(sample_path, result, path, commit=record, shape=shape, decision=submission.decision)
     return dataclasses.replace(submission, path=path, sha256=recorded["sha256"], submission_id=recorded["id"])
 
 
@@ -302,4 +307,4 @@ def check_spec_shape(spec) -> Shape | None:
     vocab = read_vocab(spec)
     metric = spec_metric(spec, vocab)
     frame, _, _ = read_sample_submission(sample)
-    return submission_shape(sample, list(frame.columns), vocab, metric)
+    return submission_shape(sample, list(frame.columns), vocab, metric, spec.task)

@@ -52,6 +52,7 @@ def write_submission(
     label_col: str | None = None,
     commit: Callable[[str], object] | None = None,
     shape: Shape | None = None,
+    decision=None,
 ) -> pd.DataFrame:
     """Write `out`: the sample submission's columns, header, ids and order, with the columns that
     `shape` names filled (default: the label column holding the predicted class names).
@@ -69,7 +70,7 @@ def write_submission(
             f"{sample_submission}: {(positions < 0).sum()} ids have no prediction: "
             f"{few(sample_ids[positions < 0])}"
         )
-    fill(frame, shape or Shape(LABEL, (label_col,)), result.vocab, result.probs[positions])
+    fill(frame, shape or Shape(LABEL, (label_col,)), result.vocab, result.probs[positions], decision)
 
     out = Path(out)
     temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ledger.cli.common import (JsonOpt, SetOpt, SpecArg, _load, _print_json, app, console, data_app, err_console,
                                friendly_errors)
-from ledger.bag.metrics import NAMES as METRIC_NAMES, format_score
+from ledger.bag.metrics import DEFAULT_METRIC, NAMES as METRIC_NAMES, format_score
+from ledger.errors import LedgerError
 
 
 
@@ -34,6 +35,52 @@ def data_fashion_mnist(
     summary = write_competition(out_dir, seed=seed, train_per_class=train_per_class, test=test, full=full, force=force)
     console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images in {summary['classes']} "
                   f"classes, {summary['test_images']} test images (source {summary['source']})")
+
+
+@data_app.command("fashion-tags")
+@friendly_errors
+def data_fashion_tags(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 4000,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the scenes and the ids.")] = 0,
+    layout: Annotated[str, typer.Option("--layout", help="tags: one column of space-separated tags (Planet); "
+                                                         "columns: a 0/1 column per tag (CheXpert).")] = "tags",
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write a multi-label competition: 0 to 3 Fashion-MNIST items of different classes per image,
+    tagged with the classes present (a tenth of the images hold none).
+
+    Example: ledger data fashion-tags data/fashion-tags --train 4000 --test 1000
+    """
+    from ledger.data.task_competitions import write_tags_competition
+
+    summary = write_tags_competition(out_dir, seed=seed, train=train, test=test, layout=layout, force=force)
+    console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images, "
+                  f"{summary['test_images']} test images, {summary['target']}")
+
+
+@data_app.command("fashion-size")
+@friendly_errors
+def data_fashion_size(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
+    train: Annotated[int, typer.Option("--train", help="Training images.")] = 4000,
+    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed for the scenes and the ids.")] = 0,
+    grades: Annotated[bool, typer.Option("--grades", help="An ordinal grade 0-4 (the size in five equal bins) "
+                                                          "instead of the size.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write a regression competition: one Fashion-MNIST item per image at a random scale; the target
+    `size` is its longest edge in pixels, 12 to 36.
+
+    Example: ledger data fashion-size data/fashion-size --train 4000 --test 1000
+    """
+    from ledger.data.task_competitions import write_size_competition
+
+    summary = write_size_competition(out_dir, seed=seed, train=train, test=test, grades=grades, force=force)
+    console.print(f"wrote {summary['out_dir']}: {summary['train_images']} training images, "
+                  f"{summary['test_images']} test images, target {summary['target']}")
 
 
 @app.command()
@@ -60,6 +107,7 @@ def check(spec_path: SpecArg, overrides: SetOpt = None) -> None:
             err_console.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
     resolved = spec.to_dict()
     resolved.pop("path")
+    resolved["data"].pop("task")  # the top-level task, which the data section carries for reading labels
     # Plain writes, never wrapped: the output is YAML a script may read back.
     sys.stdout.write(dump_yaml(resolved))
     scored = f"; metric {spec.metric}, submission: {shape.describe()}" if shape else ""
@@ -96,19 +144,36 @@ def score(
     submission: Annotated[Path, typer.Argument(help="Submission CSV.")],
     solution: Annotated[Path, typer.Argument(help="Solution CSV with the true labels.")],
     metric: Annotated[Optional[str], typer.Option(
-        help=f"The competition's metric: {', '.join(METRIC_NAMES)} (default: accuracy for a label column, "
-             "log_loss for probabilities).")] = None,
+        help=f"The competition's metric: {', '.join(METRIC_NAMES)}; with tags f1_samples, f2_samples, f1_macro, "
+             "roc_auc, log_loss; with numbers rmse, mae, qwk (default: accuracy for a label column, log_loss for "
+             "probabilities, f2_samples for tags, rmse for numbers).")] = None,
     class_order: Annotated[Optional[str], typer.Option(
         "--class-order", help="The classes in order, comma-separated (qwk; with two classes the last is the "
                               "positive one). Default: sorted, numerically when every class is a number.")] = None,
+    task: Annotated[str, typer.Option(help="single_label, multi_label (tags) or regression (numbers); default: "
+                                           "multi_label for f1_samples and f2_samples, regression for rmse and mae, "
+                                           "else single_label.")] = "",
     as_json: JsonOpt = False,
 ) -> None:
-    """The competition's metric of a submission against a solution file, with accuracy per class.
+    """The competition's metric of a submission against a solution file, with accuracy per class
+    (per tag, or the RMSE per target).
 
     Example: ledger score submissions/fashion.csv data/fashion/solution.csv --metric f1_macro
     """
-    from ledger.bag.score import score_submission
+    from ledger.bag.score import score_submission, score_vectors
 
+    task = task or {"f1_samples": "multi_label", "f2_samples": "multi_label", "rmse": "regression",
+                    "mae": "regression"}.get(metric or "", "single_label")
+    if task not in ("single_label", "multi_label", "regression"):
+        raise LedgerError(f"--task {task!r}: expected single_label, multi_label or regression")
+    if task != "single_label":
+        report = score_vectors(submission, solution, metric or DEFAULT_METRIC[task], task)
+        if as_json:
+            _print_json({"metric": report.metric, "score": None if report.score != report.score else report.score,
+                         "n": report.n, "task": task, "per_target": report.per_class.to_dict("records")})
+            return
+        console.print(f"{report.metric} {format_score(report.score)} on {report.n} images  ({submission})")
+        return
     order = None if class_order is None else [c.strip() for c in class_order.split(",")]
     report = score_submission(submission, solution, metric, order)
     if as_json:

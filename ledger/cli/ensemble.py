@@ -39,6 +39,7 @@ def _submission_json(submission) -> dict:
         "out": None if submission.path is None else str(submission.path),
         "sha256": submission.sha256,
         "submission_id": submission.submission_id,
+        "decision": None if submission.decision is None else submission.decision.to_dict(),
     }
     if submission.tuned is not None:
         table = submission.comparison
@@ -49,8 +50,9 @@ def _submission_json(submission) -> dict:
 
 
 def _figure(metric: str, score: float, accuracy: float) -> str:
-    """'log_loss 0.3012 (accuracy 0.9100)', or 'accuracy 0.9100' when the metric is accuracy."""
-    beside = "" if metric == "accuracy" else f" (accuracy {_accuracy(accuracy)})"
+    """'log_loss 0.3012 (accuracy 0.9100)', or 'accuracy 0.9100' when the metric is accuracy (or
+    the task, tags or numbers, has no accuracy)."""
+    beside = "" if metric == "accuracy" or accuracy != accuracy else f" (accuracy {_accuracy(accuracy)})"
     return f"{metric} {_accuracy(score)}{beside}"
 
 
@@ -70,7 +72,8 @@ def _print_submission(submission) -> None:
     for entry in submission.selection.missing:
         console.print(f"note: entry {entry!r} has no done run of its current recipe; it is not in the bag")
     metric = submission.estimate.metric
-    extra = () if metric == "accuracy" else ("accuracy",)
+    task_accuracy = submission.estimate.accuracy == submission.estimate.accuracy or submission.estimate.images == 0
+    extra = () if metric == "accuracy" or not task_accuracy else ("accuracy",)
     if submission.comparison is not None:
         table = Table("weights", f"out-of-bag {metric}", *extra, "images",
                       title=f"out-of-bag {metric}, all on the images every entry covers")
@@ -94,6 +97,9 @@ def _print_submission(submission) -> None:
                   f"on {_coverage(estimate.images, estimate.train_images)} training images held out by every "
                   f"weighted entry, each predicted only by the runs that held it out (one per entry with K "
                   f"folds, where the submission averages all K)")
+    if submission.decision is not None:
+        console.print(f"decided with {submission.decision.describe(list(submission.result.vocab))}, chosen on "
+                      f"those held-out images")
     if submission.path is not None:
         shape = f", {submission.shape.describe()}" if submission.shape is not None else ""
         console.print(f"wrote {submission.path} (sha256 {submission.sha256[:12]}, submission "
@@ -213,10 +219,11 @@ def predict(
     spec = _load(Path(target), check_models=False, overrides=overrides) if is_spec else None
     paths = image_paths(images)
     out = guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images], force=force)
-    members = members_of_spec(spec, store, _bag_options(run, weight, use_tuned, steps, allow_missing=allow_missing)) \
-        if is_spec else members_of_run(store, target)
+    members, decision = members_of_spec(spec, store, _bag_options(run, weight, use_tuned, steps,
+                                                                  allow_missing=allow_missing)) \
+        if is_spec else (members_of_run(store, target), None)
     with StageDisplay(console) as stage:
-        prediction = predict_images(members, paths, _device(device), use_tta=use_tta, stage=stage)
+        prediction = predict_images(members, paths, _device(device), use_tta=use_tta, stage=stage, decision=decision)
     with reserved(out):
         written = write_csv(prediction, guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images],
                                                      force=force))  # again: the file may have appeared since

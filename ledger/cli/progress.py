@@ -26,7 +26,8 @@ STAGE_LINE_SECONDS = 30.0
 
 
 def epoch_line(label: str, m: EpochMetrics, epochs: int | None = None, eta: str = "") -> str:
-    valid = "" if m.valid_loss is None else f"  valid_loss {m.valid_loss:.4f}  accuracy {m.accuracy:.4f}"
+    valid = "" if m.valid_loss is None else f"  valid_loss {m.valid_loss:.4f}" + (
+        "" if m.accuracy is None else f"  accuracy {m.accuracy:.4f}")  # numbers have no accuracy
     if m.metric is not None and m.metric_name not in (None, "accuracy"):
         valid += f"  {m.metric_name} {m.metric:.4f}"  # the competition's metric, beside the loss
     of = "" if epochs is None else f"/{epochs}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ledger.bag.metrics import MULTI_LABEL, REGRESSION, SINGLE_LABEL
 from ledger.errors import LedgerError
 from ledger.spec.objects import DataSpec
 
@@ -18,15 +19,30 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 @dataclass(frozen=True)
 class Competition:
     root: Path
-    vocab: tuple[str, ...]  # sorted class names
+    vocab: tuple[str, ...]  # sorted class names; the tags (multi_label) or the target columns (regression)
     train_ids: tuple[str, ...]  # as the labels source names them (CSV id or file name)
     train_paths: tuple[Path, ...]
-    train_labels: np.ndarray  # int64 index into vocab, one per train image
+    # single_label: int64 index into vocab, one per train image; multi_label: float32 (N, tags) of 0/1;
+    # regression: float32 (N, columns) of the numbers.
+    train_labels: np.ndarray
     test_ids: tuple[str, ...]  # in sample-submission order
     test_paths: tuple[Path, ...]
     sample_submission: Path
     extra: tuple["ExtraTarget", ...] = ()  # data.extra_targets, in the spec's order
     label_csv: Path | None = None  # the label CSV (None: labels from class folders)
+    task: str = SINGLE_LABEL
+
+    @property
+    def strata(self) -> np.ndarray:
+        """(N,) int64: what splits and folds keep in proportion. The class; with tags, the number of
+        tags an image has; with numbers, the quintile of the first target."""
+        if self.task == SINGLE_LABEL:
+            return self.train_labels
+        if self.task == MULTI_LABEL:
+            return self.train_labels.sum(axis=1).astype(np.int64)
+        first = self.train_labels[:, 0]
+        edges = np.quantile(first, [0.2, 0.4, 0.6, 0.8])
+        return np.searchsorted(edges, first, side="right").astype(np.int64)
 
     @property
     def head_sizes(self) -> tuple[int, ...]:
@@ -141,10 +157,12 @@ def load_competition(data: DataSpec) -> Competition:
     else:
         csv_path = root / data.labels
         table = _read_csv(csv_path)
-        for column in (data.id_col, data.label_col, *data.extra_targets):
+        label_cols = (data.label_col,) if isinstance(data.label_col, str) else data.label_col
+        for column in (data.id_col, *label_cols, *data.extra_targets):
             if column not in table.columns:
                 raise LedgerError(f"{csv_path}: missing column {column!r} (columns: {', '.join(table.columns)})")
-        ids, names = list(table[data.id_col]), list(table[data.label_col])
+        ids = list(table[data.id_col])
+        names = list(table[data.label_col]) if isinstance(data.label_col, str) else []
         if not ids:
             raise LedgerError(f"{csv_path}: no rows under its header; the label file lists no training image")
         repeated = list(dict.fromkeys(table[data.id_col][table[data.id_col].duplicated()]))
@@ -152,7 +170,8 @@ def load_competition(data: DataSpec) -> Competition:
             raise LedgerError(
                 f"{csv_path}: {len(repeated)} id(s) in more than one row of {data.id_col!r} (e.g. {', '.join(repeated[:5])})"
             )
-        _refuse_missing(csv_path, data.label_col, ids, names)
+        if data.task == SINGLE_LABEL:
+            _refuse_missing(csv_path, data.label_col, ids, names)
         # Images may sit flat in train_dir or in class subfolders (as Paddy ships them).
         found = sorted(
             p for p in train_dir.rglob("*")
@@ -161,8 +180,11 @@ def load_competition(data: DataSpec) -> Competition:
         )
         files = _unique_names(found, train_dir)
         paths = _resolve(ids, files, csv_path)
-    vocab, labels = _encode(names)
-    if len(vocab) < 2:
+    if data.task != SINGLE_LABEL:
+        vocab, labels = targets_of(data, table, csv_path, ids)
+    else:
+        vocab, labels = _encode(names)
+    if data.task == SINGLE_LABEL and len(vocab) < 2:
         where = csv_path if data.labels != "folders" else train_dir
         raise LedgerError(f"{where}: every training image has the label {vocab[0]!r}; a classifier needs two "
                           f"classes or more")
@@ -202,6 +224,7 @@ def load_competition(data: DataSpec) -> Competition:
         sample_submission=sample_path,
         extra=tuple(extra),
         label_csv=None if data.labels == "folders" else root / data.labels,
+        task=data.task,
     )
 
 
@@ -215,6 +238,39 @@ def _refuse_missing(csv_path: Path, column: str, ids: list[str], values: list[st
         shown = ", ".join(f"{i} ({value!r})" for i, value in missing[:5])
         raise LedgerError(f"{csv_path}: {len(missing)} row(s) with a missing {column!r} (empty, NaN, null or "
                           f"N/A), e.g. {shown}; label them or drop the rows")
+
+
+def targets_of(data: DataSpec, table: pd.DataFrame, csv_path: Path, ids: list[str]
+               ) -> tuple[tuple[str, ...], np.ndarray]:
+    """(names, float32 (N, T)) of a multi_label or regression label CSV: the sorted tags of a column
+    of space-separated tags (an empty cell: no tag) or the 0/1 columns as listed; the numbers of
+    the listed columns."""
+    columns = [data.label_col] if isinstance(data.label_col, str) else list(data.label_col)
+    if data.task == MULTI_LABEL and isinstance(data.label_col, str):
+        tags = [cell.split() for cell in table[data.label_col]]
+        vocab = tuple(sorted({tag for row in tags for tag in row}))
+        if not vocab:
+            raise LedgerError(f"{csv_path}: column {data.label_col!r} holds no tag at all; nothing to learn")
+        index = {tag: i for i, tag in enumerate(vocab)}
+        labels = np.zeros((len(ids), len(vocab)), dtype=np.float32)
+        for row, row_tags in enumerate(tags):
+            labels[row, [index[t] for t in row_tags]] = 1.0
+        return vocab, labels
+    values = np.zeros((len(ids), len(columns)), dtype=np.float32)
+    for j, column in enumerate(columns):
+        numbers = pd.to_numeric(table[column].str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(numbers)
+        if data.task == MULTI_LABEL:
+            bad |= ~np.isin(numbers, (0.0, 1.0))
+        if bad.any():
+            shown = ", ".join(f"{ids[i]} ({table[column].iloc[i]!r})" for i in np.flatnonzero(bad)[:5])
+            expected = "0 or 1 (a tag's column)" if data.task == MULTI_LABEL else "a finite number"
+            raise LedgerError(f"{csv_path}: {int(bad.sum())} row(s) of column {column!r} not {expected}, e.g. {shown}")
+        values[:, j] = numbers
+    if data.task == REGRESSION and (values.std(axis=0) == 0).any():
+        column = columns[int(np.argmax(values.std(axis=0) == 0))]
+        raise LedgerError(f"{csv_path}: column {column!r} holds one value for every image; nothing to learn")
+    return tuple(columns), values
 
 
 def _encode(names: list[str]) -> tuple[tuple[str, ...], np.ndarray]:

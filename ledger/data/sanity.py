@@ -60,7 +60,7 @@ def warnings(spec, competition: Competition) -> list[str]:
         found.append(f"classes {shown} differ only by spaces or number format, and train as {len(names)} classes; "
                      f"the classes: {', '.join(repr(str(v)) for v in competition.vocab)}")
     folds = spec.split.folds
-    if folds:
+    if folds and competition.task == "single_label":
         classes, counts = np.unique(competition.train_labels, return_counts=True)
         if counts.min() < folds:
             smallest = competition.vocab[int(classes[np.argmin(counts)])]

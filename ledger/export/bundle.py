@@ -78,7 +78,8 @@ def run_entry(member: BagMember, extra_targets: Sequence[str]) -> tuple[RunEntry
     sizes = [len(vocab)] + [len(artifacts.load_predictions(extras[t]).vocab) for t in order]
     entry = RunEntry(run_id=member.row.id, entry=member.entry, weight=member.weight,
                      model=model | {"pretrained": False},  # its own weights replace any starting weights
-                     tta=dict(tta), vocab=vocab, head_sizes=sizes)  # as the run recorded it
+                     tta=dict(tta), vocab=vocab, head_sizes=sizes,  # as the run recorded it
+                     head=resolved.get("head"))
     return entry, resolved
 
 
@@ -90,7 +91,7 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
 
     # An existing folder is replaced only when it is an earlier bundle (its manifest) and with `force`.
     out = guard_output(out, BUNDLE, spec=spec, homes=[store.home], force=force)
-    members = bag_members(spec, store, options)
+    members, decision = bag_members(spec, store, options)
     check_weights(members)
     weights_bytes = sum((m.folder / artifacts.WEIGHTS).stat().st_size for m in members)
     if max_size is not None and weights_bytes > max_size:
@@ -106,12 +107,13 @@ def export_bag(spec, store, out: Path, options: BagOptions = BagOptions(), max_s
     notes += version_notes
 
     with reserved(out):  # a second export to the same folder at the same moment is refused
-        size, files = _write_bundle(spec, out, members, entries, options, versions, max_size)
+        size, files = _write_bundle(spec, out, members, entries, options, versions, max_size, decision)
     return Bundle(out, {e.run_id: e.weight for e, _ in entries}, size, files, versions, notes)
 
 
 def _write_bundle(spec, out: Path, members: list[BagMember], entries: list[tuple[RunEntry, dict]],
-                  options: BagOptions, versions: dict[str, str], max_size: int | None) -> tuple[int, int]:
+                  options: BagOptions, versions: dict[str, str], max_size: int | None,
+                  decision=None) -> tuple[int, int]:
     """Build the bundle beside `out` and rename it into place; (bytes, files)."""
     from ledger.units import format_size
     from ledger.bag.submission import check_spec_shape
@@ -131,7 +133,8 @@ def _write_bundle(spec, out: Path, members: list[BagMember], entries: list[tuple
                                     "shape": None if shape is None else dataclasses.asdict(shape),
                                     "vocab": entries[0][0].vocab, "spec": str(spec.path) if spec.path else None,
                                     "weights": "tuned" if options.use_tuned else "spec" if not options.weights
-                                    else dict(options.weights)})
+                                    else dict(options.weights),
+                                    "decision": None if decision is None else decision.to_dict()})
         files = sorted(p for p in partial.rglob("*") if p.is_file())
         manifest = {"format": FORMAT, "ledger": ledger.__version__, "experiment": spec.name,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions,

@@ -27,13 +27,16 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "errors": None, "units": None, "processes": None,
     "data.batches": None, "data.augment": None, "data.competition": None, "data.images": None,
     "training.models": None, "training.layers": None, "training.device": None, "training.inference": None,
-    "training.packaged_weights": None, "probe.memory": None, "runs.artifacts": None,
+    "training.packaged_weights": None, "training.loss": None, "probe.memory": None, "runs.artifacts": None,
+    "bag.metrics": ("SINGLE_LABEL", "MULTI_LABEL", "REGRESSION", "TASKS"),
+    "bag.decisions": ("KINDS", "Decision", "_numbers"),
     "bag.ensemble": None, "bag.matching": None, "export.runtime": None,
     "bag.submission_csv": ("read_sample_submission", "write_submission", "_unlink", "_TEMPORARY",
                            "remove_stale_temporaries"),
-    "bag.submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "DIGITS", "Shape", "fill"),
+    "bag.submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "TAGS", "VALUES", "DIGITS", "Shape", "fill",
+                             "fill_vectors"),
     "spec.keys": None,
-    "spec.objects": ("PRECISIONS", "RESIZE_METHODS", "MAX_RUNS", "DataSpec", "AugmentSpec", "TrainSpec",
+    "spec.objects": ("PRECISIONS", "LOSSES", "RESIZE_METHODS", "MAX_RUNS", "DataSpec", "AugmentSpec", "TrainSpec",
                      "ModelSpec", "model_from_dict", "KEYED_DRAWS", "RunTta"),
     "probe.accumulation": ("micro_batch_size",),
     "probe.targets": ("precision_for",),
@@ -143,7 +146,9 @@ def extract(source: str, module: str, names: tuple[str, ...]) -> str:
     imports, definitions, found = [], [], set()
     for node in ast.parse(source).body:
         if isinstance(node, ast.ImportFrom) and _is_ledger(node):
-            if all(target in MODULES for target, _ in _ledger_targets(node)):
+            # Kept when the bundle carries every name it takes; the definitions taken must not need the others.
+            if all(target in MODULES and (name is None or MODULES[target] is None or name in MODULES[target])
+                   for target, name in _ledger_targets(node)):
                 imports.append("".join(lines[node.lineno - 1 : node.end_lineno]))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             roots = [_root(alias.name) for alias in node.names] if isinstance(node, ast.Import) else [_root(node.module)]

@@ -30,15 +30,28 @@ Stage = Callable[[str, int, int], None]  # (what, done, total): decoding, then e
 @dataclass(frozen=True, eq=False)
 class Prediction:
     ids: list[str]  # image file names, sorted
-    vocab: list[str]
-    probs: np.ndarray  # (N, C) float32, the weighted mean over the runs
+    vocab: list[str]  # classes, tags or target columns
+    probs: np.ndarray  # (N, C) float32, the weighted mean over the runs: probabilities, or numbers
     weights: dict[str, float]  # run id -> weight
+    task: str = "single_label"
+    decision: object | None = None  # decisions.Decision the bag decides with (thresholds, cut-offs)
 
     def frame(self) -> pd.DataFrame:
-        """id, label, then one probability column per class."""
+        """id, then: the label and one probability column per class; the tags (at the bag's
+        thresholds, else 0.5) and one probability column per tag; or the numbers (and the grade, at
+        the bag's cut-offs)."""
+        values = pd.DataFrame(self.probs, columns=self.vocab)
+        if self.task == "regression":
+            if self.decision is not None:
+                values["grade"] = self.decision.apply(self.probs)[:, 0]
+            return pd.concat([pd.DataFrame({"id": self.ids}), values], axis=1)
+        if self.task == "multi_label":
+            chosen = self.decision.apply(self.probs) if self.decision is not None else self.probs >= 0.5
+            words = np.asarray(self.vocab, dtype=object)
+            tags = [" ".join(words[row.astype(bool)]) for row in chosen]
+            return pd.concat([pd.DataFrame({"id": self.ids, "tags": tags}), values], axis=1)
         labels = np.asarray(self.vocab)[self.probs.argmax(axis=1)]
-        return pd.concat([pd.DataFrame({"id": self.ids, "label": labels}),
-                          pd.DataFrame(self.probs, columns=self.vocab)], axis=1)
+        return pd.concat([pd.DataFrame({"id": self.ids, "label": labels}), values], axis=1)
 
 
 def image_paths(where: Path) -> list[Path]:
@@ -64,12 +77,13 @@ def members_of_run(store, prefix: str) -> list[BagMember]:
     return [BagMember(row, row.model, _folder(store, row), 1.0)]
 
 
-def members_of_spec(spec, store, options: BagOptions = BagOptions()) -> list[BagMember]:
-    """The bag `ledger ensemble SPEC` makes with these options, with its weights."""
-    members = bag_members(spec, store, options)
+def members_of_spec(spec, store, options: BagOptions = BagOptions()) -> tuple[list[BagMember], object | None]:
+    """The bag `ledger ensemble SPEC` makes with these options, with its weights, and the thresholds
+    or cut-offs it decides with (None: none to choose)."""
+    members, decision = bag_members(spec, store, options)
     for member in members:
         _folder(store, member.row)
-    return members
+    return members, decision
 
 
 def _folder(store, row: RunRow) -> Path:
@@ -96,6 +110,7 @@ class SavedRun:
     tta: RunTta
     vocab: list[str]  # the submission's classes, in the head's order
     head: int  # the head's size: the submission's classes, then any extra target's
+    task_head: dict | None = None  # the resolved spec's `head:` (task, regression's scale); None: single-label
 
 
 def run_model(folder: Path) -> SavedRun:
@@ -109,25 +124,27 @@ def run_model(folder: Path) -> SavedRun:
         # The run's own weights replace any starting weights.
         model = model_from_dict(dict(resolved["model"]) | {"pretrained": False})
         tta = resolved.get("tta") or {}
+        task_head = resolved.get("head")
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         raise LedgerError(f"{path}: unreadable resolved spec ({first_line(e)})") from None
     vocab = [str(v) for v in artifacts.load_predictions(folder / artifacts.TEST_PREDS).vocab]
     # The head holds the submission's classes first, then any extra target's: its total size is
     # the sum over every test prediction file, whatever the targets' order.
     head = sum(len(artifacts.load_predictions(p).vocab) for p in folder.glob("test_preds*.npz"))
-    return SavedRun(model, RunTta.from_dict(tta), vocab, head)
+    return SavedRun(model, RunTta.from_dict(tta), vocab, head, task_head)
 
 
 def predict_images(members: list[BagMember], paths: list[Path], device, use_tta: bool = True,
-                   stage: Stage | None = None) -> Prediction:
+                   stage: Stage | None = None, decision=None) -> Prediction:
     """The weighted mean of each run's probabilities (TTA as the run did it, or the plain pass)."""
     from ledger.export.runtime import predict_run
     from ledger.data.images import load_images
     from ledger.probe.memory import release_memory
+    from ledger.training.loss import Head
 
     check_weights(members)
     decoded: dict[tuple, np.ndarray] = {}  # runs of one item size and resize share the decoding
-    total, vocab = None, None
+    total, vocab, task = None, None, "single_label"
     for member in members:
         saved = run_model(member.folder)
         model, tta = saved.model, saved.tta if use_tta else saved.tta.plain()
@@ -146,13 +163,15 @@ def predict_images(members: list[BagMember], paths: list[Path], device, use_tta:
         sizes = (len(vocab), saved.head - len(vocab)) if saved.head > len(vocab) else (len(vocab),)
         # The bundle's own prediction: the run's micro-batches, TTA keyed to the run's TTA seed and
         # each image's name, at its sizes, so an image gets the answer the run gave it.
-        probs = predict_run(model, sizes, member.folder / artifacts.WEIGHTS, images, device, tta, progress,
+        head = Head.from_dict(saved.task_head, sizes)
+        task = head.task
+        probs = predict_run(model, head, member.folder / artifacts.WEIGHTS, images, device, tta, progress,
                             keys=[p.name for p in paths])
         total = probs * member.weight if total is None else total + probs * member.weight
         release_memory()
     weight_sum = sum(m.weight for m in members)
     return Prediction([p.name for p in paths], vocab, (total / weight_sum).astype(np.float32),
-                      {m.row.id: m.weight / weight_sum for m in members})
+                      {m.row.id: m.weight / weight_sum for m in members}, task, decision)
 
 
 def write_csv(prediction: Prediction, out: Path) -> Path:

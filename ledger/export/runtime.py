@@ -75,8 +75,9 @@ class RunEntry:
     weight: float  # its normalised weight in the bag
     model: dict  # the resolved model entry (spec.model_to_dict), its own weights in place of any start
     tta: dict  # the run's resolved `tta:` section, as its spec.yaml holds it (read by RunTta.from_dict)
-    vocab: list[str]  # the submission's classes, in the head's order
+    vocab: list[str]  # the submission's classes (tags, targets), in the head's order
     head_sizes: list[int]  # the submission's classes, then each extra target's
+    head: dict | None = None  # the run's resolved head (task, regression's scale); None: single-label
 
     @classmethod
     def read(cls, path: Path) -> "RunEntry":
@@ -87,10 +88,11 @@ class RunEntry:
             raise LedgerError(f"{path}: not a run entry ({first_line(e)})") from None
 
 
-def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: np.ndarray, device,
+def predict_run(model, head, weights_file: Path, images: np.ndarray, device,
                 tta: RunTta, progress: Callable[[int, int], None] | None = None,
                 keys: Sequence[str] | None = None) -> np.ndarray:
-    """(N, C) float32 probabilities of the submission's classes from one run's saved weights, with
+    """(N, C) float32 probabilities of the submission's classes (tags' probabilities, or numbers:
+    `head` is a training.loss.Head, or a single-label head's class counts) from one run's saved weights, with
     fastai's TTA (`tta.n` 0: the plain pass). The batches are the run's training micro-batches and
     each image's augmented passes are keyed to `tta.seed` and its key (its file name), as the run's
     own test TTA was, so the run's test images, in any order or subset, give back its predictions."""
@@ -102,12 +104,14 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     from ledger.training.device import Runtime, model_on_device, resolve_precision
     from ledger.training.inference import tta_at_sizes
     from ledger.probe.accumulation import micro_batch_size
+    from ledger.training.loss import Head
 
-    net, transform = model_on_device(model, sum(head_sizes), device)
+    head = head if isinstance(head, Head) else Head(tuple(head))
+    net, transform = model_on_device(model, head.outputs, device)
     try:
         net.load_state_dict(load_file(str(weights_file), device=str(device)))
     except RuntimeError as e:
-        raise LedgerError(f"{weights_file}: does not fit {model.arch} with {sum(head_sizes)} outputs "
+        raise LedgerError(f"{weights_file}: does not fit {model.arch} with {head.outputs} outputs "
                           f"({first_line(e)})") from None
     except (OSError, SafetensorError) as e:  # a truncated or corrupt file
         raise LedgerError(f"{weights_file}: unreadable weights file ({type(e).__name__}: {first_line(e)})") from None
@@ -116,8 +120,8 @@ def predict_run(model, head_sizes: tuple[int, ...], weights_file: Path, images: 
     runtime = Runtime(device, resolve_precision(model.precision, device), accum, transform, torch.Generator())
     batches = Batches(images, None, np.arange(len(images)), micro_batch_size(model.batch_size, accum), keys=keys)
     # At each of the run's test-time sizes (tta.size; none: its training size), averaged as the run did.
-    probs = tta_at_sizes(net, batches, runtime, tta, head_sizes=tuple(head_sizes), progress=progress)
-    return probs[:, : head_sizes[0]].numpy()
+    probs = tta_at_sizes(net, batches, runtime, tta, head=head, progress=progress)
+    return probs[:, : head.sizes[0]].numpy()
 
 
 def sample_images(test_dir: Path, sample_submission: Path) -> tuple[np.ndarray, list[Path]]:
@@ -142,6 +146,7 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
     from ledger.bag.ensemble import RunInput, bag
     from ledger.probe.memory import release_memory
     from ledger.spec.objects import model_from_dict
+    from ledger.training.loss import Head
 
     ids, paths = sample_images(test_dir, sample_submission)
     runs, weights, decoded = [], {}, {}
@@ -155,8 +160,8 @@ def predict_bag(root: Path, test_dir: Path, sample_submission: Path, device,
             decoded[key] = load_images(tuple(paths), model.item_size, model.resize, cache_dir=None)
         tta = RunTta.from_dict(entry.tta)
         say(f"run {run_id} ({entry.entry}, weight {entry.weight:.3f}, TTA n={tta.n})")
-        probs = predict_run(model, tuple(entry.head_sizes), folder / WEIGHTS, decoded[key], device,
-                            tta, keys=[path.name for path in paths])
+        probs = predict_run(model, Head.from_dict(entry.head, tuple(entry.head_sizes)), folder / WEIGHTS,
+                            decoded[key], device, tta, keys=[path.name for path in paths])
         runs.append(RunInput(run_id, entry.entry, Predictions(ids, probs, np.asarray(entry.vocab))))
         weights[run_id] = entry.weight
         release_memory()
@@ -190,9 +195,17 @@ def main(root: Path, argv: list[str] | None = None) -> int:
         say(f"device: {device}")
         result = predict_bag(root, args.test_dir, args.sample_submission, device, say)
         # The shape the export read from the sample submission and the metric (bundles without one: labels).
-        shape = read_json(root / BAG).get("shape")
-        shape = None if shape is None else Shape(**shape | {"columns": tuple(shape["columns"])})
-        write_submission(args.sample_submission, result, args.out, shape=shape)
+        described = read_json(root / BAG)
+        shape = described.get("shape")
+        shape = None if shape is None else Shape(**shape | {"columns": tuple(shape["columns"]),
+                                                           "names": tuple(shape.get("names") or ())})
+        # The thresholds or cut-offs `ledger ensemble` chose out of bag, so the bundle decides as it did.
+        decision = described.get("decision")
+        if decision is not None:
+            from ledger.bag.decisions import Decision
+
+            decision = Decision.from_dict(decision)
+        write_submission(args.sample_submission, result, args.out, shape=shape, decision=decision)
         if args.probs is not None:
             with open(args.probs, "wb") as file:
                 np.savez(file, ids=result.ids, vocab=result.vocab, probs=result.probs)

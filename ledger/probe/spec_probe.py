@@ -51,7 +51,7 @@ def probe_models(spec, models, store, budget=None, device=None, display=None, jo
     budget_bytes = setting.budget.capacity_bytes
     limit = usable_bytes(budget_bytes, spec.probe.margin)
     competition = load_competition(spec.data)
-    subset = smallest_class_indices(competition.train_labels)
+    subset = smallest_class_indices(competition.strata)
     paths = tuple(competition.train_paths[i] for i in subset)
     cache_dir = store.home / "cache"
     probes = []

@@ -25,7 +25,9 @@ from ledger.errors import LedgerError
 from ledger.ids import match_id
 from ledger.report.interpretation import Interpretation, bag, interpretation, most_confused, per_class_accuracy
 from ledger.bag.metrics import format_score
-from ledger.report.plots import plot_confusion, plot_top_losses, plot_training_curves
+from ledger.report.plots import (plot_confusion, plot_predicted_vs_true, plot_residuals_by_range, plot_top_losses,
+                                 plot_training_curves)
+from ledger.report.task_views import bag_vectors, per_tag, residuals_by_range, vector_interpretation
 
 TOP_LOSSES = 9
 THUMBNAIL = 224  # top-loss images are shown at most this many pixels a side
@@ -47,7 +49,10 @@ class Section:
 
     @property
     def figures(self) -> str:
-        """'log_loss 0.3012, accuracy 0.9100', or 'accuracy 0.9100' when the metric is accuracy."""
+        """'log_loss 0.3012, accuracy 0.9100', or 'accuracy 0.9100' when the metric is accuracy
+        (or 'rmse 1.2000' for numbers or tags, which have no accuracy)."""
+        if self.interp.accuracy != self.interp.accuracy:
+            return f"{self.metric} {format_score(self.score)}"
         beside = "" if self.metric == "accuracy" else f"{self.metric} {format_score(self.score)}, "
         return f"{beside}accuracy {format_score(self.interp.accuracy)}"
 
@@ -99,9 +104,12 @@ def _top_losses_png(section: Section, paths: dict[str, Path], k: int, source: st
     missing = [str(interp.ids[i]) for i in chosen if str(interp.ids[i]) not in paths]
     if missing:
         raise LedgerError(f"{source}: image id(s) not in the competition's training set ({', '.join(missing[:5])})")
-    predicted, losses = interp.predicted, interp.losses
-    titles = [f"{interp.vocab[predicted[i]]} / {interp.vocab[interp.actual[i]]}\n"
-              f"{losses[i]:.2f} / {interp.probs[i, predicted[i]]:.2f}" for i in chosen]
+    if hasattr(interp, "title"):  # tags or numbers
+        titles = [interp.title(i) for i in chosen]
+    else:
+        predicted, losses = interp.predicted, interp.losses
+        titles = [f"{interp.vocab[predicted[i]]} / {interp.vocab[interp.actual[i]]}\n"
+                  f"{losses[i]:.2f} / {interp.probs[i, predicted[i]]:.2f}" for i in chosen]
     images = [_thumbnail(paths[str(interp.ids[i])]) for i in chosen]
     return plot_top_losses(images, titles, section.folder / "top_losses.png", f"top losses: {section.heading}")
 
@@ -111,12 +119,21 @@ def _score(section: Section, spec) -> None:
     from ledger.bag.submission_shape import spec_metric
 
     section.metric = spec.metric
-    section.score = spec_metric(spec, section.interp.vocab).score(section.interp.actual, section.interp.probs)
+    metric = spec_metric(spec, section.interp.vocab)
+    if spec.task != "single_label":  # thresholds or cut-offs at their defaults (0.5, the nearest grade)
+        section.score = metric.score(section.interp.truth, section.interp.probs)
+        return
+    section.score = metric.score(section.interp.actual, section.interp.probs)
 
 
 def _fill(section: Section, paths: dict[str, Path], k: int, source: str) -> None:
     """Every picture and table of one section, written into its folder."""
     interp, folder = section.interp, section.folder
+    if hasattr(interp, "task"):
+        _fill_vectors(section)
+        if k > 0 and len(interp.ids):
+            section.images["top losses"] = _top_losses_png(section, paths, k, source)
+        return
     matrix = interp.confusion_matrix()
     section.images["confusion matrix (counts)"] = plot_confusion(
         matrix, interp.vocab, folder / "confusion.png", f"confusion matrix: {section.heading}")
@@ -131,6 +148,25 @@ def _fill(section: Section, paths: dict[str, Path], k: int, source: str) -> None
     section.tables["per-class accuracy"] = per_class
     if k > 0 and len(interp.ids):
         section.images["top losses"] = _top_losses_png(section, paths, k, source)
+
+
+def _fill_vectors(section: Section) -> None:
+    """Tags: each tag's figures. Numbers: predicted against true, and the residuals by range."""
+    interp, folder = section.interp, section.folder
+    if interp.task == "multi_label":
+        table = per_tag(interp)
+        table.to_csv(folder / "per_tag.csv", index=False)
+        section.tables["per tag, at threshold 0.5"] = table
+        return
+    for column, name in enumerate(interp.vocab):
+        section.images[f"predicted against true: {name}"] = plot_predicted_vs_true(
+            interp.truth[:, column], interp.probs[:, column], folder / f"predicted_vs_true_{column}.png",
+            f"{name}: {section.heading}")
+        table = residuals_by_range(interp, column)
+        table.to_csv(folder / f"residuals_{column}.csv", index=False)
+        section.tables[f"residuals of {name} by true range"] = table
+        section.images[f"residuals by range: {name}"] = plot_residuals_by_range(
+            table, folder / f"residuals_{column}.png", f"residuals of {name}: {section.heading}")
 
 
 def write_report(spec, store, out: Path, run: str | None = None, top_losses: int = TOP_LOSSES) -> Report:
@@ -148,8 +184,10 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
         preds, run_folder = _run_predictions(store, row)
         source = str(run_folder / artifacts.VALID_PREDS)
         named.append((row.id, preds))
+        interpret = interpretation if spec.task == "single_label" else vector_interpretation
         section = Section(row.id, f"{row.model} ({row.arch} at {row.size}), run {row.id}",
-                          interpretation(row.id, preds, source), out / row.id)
+                          interpret(row.id, preds, source), out / row.id)
+        section.folder.mkdir(parents=True, exist_ok=True)
         _fill(section, paths, top_losses, source)
         _score(section, spec)
         metrics_path = run_folder / artifacts.METRICS
@@ -163,9 +201,10 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
             section.notes.append(f"no {artifacts.METRICS} in {run_folder}: no training curves")
         sections.append(section)
     if len(named) > 1:
-        bagged = bag(named)
-        section = Section("bag", f"bag of {len(named)} runs",
-                          interpretation("bag", bagged, "the bag"), out / "bag")
+        bagged = bag(named) if spec.task == "single_label" else bag_vectors(named)
+        interpret = interpretation if spec.task == "single_label" else vector_interpretation
+        section = Section("bag", f"bag of {len(named)} runs", interpret("bag", bagged, "the bag"), out / "bag")
+        section.folder.mkdir(parents=True, exist_ok=True)
         section.notes.append(f"mean of the runs' held-out probabilities over the {len(bagged.ids)} training images "
                              f"held out by at least one run (an out-of-bag view of the ensemble)")
         _fill(section, paths, top_losses, "the bag")

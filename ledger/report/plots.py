@@ -137,3 +137,36 @@ def plot_top_losses(images: list[np.ndarray], titles: list[str], path: Path, tit
         ax.set_title(text, fontsize=9)
     figure.suptitle(f"{title}\nprediction / actual / loss / probability", fontsize=11)
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------- numbers (regression)
+
+
+def plot_predicted_vs_true(truth: np.ndarray, preds: np.ndarray, path: Path, title: str) -> Path:
+    """Predicted against true numbers, one point an image, with the line where they are equal."""
+    figure = Figure(figsize=(5.2, 5.0), layout="constrained")
+    ax = figure.add_subplot()
+    ax.scatter(truth, preds, s=6, alpha=0.4, color="tab:blue", linewidths=0)
+    low = float(min(np.min(truth), np.min(preds))) if len(truth) else 0.0
+    high = float(max(np.max(truth), np.max(preds))) if len(truth) else 1.0
+    ax.plot([low, high], [low, high], color="tab:red", linewidth=1, label="predicted = true")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title, fontsize=11)
+    return _save(figure, path)
+
+
+def plot_residuals_by_range(table: pd.DataFrame, path: Path, title: str) -> Path:
+    """The mean residual (predicted - true) and the RMSE of each range of true values."""
+    figure = Figure(figsize=(6.0, 3.8), layout="constrained")
+    ax = figure.add_subplot()
+    positions = np.arange(len(table))
+    ax.bar(positions - 0.2, table["mean residual"], width=0.4, color="tab:orange", label="mean residual")
+    ax.bar(positions + 0.2, table["rmse"], width=0.4, color="tab:blue", label="rmse")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(positions, labels=list(table["true range"]), rotation=20, ha="right", rotation_mode="anchor")
+    ax.set_xlabel("true value")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=11)
+    return _save(figure, path)

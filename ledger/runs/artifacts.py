@@ -3,7 +3,10 @@
 A run folder `runs/<experiment>/<run_id>/` holds:
   spec.yaml         the resolved model entry it was trained from
   metrics.csv       one row per epoch: epoch, phase, train_loss, valid_loss, error_rate, seconds
-  valid_preds.npz   ids, probs (N x C float32), labels (true class names), vocab: the held-out images
+  valid_preds.npz   ids, probs (N x C float32), labels (true class names), vocab: the held-out images;
+                    with task multi_label or regression, probs are per-tag probabilities or numbers,
+                    vocab the tags or target columns, targets (N x C float32) the truth, and task
+                    names the task
   test_preds.npz    ids, probs (N x C float32, TTA-blended), vocab: in sample-submission order
   *_preds_<target>.npz  the same for each of data.extra_targets (valid ones TTA'd too)
   summary.json      the figures the ledger row carries
@@ -42,12 +45,20 @@ def predictions_file(base: str, target: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Predictions:
-    """Class probabilities for a list of image ids; `labels` holds true class names when known."""
+    """Predictions for a list of image ids: class probabilities (single_label), tag probabilities
+    (multi_label) or numbers (regression). The truth when known: `labels` holds true class names,
+    `targets` true tags (0/1) or numbers."""
 
     ids: np.ndarray  # str, shape (N,)
     probs: np.ndarray  # float32, shape (N, C)
-    vocab: np.ndarray  # str, shape (C,)
+    vocab: np.ndarray  # str, shape (C,): classes, tags or target columns
     labels: np.ndarray | None = None  # str, shape (N,)
+    targets: np.ndarray | None = None  # float32, shape (N, C)
+    task: str = "single_label"
+
+    @property
+    def truth(self) -> np.ndarray | None:
+        return self.labels if self.task == "single_label" else self.targets
 
 
 def _check_finite(path: Path, probs: np.ndarray) -> None:
@@ -68,6 +79,10 @@ def save_predictions(path: Path, preds: Predictions) -> None:
     }
     if preds.labels is not None:
         arrays["labels"] = np.asarray(preds.labels, dtype=str)
+    if preds.targets is not None:
+        arrays["targets"] = np.asarray(preds.targets, dtype=np.float32)
+    if preds.task != "single_label":  # files of single-label runs stay as they were
+        arrays["task"] = np.asarray(preds.task, dtype=str)
     # np.savez appends .npz to names without it; the caller's name already has it.
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -81,6 +96,8 @@ def load_predictions(path: Path) -> Predictions:
                 probs=z["probs"],
                 vocab=z["vocab"],
                 labels=z["labels"] if "labels" in z.files else None,
+                targets=z["targets"] if "targets" in z.files else None,
+                task=str(z["task"]) if "task" in z.files else "single_label",
             )
     except FileNotFoundError:
         raise LedgerError(f"{path}: missing run artifact") from None

@@ -15,7 +15,7 @@ from ledger.data.batches import Batches
 from ledger.data.competition import load_competition
 from ledger.data.images import load_images
 from ledger.training.device import Runtime, default_device, model_on_device, resolve_precision
-from ledger.training.loss import Criterion
+from ledger.training.loss import Criterion, Head
 from ledger.training.lr_find import NUM_IT, LrFindProgress, RangeTest, Suggestion, range_test, suggest
 from ledger.probe.memory import device_name, release_memory
 from ledger.training.models import freeze_body
@@ -49,15 +49,16 @@ def lr_find(spec, model, store, accum: int, out: Path | None = None, device: tor
     images = load_images(competition.train_paths, model.item_size, model.resize, store.home / "cache")
     # The training part of a split, as a run would see it: the held-out images stay unseen.
     split_seed = spec.split.seed if spec.split.seed is not None else seed
-    train_idx, _ = split_indices(competition.train_labels, spec.split.valid_pct, split_seed)
+    train_idx, _ = split_indices(competition.strata, spec.split.valid_pct, split_seed)
     torch.manual_seed(seed)
-    net, transform = model_on_device(model, len(competition.vocab), device)
+    head = Head.of(competition, train_idx)
+    net, transform = model_on_device(model, head.outputs, device)
     if model.finetune:
         freeze_body(net, True)  # fastai's lr_find on a fresh vision_learner trains the head only
     runtime = Runtime(device, precision, accum, transform, torch.Generator().manual_seed(seed))
     batches = Batches(images, competition.train_labels, train_idx, model.batch_size, shuffle=True,
                       drop_last=True, seed=seed)
-    criterion = Criterion(len(competition.vocab), model.label_smoothing, model.mixup, model.cutmix)
+    criterion = Criterion(head, model.label_smoothing, model.mixup, model.cutmix, loss=model.loss)
     try:
         test = range_test(net, batches, runtime, criterion, StepSettings.of(model), num_it=num_it,
                           progress=progress)

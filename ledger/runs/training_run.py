@@ -21,9 +21,10 @@ from ledger.training.device import Runtime, library_versions, model_on_device, r
 from ledger.errors import LedgerError
 from ledger.training.callbacks import Progress, ProgressCallback, stage_callback
 from ledger.training.inference import tta_at_sizes
-from ledger.training.loss import Criterion
+from ledger.training.loss import Criterion, Head
 from ledger.probe.memory import PeakMemory, device_name
 from ledger.bag.metrics import Metric, metric_by_name
+from ledger.bag.task_metrics import task_metric
 from ledger.training.models import save_weights
 from ledger.runs.plan import RunPlan
 from ledger.probe.accumulation import micro_batch_size
@@ -58,17 +59,18 @@ class TrainedRun:
     micro_batch: int
     train_idx: np.ndarray
     valid_idx: np.ndarray
-    test_probs: torch.Tensor  # every target's classes side by side, TTA'd
+    test_probs: torch.Tensor  # every target's classes side by side, TTA'd (tags' probabilities, or numbers)
     valid_probs: torch.Tensor | None  # the same for the held-out images; None without any
     peak_bytes: int
     metric: Metric  # the competition's metric, as the epochs were scored on it
+    head: Head  # what the predictions are (and regression's scale, from the run's training images)
     pseudo_images: int = 0  # pseudo-labelled test images trained on
 
 
 def split_of(plan: RunPlan, competition: Competition) -> tuple[np.ndarray, np.ndarray]:
     """(train, valid) indices of the run's split: its fold (kept whole by group with split.group),
     or its random split."""
-    labels = competition.train_labels
+    labels = competition.strata
     if plan.split.folds:
         groups = competition.train_column(plan.split.group) if plan.split.group else None
         return fold_indices(labels, plan.split.folds, plan.split.fold, plan.split.seed, groups)
@@ -76,18 +78,23 @@ def split_of(plan: RunPlan, competition: Competition) -> tuple[np.ndarray, np.nd
 
 
 def run_metric(plan: RunPlan, competition: Competition) -> Metric:
-    """The competition's metric over this competition's classes, in the spec's class order."""
+    """The competition's metric over this competition's classes, in the spec's class order (a
+    multi-label or regression metric scores every column)."""
+    if competition.task != "single_label":
+        return task_metric(plan.metric, competition.task)
     return metric_by_name(plan.metric, competition.vocab, plan.class_order)
 
 
-def _settle_before_the_meter(images: ImageSet, metric: Metric, classes: int) -> None:
+def _settle_before_the_meter(images: ImageSet, metric: Metric, competition: Competition) -> None:
     """What is not the run's own memory, in place before its meter starts, as the probe's child has
     it: the image cache's pages read in (a memory-mapped cache faults them in as training reads
     them), and the libraries the metric imports on its first score (scikit-learn's metrics)."""
     for array in (images.train, images.test):
         if isinstance(array, np.memmap) and array.size:
             array.max()  # reads every page once
-    metric.score(np.zeros(1, dtype=np.int64), np.full((1, classes), 1.0 / classes))
+    one = competition.train_labels[:1]
+    metric.score(one, np.full((1, len(competition.vocab)), 1.0 / len(competition.vocab)) if one.ndim == 1
+                 else np.asarray(one, dtype=np.float64))
 
 
 def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device: torch.device,
@@ -99,13 +106,14 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     torch.manual_seed(plan.train_seed)
     np.random.seed(plan.train_seed % 2**32)  # timm's Mixup draws from numpy's global generator
     metric = run_metric(plan, competition)
-    _settle_before_the_meter(images, metric, len(competition.vocab))
+    _settle_before_the_meter(images, metric, competition)
     meter = PeakMemory(device, images.memory_baseline)  # from here: the model, its optimizer and activations
     if device.type == "cpu" and images.memory_baseline is None:
         images.memory_baseline = meter.baseline_bytes
 
-    sizes = competition.head_sizes  # the submission's classes, then each extra target's
-    net, transform = model_on_device(model, sum(sizes), device)
+    sizes = competition.head_sizes  # the submission's classes, then each extra target's (or tags, or numbers)
+    head = Head.of(competition, train_idx)
+    net, transform = model_on_device(model, head.outputs, device)
     runtime = Runtime(device, resolve_precision(model.precision, device), plan.accum, transform,
                       torch.Generator().manual_seed(plan.train_seed))
     micro_batch = micro_batch_size(model.batch_size, plan.accum)  # evaluation batches no larger than a training one
@@ -122,8 +130,8 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     # TTA keys each image's draws to its file name (see Batches).
     train_keys, test_keys = [p.name for p in competition.train_paths], [p.name for p in competition.test_paths]
     valid = Batches(images.train, labels, valid_idx, micro_batch, keys=train_keys) if len(valid_idx) else None
-    criterion = Criterion(sizes, model.label_smoothing, model.mixup, model.cutmix,
-                          extra_names=tuple(t.name for t in competition.extra))
+    criterion = Criterion(head, model.label_smoothing, model.mixup, model.cutmix,
+                          extra_names=tuple(t.name for t in competition.extra), loss=model.loss)
     _check_tta_sizes(net, images.test[:1], runtime, plan.tta.sizes)
     # The checkpoint before the display: it restores before the display reports the resumed epochs,
     # and each epoch is saved before its end is shown.
@@ -136,14 +144,14 @@ def train_run(plan: RunPlan, competition: Competition, images: ImageSet, device:
     # TTA's draws are keyed to the run's seed (recorded as tta.seed) and each image's name: the
     # exported bundle and `ledger predict` then repeat these test predictions exactly, for any
     # subset or order of the images.
-    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta, head_sizes=sizes,
+    test_probs = tta_at_sizes(fitted.net, test_batches, runtime, plan.tta, head=head,
                               progress=stage_callback(progress, "tta test"))
     valid_probs = None
     if valid is not None:
-        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta, head_sizes=sizes,
+        valid_probs = tta_at_sizes(fitted.net, valid, runtime, plan.tta, head=head,
                                    progress=stage_callback(progress, "tta valid"))
     return TrainedRun(fitted, runtime, micro_batch, train_idx, valid_idx, test_probs, valid_probs, meter.read(),
-                      metric, pseudo_images)
+                      metric, head, pseudo_images)
 
 
 @torch.no_grad()
@@ -171,21 +179,24 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     """Predictions (test, held-out), weights (with save_weights), per-epoch metrics, the summary
     and the resolved spec entry, into `folder` (the run's partial folder)."""
     model, sizes, history = plan.model, competition.head_sizes, trained.fitted.history
+    task = competition.task
     targets = [(None, competition.vocab, competition.train_labels),
                *((t.name, t.vocab, t.labels) for t in competition.extra)]
     for (name, vocab, _), probs in zip(targets, trained.test_probs.split(sizes, dim=1)):
         artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.TEST_PREDS, name), Predictions(
-            ids=np.array(competition.test_ids), probs=probs.numpy(), vocab=np.array(vocab)))
+            ids=np.array(competition.test_ids), probs=probs.numpy(), vocab=np.array(vocab), task=task))
     tta_accuracy = tta_metric = None
     if trained.valid_probs is not None:
         valid_idx = trained.valid_idx
         for (name, vocab, target), probs in zip(targets, trained.valid_probs.split(sizes, dim=1)):
             vocab = np.array(vocab)
+            truth = dict(labels=vocab[target[valid_idx]]) if task == "single_label" else dict(targets=target[valid_idx])
             artifacts.save_predictions(folder / artifacts.predictions_file(artifacts.VALID_PREDS, name), Predictions(
-                ids=np.array(competition.train_ids)[valid_idx], probs=probs.numpy(), vocab=vocab,
-                labels=vocab[target[valid_idx]]))
+                ids=np.array(competition.train_ids)[valid_idx], probs=probs.numpy(), vocab=vocab, task=task,
+                **truth))
         main, truth = trained.valid_probs[:, : sizes[0]].numpy(), competition.train_labels[valid_idx]
-        tta_accuracy = float((main.argmax(1) == truth).mean())
+        if task == "single_label":  # tags and numbers have no accuracy: the metric says how good they are
+            tta_accuracy = float((main.argmax(1) == truth).mean())
         tta_metric = trained.metric.score(truth, main)
     if model.save_weights:
         save_weights(trained.fitted.net, folder / artifacts.WEIGHTS)
@@ -216,7 +227,7 @@ def write_run_folder(folder: Path, plan: RunPlan, competition: Competition, trai
     artifacts.write_json(folder / artifacts.SUMMARY, summary.to_dict())
     resolved = dict(experiment=plan.experiment, model=model_to_dict(model) | {"accum": plan.accum},
                     split=dataclasses.asdict(plan.split), train_seed=plan.train_seed,
-                    tta=plan.tta.to_dict(),
+                    tta=plan.tta.to_dict(), head=trained.head.to_dict(),
                     fingerprint=plan.fingerprint, versions=library_versions())
     if plan.pseudo is not None:
         resolved["pseudo"] = dict(teacher_runs=[t.run_id for t in plan.pseudo.teachers],

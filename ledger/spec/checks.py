@@ -203,6 +203,12 @@ def convert(checker: Checker, key: str, value: Any, kind: str, **limits: Any) ->
         value = str(value)
     elif kind == "pretrained":
         value = _pretrained(checker.file, value, fail)
+    elif kind == "label_col":  # one column, or a list of distinct ones
+        columns = [value] if isinstance(value, str) else value
+        if not isinstance(columns, list) or not columns or not all(isinstance(c, str) and c for c in columns) \
+                or len(set(columns)) != len(columns):
+            fail(f"expected a column name or a list of distinct column names, got {value!r}")
+        value = value if isinstance(value, str) else tuple(columns)
     elif kind == "accum":
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             fail(f"expected 'auto' or a positive integer, got {value!r}")

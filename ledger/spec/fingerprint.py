@@ -21,7 +21,7 @@ from ledger.spec.objects import DataSpec, ModelSpec, Spec, _plain
 _NOT_PREDICTIVE = {"name", "runs", "weight", "accum", "save_weights"}
 # Settings added after runs were on record, with the value that means "off": left out of the hash
 # while off, so runs trained before a setting existed keep their fingerprints (and are not retrained).
-_ADDED_OFF = {"model": {"clip_grad": None, "ema": None}, "augment": {"erasing": 0.0}, "split": {"group": None},
+_ADDED_OFF = {"model": {"clip_grad": None, "ema": None, "loss": "auto"}, "augment": {"erasing": 0.0}, "split": {"group": None},
               "tta": {"size": None}}
 
 
@@ -65,6 +65,8 @@ def fingerprint_fields(spec: Spec, model: ModelSpec) -> dict:
         fields["augment"] = _without_added_off("augment", fields["augment"])
     fields = _without_added_off("model", fields) | {"split": _without_added_off("split", split),
                                                    "tta": _without_added_off("tta", tta), "data": data_digest(spec.data)}
+    if spec.task != "single_label":  # the same columns read as another task are another recipe
+        fields["task"] = dict(task=spec.task, label_col=spec.data.label_col)
     if spec.pseudo is not None:
 
         # The teacher's recipe, not its file's path: a changed teacher retrains its students.

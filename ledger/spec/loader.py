@@ -10,11 +10,14 @@ stored absolute. The objects are in `spec/objects.py`, the checking plumbing in 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ledger.bag.metrics import DEFAULT_METRIC, NAMES as METRIC_NAMES, REGRESSION, SINGLE_LABEL
+from ledger.bag.task_metrics import TASK_METRICS
 from ledger.errors import SpecError
 from ledger.spec.overrides import apply_overrides, blame
 from ledger.spec.pseudo_section import check_pseudo_models, parse_pseudo
@@ -82,7 +85,8 @@ def _parse_data(file: Path, raw: Any) -> DataSpec:
     if extra and labels == "folders":
         c.fail("needs a label CSV (data.labels: train.csv): class folders hold one target only", "extra_targets")
     label_col = read(c, DataSpec, "label_col", "label")
-    if label_col in extra or len(set(extra)) != len(extra):
+    label_cols = (label_col,) if isinstance(label_col, str) else label_col
+    if set(label_cols) & set(extra) or len(set(extra)) != len(extra):
         c.fail(f"each column once, and not label_col ({label_col!r}); got {extra!r}", "extra_targets")
     return DataSpec(
         root=root,
@@ -171,13 +175,20 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
     top = Checker(file, "", raw)
     top.reject_unknown(_keys(Spec))
     name = _check_name(top)
-    metric = read(top, Spec, "metric", "accuracy")
+    task = read(top, Spec, "task", SINGLE_LABEL)
+    metric = read(top, Spec, "metric", DEFAULT_METRIC[task])
+    names = METRIC_NAMES if task == SINGLE_LABEL else tuple(TASK_METRICS[task])
+    if metric not in names:
+        top.fail(f"{metric!r} is not a {task} metric; choices: {', '.join(names)}", "metric")
     order = top.get("class_order", "list?", None)  # checked against the classes with the data (ledger check)
+    if order is not None and task != SINGLE_LABEL:
+        top.fail(f"orders the classes of a single_label task, not of {task}", "class_order")
     if order is not None and (len({str(c) for c in order}) != len(order) or not all(
             isinstance(c, (str, int)) and not isinstance(c, bool) for c in order)):
         top.fail(f"expected a list of distinct class names, got {order!r}", "class_order")
     # The data root is checked last: a typo in a key is the more useful error to see first.
-    data = _parse_data(file, top.get("data", "dict"))
+    data = dataclasses.replace(_parse_data(file, top.get("data", "dict")), task=task)
+    _check_task_data(file, task, data)
     split = _parse_split(file, top.get("split", "dict", {}))
     check_group_column(file, data, split)
     pseudo = parse_pseudo(file, top.get("pseudo", "dict?", None), data, split,
@@ -213,6 +224,9 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         if data.extra_targets and (model.mixup or model.cutmix):
             key = "mixup" if model.mixup else "cutmix"
             raise spec_error(file, f"models[{i}].{key}", "mixing is not supported with data.extra_targets")
+        _check_task_model(file, i, task, model)
+    if pseudo is not None and task != SINGLE_LABEL:
+        raise spec_error(file, "pseudo", f"pseudo-labels are class labels: not with task {task}")
     check_pseudo_models(file, pseudo, models)
     _check_tta_pixels(file, tta, models)
     if check_data:
@@ -221,8 +235,36 @@ def _parse(raw: Any, file: Path, check_models: bool, check_data: bool) -> Spec:
         for i, model in enumerate(models):
             check_model(file, i, model)
     return Spec(name=name, data=data, models=models, split=split, train=train, tta=tta, probe=probe,
-                augment=augment, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
+                augment=augment, task=task, metric=metric, class_order=None if order is None else tuple(str(c) for c in order),
                 pseudo=pseudo, path=file)
+
+
+def _check_task_data(file: Path, task: str, data: DataSpec) -> None:
+    """What the task's labels need from the data section."""
+    if task == SINGLE_LABEL:
+        if not isinstance(data.label_col, str):
+            raise spec_error(file, "data.label_col", "one column of class names with task single_label; a list "
+                             "is for multi_label (a 0/1 column per tag) or regression")
+        return
+    if data.labels == "folders":
+        raise spec_error(file, "data.labels", f"task {task} reads its labels from a label CSV (e.g. train.csv), "
+                         f"not class folders")
+    if data.extra_targets:
+        raise spec_error(file, "data.extra_targets", f"extra targets are class columns of a single_label task, "
+                         f"not of {task}")
+
+
+def _check_task_model(file: Path, index: int, task: str, model: ModelSpec) -> None:
+    """Settings that cannot apply to the task, refused in one line."""
+    where = f"models[{index}]"
+    if model.loss != "auto" and task != REGRESSION:
+        raise spec_error(file, f"{where}.loss", f"{model.loss} is a regression loss; task {task} has its own "
+                         f"(leave loss: auto)")
+    if task == REGRESSION and model.label_smoothing:
+        raise spec_error(file, f"{where}.label_smoothing", "smooths class labels; a regression target has none")
+    if task == REGRESSION and model.cutmix:
+        raise spec_error(file, f"{where}.cutmix", "pastes one image's patch into another; a number such as a size "
+                         "or a grade does not mix by area (mixup mixes targets linearly: use it instead)")
 
 
 MIN_TTA_PIXELS = 8  # below this a TTA pass sees a smudge, and some models cannot run at all

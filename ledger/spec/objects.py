@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.bag.metrics import NAMES as METRIC_NAMES
+from ledger.bag.metrics import TASKS
+from ledger.bag.task_metrics import METRIC_CHOICES
 from ledger.errors import SpecError
 from ledger.training.packaged_weights import PACKAGED_WEIGHTS
 from ledger.spec.keys import REQUIRED, setting
 from ledger.spec.pseudo_section import PseudoSpec
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("auto", "mse", "huber")
+
 RESIZE_METHODS = ("squish", "crop", "pad")
 MAX_RUNS = 1000  # runs per model entry a spec may ask for
 
@@ -27,7 +30,10 @@ class DataSpec:
     root: Path = setting(REQUIRED, "str", "The competition folder, relative to the spec file's folder.")
     labels: str = setting("folders", "str", "`folders` (train_dir/<label>/<image>) or the name of a label CSV in root.")
     id_col: str = setting("image_id", "str", "The label CSV's id column (ids with or without the file extension).")
-    label_col: str = setting("label", "str", "The label CSV's label column.")
+    # A list names several columns: one 0/1 column per tag (multi_label), or several numbers (regression).
+    label_col: str | tuple[str, ...] = setting("label", "label_col", "The label CSV's label column: class names, "
+                                               "space-separated tags (multi_label) or a number (regression); "
+                                               "a list: a 0/1 column per tag, or several numbers.")
     train_dir: str = setting("train_images", "str", "The training images' folder in root.")
     test_dir: str = setting("test_images", "str", "The test images' folder in root.")
     sample_submission: str = setting("sample_submission.csv", "str",
@@ -35,6 +41,7 @@ class DataSpec:
     # One head with every target's classes, summed cross-entropies: Road to the Top part 4.
     extra_targets: tuple[str, ...] = setting((), "columns", "More label-CSV columns one model learns alongside "
                                              "label_col (needs a label CSV; not with mixup or cutmix).", shown="none")
+    task: str = "single_label"  # the spec's top-level task, copied here for reading the labels: not a key of data
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,10 @@ class TrainSpec:
                                             "(relative to the spec); or a packaged weights name.")
     save_weights: bool = setting(False, "bool", "Keep the run's weights (safetensors), which export needs.")
     # 1 would make every target uniform: nothing left to learn.
-    label_smoothing: float = setting(0.0, "float", "Label smoothing of the cross-entropy.", min=0.0, below=1.0)
+    label_smoothing: float = setting(0.0, "float", "Label smoothing of the cross-entropy (of each tag's with "
+                                     "multi_label).", min=0.0, below=1.0)
+    loss: str = setting("auto", "str", "The regression loss (mse or huber, on standardised targets); auto: the "
+                        "task's own (cross-entropy, binary cross-entropy per tag, mse).", choices=LOSSES)
     mixup: float = setting(0.0, "float", "The alpha of timm's Mixup; 0: off.", min=0.0)
     cutmix: float = setting(0.0, "float", "The alpha of timm's CutMix; 0: off.", min=0.0)
     clip_grad: float | None = setting(None, "float?", "The largest gradient norm; null: off.", above=0.0)
@@ -192,8 +202,11 @@ class Spec:
     augment: AugmentSpec | None = setting(AugmentSpec(), "augment", "The augmentation entries inherit: a mapping "
                                           "changes fastai's defaults; true: the defaults; false: none.",
                                           section=AugmentSpec)
+    task: str = setting("single_label", "str", "What a label is: one class per image (single_label), any number "
+                        "of tags (multi_label), or numbers (regression).", choices=TASKS)
     metric: str = setting("accuracy", "str", "The competition's metric: it scores epochs, the out-of-bag "
-                          "estimate, weights and submissions.", choices=METRIC_NAMES)
+                          "estimate, weights and submissions; one of the task's.",
+                          shown="accuracy; f2_samples with multi_label; rmse with regression", choices=METRIC_CHOICES)
     class_order: tuple[str, ...] | None = setting(None, "classes?", "The classes in order (qwk; with two classes "
                                                   "the last is the positive one); null: sorted.")
     pseudo: PseudoSpec | None = setting(None, "section?", "Pseudo-labelled test images from a teacher spec's bag.",

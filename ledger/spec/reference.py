@@ -55,6 +55,7 @@ _COMPOUND_TEXT = {
     "accum": "`auto` or an integer >= 1",
     "tta_sizes": "pixels, a factor in (0, 16], or a list of them and [height, width]",
     "columns": "a list of distinct column names",
+    "label_col": "a column name, or a list of distinct column names",
     "classes": "a list of distinct class names",
     "name": "letters, digits, `-`, `_`, `.`; not starting with `.`",
     "models": "a list of model entries (below)",

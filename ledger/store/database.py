@@ -284,7 +284,7 @@ class Store:
     def record_submission(self, experiment: str, path: Path, run_ids: list[str], weights: dict[str, float],
                           oob_accuracy: float | None, **extra) -> str:
         """`extra`: any of oob_images, train_images, sha256, excluded (JSON text), message, metric,
-        oob_score (the out-of-bag figure on that metric)."""
+        oob_score (the out-of-bag figure on that metric), decision (JSON text)."""
         submission_id = new_id()
         self._insert("submissions", dict(
             id=submission_id, experiment=experiment, path=self.home_path(path), created_at=now(),

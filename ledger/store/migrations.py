@@ -226,6 +226,12 @@ def _migrate_v9_checksums(db: sqlite3.Connection, home: Path) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN checksums TEXT")
 
 
+def _migrate_v10_decision(db: sqlite3.Connection, home: Path) -> None:
+    # A multi-label or regression submission's thresholds or cut-offs, chosen out of bag (JSON of
+    # ledger.bag.decisions.Decision): predict and an export bundle decide with the same ones.
+    db.execute("ALTER TABLE submissions ADD COLUMN decision TEXT")
+
+
 # Each entry upgrades the schema from its index to index + 1, in one transaction.
 _MIGRATIONS = [
     # executescript would commit the migration's transaction; statements one by one keep it whole.
@@ -238,6 +244,7 @@ _MIGRATIONS = [
     _migrate_v7_missing,
     _migrate_v8_targets,
     _migrate_v9_checksums,
+    _migrate_v10_decision,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -213,6 +213,7 @@ class SubmissionRow(_Row):
     kaggle_exit: int | None = None
     metric: str | None = None  # None: made before metrics were recorded, on accuracy
     oob_score: float | None = None
+    decision: str | None = None  # JSON: thresholds (multi_label) or cut-offs (qwk) chosen out of bag
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "SubmissionRow":

@@ -160,14 +160,15 @@ class Learner:
         train_loss = torch.stack(self.losses).mean().item() if self.losses else float("nan")
         valid_loss = error_rate = score = None
         extra_errors: list[float] = []
-        sizes = self.criterion.sizes
+        head = self.criterion.head
         if self.valid is not None:
-            probs, labels = predict(self.inference_net, self.valid, self.runtime, head_sizes=sizes,
+            probs, labels = predict(self.inference_net, self.valid, self.runtime, head=head,
                                     progress=lambda done, total: self._call("after_valid_batch", done, total))
-            valid_loss, error_rate, extra_errors = classification_metrics(probs, labels, sizes)
+            valid_loss, error_rate, extra_errors = classification_metrics(probs, labels, head)
             if self.metric is not None:
-                truth = labels if labels.ndim == 1 else labels[:, 0]  # the submission's target
-                score = self.metric.score(truth.numpy(), probs[:, : sizes[0]].numpy())
+                # The submission's target: the first of a single-label head's targets, or every column.
+                truth = labels[:, 0] if head.task == "single_label" and labels.ndim > 1 else labels
+                score = self.metric.score(truth.numpy(), probs[:, : head.sizes[0]].numpy())
         self.metrics = EpochMetrics(
             self.phase, self.epoch, train_loss, valid_loss, error_rate, self.seen, seconds,
             lr=self.parts.optimizer.param_groups[-1]["lr"],
