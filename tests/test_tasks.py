@@ -302,3 +302,22 @@ def test_ledger_score_equals_scikit_learn_on_the_same_files(tmp_path):
     pd.DataFrame({"id": ids, "grade": graded}).to_csv(tmp_path / "g.csv", index=False)
     assert scored(tmp_path / "g.csv", tmp_path / "sol_g.csv", "--metric", "qwk", "--task", "regression") == \
         pytest.approx(cohen_kappa_score(grades, graded, weights="quadratic"), abs=1e-12)
+
+
+def test_the_reports_tag_table_and_residuals_by_range():
+    from ledger.report.task_views import per_tag, residuals_by_range, vector_interpretation
+
+    tags = vector_interpretation("r", _valid(["p", "q", "r", "s"], [[0.9, 0.1], [0.6, 0.7], [0.2, 0.4], [0.1, 0.8]],
+                                             [[1, 0], [0, 1], [1, 0], [0, 1]]), "here")
+    table = per_tag(tags).set_index("tag")
+    # tag a: true for p, r; predicted (>= 0.5) for p, q: precision 1/2, recall 1/2, F1 1/2.
+    # tag b: true for q, s; predicted for q, s: all 1.
+    assert table.loc["a", ["images", "predicted", "precision", "recall", "f1"]].tolist() == [2, 2, 0.5, 0.5, 0.5]
+    assert table.loc["b", ["precision", "recall", "f1"]].tolist() == [1.0, 1.0, 1.0]
+    truth = np.arange(1, 11, dtype=float)[:, None]  # quintiles of 1..10: (1, 2), (3, 4), ... (9, 10)
+    numbers = vector_interpretation("r", _valid([str(i) for i in range(10)], truth + np.array(
+        [[1], [1], [0], [0], [0], [0], [0], [0], [-2], [-4]]), truth, vocab=("size",), task="regression"), "here")
+    ranges = residuals_by_range(numbers)
+    assert ranges["images"].tolist() == [2, 2, 2, 2, 2]
+    assert ranges["mean residual"].tolist() == [1.0, 0.0, 0.0, 0.0, -3.0]
+    assert ranges["rmse"].iloc[-1] == pytest.approx(math.sqrt((4 + 16) / 2))

@@ -47,7 +47,7 @@ def test_a_task_trains_bags_scores_predicts_and_exports_from_a_spec(tmp_path, ta
                     f"  - {{name: b, arch: resnet18, size: {size}, accum: 1, mixup: 0.4, "
                     f"model_kwargs: {TINY_RESNET}}}\n")
     home = tmp_path / "home"
-    invoke("train", spec, "--home", home, "--jobs", "1")
+    invoke("train", spec, "--home", home, "--jobs", "2" if task == "regression" else "1")  # the pool too
     out = tmp_path / "submission.csv"
     bagged = json.loads(invoke("ensemble", spec, "--home", home, "--out", out, "--tune-weights", "--json").stdout)
     assert bagged["metric"] == metric and bagged["oob_images"] == 48  # 2 folds: every image held out once
@@ -77,6 +77,11 @@ def test_a_task_trains_bags_scores_predicts_and_exports_from_a_spec(tmp_path, ta
                    "bundle.csv", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "bundle.csv").read_bytes() == out.read_bytes()
+
+    # The report: each tag's figures, or predicted against true and the residuals by range.
+    invoke("report", spec, "--home", home, "--out", tmp_path / "report")
+    made = {p.name for p in (tmp_path / "report" / "bag").iterdir()}
+    assert made >= ({"per_tag.csv"} if task == "multi_label" else {"predicted_vs_true_0.png", "residuals_0.png"})
 
     # `ledger predict SPEC` gives the bag's predictions, decided alike, for any folder of images.
     invoke("predict", spec, root / "test_images", "--home", home, "--out", tmp_path / "predicted.csv")
