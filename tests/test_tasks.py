@@ -39,13 +39,6 @@ def _competition(root, train_csv: str, sample: str):
     return root
 
 
-def _spec(path, root, head: str, models: str = "  - {name: a, arch: resnet18, size: 32}\n"):
-    path.write_text(f"name: t\n{head}data: {{root: {root}, labels: train.csv{{data}}}}\nmodels:\n{models}"
-                    .replace("{data}", "") if "{data}" in head else
-                    f"name: t\n{head}models:\n{models}")
-    return path
-
-
 TAGS_CSV = "image_id,tags\na.png,cat dog\nb.png,\nc.png,dog\nd.png,bird cat\n"
 TAGS_SAMPLE = "image_id,tags\nx.png,cat\ny.png,cat\n"
 
@@ -131,8 +124,7 @@ def test_tags_or_numbers_come_from_listed_columns_and_a_bad_cell_is_named(tmp_pa
     (root / "train.csv").write_text("image_id,cat,dog,age\na.png,1,0,3.5\nb.png,0,2,seven\nc.png,1,1,1\n")
     with pytest.raises(LedgerError, match=r"train.csv: 1 row\(s\) of column 'dog' not 0 or 1 \(a tag's column\), "
                                           r"e.g. b.png \('2'\)"):
-        load_competition(tags.__class__ and load_spec(_write(tmp_path, "name: t\ntask: multi_label\n" + head),
-                                                      check_models=False).data)
+        load_competition(load_spec(_write(tmp_path, "name: t\ntask: multi_label\n" + head), check_models=False).data)
     with pytest.raises(LedgerError, match=r"1 row\(s\) of column 'age' not a finite number, e.g. b.png \('seven'\)"):
         load_competition(load_spec(_write(tmp_path, "name: t\ntask: regression\n" + head.replace(
             "[cat, dog]", "age")), check_models=False).data)
