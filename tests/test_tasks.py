@@ -2,6 +2,7 @@
 labels are read, the head and its loss (figures worked by hand from the formulas), the out-of-bag
 estimate, the submission's shapes, and `ledger score` against scikit-learn on the same files."""
 
+import io
 import json
 import math
 
@@ -29,10 +30,10 @@ def _competition(root, train_csv: str, sample: str):
 
     (root / "train_images").mkdir(parents=True)
     (root / "test_images").mkdir()
-    table = pd.read_csv(pd.io.common.StringIO(train_csv), dtype=str, keep_default_na=False)
+    table = pd.read_csv(io.StringIO(train_csv), dtype=str, keep_default_na=False)
     for image_id in table.iloc[:, 0]:
         Image.new("RGB", (8, 8)).save(root / "train_images" / image_id)
-    for image_id in pd.read_csv(pd.io.common.StringIO(sample), dtype=str).iloc[:, 0]:
+    for image_id in pd.read_csv(io.StringIO(sample), dtype=str).iloc[:, 0]:
         Image.new("RGB", (8, 8)).save(root / "test_images" / image_id)
     (root / "train.csv").write_text(train_csv)
     (root / "sample_submission.csv").write_text(sample)

@@ -38,6 +38,17 @@ DEFAULT_METRIC = {SINGLE_LABEL: "accuracy", MULTI_LABEL: "f2_samples", REGRESSIO
 TOLERANCE = 1e-9
 
 
+def beats(a: float, b: float, higher_is_better: bool, tolerance: float = TOLERANCE) -> bool:
+    """Whether score `a` beats `b` by more than the tolerance (relative to their size, at least 1);
+    nan beats nothing. Every metric's `better`, single-label or not."""
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    margin = tolerance * max(1.0, abs(a), abs(b))
+    return a - b > margin if higher_is_better else b - a > margin
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -74,13 +85,7 @@ class Metric:
         return np.asarray(self.ranks)
 
     def better(self, a: float, b: float, tolerance: float = TOLERANCE) -> bool:
-        """Whether score `a` beats `b` by more than the tolerance; nan beats nothing."""
-        if math.isnan(a):
-            return False
-        if math.isnan(b):
-            return True
-        margin = tolerance * max(1.0, abs(a), abs(b))
-        return a - b > margin if self.higher_is_better else b - a > margin
+        return beats(a, b, self.higher_is_better, tolerance)
 
     def ordered(self, vocab: Sequence[str], class_order: Sequence[str] | None = None) -> Metric:
         """This metric over `vocab` (the column order of the probabilities) ranked by

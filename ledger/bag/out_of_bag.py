@@ -68,6 +68,7 @@ class Estimate:
     accuracy: float  # nan when no image is scored
     images: int  # training images scored
     train_images: int  # training images in total
+    decision: object | None = None  # decisions.Decision the figure was scored with (tags, grades); None: none
 
 
 @dataclass(frozen=True)
@@ -80,72 +81,39 @@ class Tuned:
 def held_out(
     valids: Sequence[tuple[str, str, object]], vocab: Sequence[str], train_images: int | None = None
 ) -> HeldOut:
-    """`valids`: (run_id, entry, Predictions with labels) for every run that has held-out
-    predictions. Columns are matched by class name; an image's true label must agree across runs."""
+    """`valids`: (run_id, entry, Predictions with their truth) for every run that has held-out
+    predictions. Columns are matched by class name; an image's truth (its class, or its tags or
+    numbers) must agree across runs."""
     tasks = {p.task for _, _, p in valids}
     if len(tasks) > 1:
         raise LedgerError(f"runs of different tasks ({', '.join(sorted(tasks))}) cannot be bagged together")
-    if tasks and tasks != {SINGLE_LABEL}:
-        return _held_out_vectors(valids, vocab, train_images, tasks.pop())
+    task = tasks.pop() if tasks else SINGLE_LABEL
     vocab = as_str(vocab)
     entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
     ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids])) if valids else np.zeros(0, str)
     sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
     counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
-    labels = np.full(len(ids), -1, dtype=np.int64)
+    # Not yet known: -1 (a class index), or a row of nan (tags, numbers).
+    truth = np.full(len(ids), -1, dtype=np.int64) if task == SINGLE_LABEL else np.full((len(ids), len(vocab)), np.nan)
+    what = "labels" if task == SINGLE_LABEL else "targets"
     runs = []
     for run_id, entry, preds in valids:
         check_shape(run_id, preds, "validation")
         run_ids = as_str(preds.ids)
         # Fancy-index += adds a repeated row only once, so repeats must be refused, not summed.
         check_unique(run_ids, f"run {run_id}: validation predictions")
-        if preds.labels is None:
-            raise LedgerError(f"run {run_id}: validation predictions carry no labels")
+        if preds.truth is None:
+            raise LedgerError(f"run {run_id}: validation predictions carry no {what}")
         rows = np.searchsorted(ids, run_ids)  # ids is sorted and holds them all
         columns = column_positions(run_id, as_str(preds.vocab), vocab, "validation")
-        run_labels = pd.Index(vocab).get_indexer(as_str(preds.labels))
-        if (run_labels < 0).any():
-            raise LedgerError(f"run {run_id}: validation labels not in the class vocab: "
-                              f"{few(np.unique(as_str(preds.labels)[run_labels < 0]))}")
-        known = labels[rows]
-        disagree = (known >= 0) & (known != run_labels)
-        if disagree.any():
-            raise LedgerError(f"run {run_id}: validation labels disagree with another run's for "
-                              f"{few(ids[rows[disagree]])}")
-        labels[rows] = run_labels
-        e = entries.index(entry)
-        run_probs = np.asarray(preds.probs[:, columns], dtype=np.float64)
-        sums[e, rows] += run_probs
-        counts[e, rows] += 1
-        runs.append((e, rows, run_probs))
-    probs = sums / np.maximum(counts, 1)[..., None]
-    return HeldOut(entries, ids, labels, vocab, probs, counts,
-                   len(ids) if train_images is None else int(train_images), tuple(runs))
-
-
-def _held_out_vectors(valids, vocab, train_images: int | None, task: str) -> HeldOut:
-    """`held_out` for tags or numbers: the truth is each image's target vector, which every run
-    that held it out must give alike."""
-    vocab = as_str(vocab)
-    entries = tuple(dict.fromkeys(entry for _, entry, _ in valids))
-    ids = np.unique(np.concatenate([as_str(p.ids) for _, _, p in valids]))
-    sums = np.zeros((len(entries), len(ids), len(vocab)), dtype=np.float64)
-    counts = np.zeros((len(entries), len(ids)), dtype=np.int64)
-    truth = np.full((len(ids), len(vocab)), np.nan)
-    runs = []
-    for run_id, entry, preds in valids:
-        check_shape(run_id, preds, "validation")
-        run_ids = as_str(preds.ids)
-        check_unique(run_ids, f"run {run_id}: validation predictions")
-        if preds.targets is None:
-            raise LedgerError(f"run {run_id}: validation predictions carry no targets")
-        rows = np.searchsorted(ids, run_ids)
-        columns = column_positions(run_id, as_str(preds.vocab), vocab, "validation")
-        run_truth = np.asarray(preds.targets, dtype=np.float64)[:, columns]
+        run_truth = _run_truth(run_id, preds, vocab, columns)
         known = truth[rows]
-        disagree = ~np.isnan(known).any(axis=1) & ~np.isclose(known, run_truth, rtol=1e-6, atol=1e-6).all(axis=1)
+        if task == SINGLE_LABEL:
+            disagree = (known >= 0) & (known != run_truth)
+        else:
+            disagree = ~np.isnan(known).any(axis=1) & ~np.isclose(known, run_truth, rtol=1e-6, atol=1e-6).all(axis=1)
         if disagree.any():
-            raise LedgerError(f"run {run_id}: validation targets disagree with another run's for "
+            raise LedgerError(f"run {run_id}: validation {what} disagree with another run's for "
                               f"{few(ids[rows[disagree]])}")
         truth[rows] = run_truth
         e = entries.index(entry)
@@ -153,8 +121,21 @@ def _held_out_vectors(valids, vocab, train_images: int | None, task: str) -> Hel
         sums[e, rows] += run_probs
         counts[e, rows] += 1
         runs.append((e, rows, run_probs))
-    return HeldOut(entries, ids, truth, vocab, sums / np.maximum(counts, 1)[..., None], counts,
+    probs = sums / np.maximum(counts, 1)[..., None]
+    return HeldOut(entries, ids, truth, vocab, probs, counts,
                    len(ids) if train_images is None else int(train_images), tuple(runs), task)
+
+
+def _run_truth(run_id: str, preds, vocab: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """A run's held-out truth in the bag's terms: class indices into `vocab`, or its tags or numbers
+    in `vocab`'s column order."""
+    if preds.task != SINGLE_LABEL:
+        return np.asarray(preds.targets, dtype=np.float64)[:, columns]
+    indices = pd.Index(vocab).get_indexer(as_str(preds.labels))
+    if (indices < 0).any():
+        raise LedgerError(f"run {run_id}: validation labels not in the class vocab: "
+                          f"{few(np.unique(as_str(preds.labels)[indices < 0]))}")
+    return indices
 
 
 @dataclass(frozen=True)
@@ -170,7 +151,12 @@ class ChosenOutOfBag:
         return getattr(self.metric, name)
 
     def score(self, truth: np.ndarray, preds: np.ndarray) -> float:
-        return self.metric.score(truth, preds, self.decision(truth, preds))
+        return self.scored(truth, preds)[0]
+
+    def scored(self, truth: np.ndarray, preds: np.ndarray):
+        """(the figure, the decision it was scored with)."""
+        decision = self.decision(truth, preds)
+        return self.metric.score(truth, preds, decision), decision
 
     def decision(self, truth: np.ndarray, preds: np.ndarray):
         return choose(self.metric, truth, preds) if len(truth) else None
@@ -210,24 +196,11 @@ def estimate(held: HeldOut, weights: Mapping[str, float], images: np.ndarray | N
         images = held.common([e for e, w in zip(held.entries, vector) if w > 0])
     probs, truth = _combined(held.probs, vector, images), held.labels[images]
     metric = out_of_bag_metric(metric)
-    return Estimate(metric.name, metric.score(truth, probs), _accuracy(held, truth, probs), int(images.sum()),
-                    held.train_images)
-
-
-def chosen_decision(held: HeldOut, weights: Mapping[str, float], metric):
-    """The thresholds or cut-offs the bag with `weights` decides with, chosen on the images every
-    weighted entry covers; None for a metric that scores predictions as they are, or without
-    held-out images (the submission then decides at 0.5, or at the nearest grade)."""
-    if not (isinstance(metric, TaskMetric) and metric.decided):
-        return None
-    weighted = {e: w for e, w in weights.items() if w > 0}
-    if not weighted or set(weighted) - set(held.entries):
-        return None
-    vector = _weight_vector(held, weighted)
-    images = held.common(list(weighted))
-    if not images.any():
-        return None
-    return out_of_bag_metric(metric).decision(held.labels[images], _combined(held.probs, vector, images))
+    # A metric of decisions keeps the thresholds or cut-offs it chose: the submission decides with them.
+    score, decision = metric.scored(truth, probs) if isinstance(metric, ChosenOutOfBag) else \
+        (metric.score(truth, probs), None)
+    return Estimate(metric.name, score, _accuracy(held, truth, probs), int(images.sum()), held.train_images,
+                    decision)
 
 
 def tune_weights(held: HeldOut, steps: int = DEFAULT_STEPS, metric: Metric = ACCURACY) -> Tuned:

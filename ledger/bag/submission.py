@@ -29,8 +29,8 @@ from ledger.ids import match_id
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric
-from ledger.bag.out_of_bag import (DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, chosen_decision, compare,
-                                   estimate, held_out, tune_weights)
+from ledger.bag.out_of_bag import (DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare, estimate, held_out,
+                                   tune_weights)
 from ledger.bag.submission_shape import Shape, spec_metric, submission_shape
 
 
@@ -236,10 +236,9 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     total = sum(chosen.values())
     entry_weights = {e: w / total for e, w in chosen.items()}
     figure, gain = _estimate(held, entry_weights, metric)
-    decision = chosen_decision(held, entry_weights, metric)
 
     submission = Submission(selection, result, entry_weights, result.weights, figure, comparison, tuned, excluded,
-                            None, shape=shape, gain=gain, decision=decision)
+                            None, shape=shape, gain=gain, decision=figure.decision)
     if dry_run:
         return submission
     path = Path(out).absolute() if out else default_out(store.home, spec.name)
@@ -281,8 +280,9 @@ def _refuse_recorded(store, path: Path) -> None:
 
 
 def _estimate(held: HeldOut, entry_weights: Mapping[str, float], metric: Metric) -> tuple[Estimate, pd.DataFrame | None]:
-    """The bag's out-of-bag figure and its bagging gain (None when no image is held out twice by
-    every weighted entry); none (nan, 0 images) when a weighted entry has no held-out predictions,
+    """The bag's out-of-bag figure (with the thresholds or cut-offs the submission decides with) and
+    its bagging gain (None when no image is held out twice by every weighted entry); none (nan, 0
+    images, no decision: 0.5 or the nearest grade) when a weighted entry has no held-out predictions,
     since no image is then predicted by the whole bag."""
     weighted = {e: w for e, w in entry_weights.items() if w > 0}
     if not weighted or set(weighted) - set(held.entries):

@@ -141,18 +141,27 @@ def _vector_shape(sample: Path, columns: list[str], vocab: list[str], metric, ta
     return Shape(TAGS, tuple(values), decided=True)
 
 
+def decided_tags(probs: np.ndarray, decision=None) -> np.ndarray:
+    """(N, T) 0/1: each tag where its probability reaches the decision's threshold (0.5 without)."""
+    return decision.apply(probs) if decision is not None else (np.asarray(probs) >= 0.5).astype(int)
+
+
+def tag_cells(vocab: Sequence[str], probs: np.ndarray, decision=None) -> list[str]:
+    """Each image's decided tags joined by spaces (Planet's cell; empty for none)."""
+    words = np.asarray([str(v) for v in vocab], dtype=object)
+    return [" ".join(words[row.astype(bool)]) for row in decided_tags(probs, decision)]
+
+
 def fill_vectors(frame: pd.DataFrame, shape: Shape, vocab: Sequence[str], probs: np.ndarray, decision=None) -> None:
     """multi_label's and regression's columns: tags decided by `decision` (thresholds; 0.5 without),
     0/1 or probability columns, numbers, or grades (cut-offs; the nearest grade without)."""
     vocab = [str(v) for v in vocab]
     if shape.kind == TAGS:
-        chosen = decision.apply(probs) if decision is not None else (probs >= 0.5).astype(int)
-        words = np.asarray(vocab, dtype=object)
-        frame[shape.columns[0]] = [" ".join(words[row.astype(bool)]) for row in chosen]
+        frame[shape.columns[0]] = tag_cells(vocab, probs, decision)
         return
     values = np.asarray(probs, dtype=np.float64)
     if shape.kind == PER_CLASS and shape.decided:
-        values = decision.apply(probs) if decision is not None else (probs >= 0.5).astype(int)
+        values = decided_tags(probs, decision)
     elif shape.kind == VALUES and shape.decided:
         # qwk: one column of grades; without cut-offs, the nearest of the grades numbered 0, 1, ...
         values = decision.apply(probs) if decision is not None else np.rint(values)

@@ -26,7 +26,6 @@ scikit-learn is imported inside the scorers (see `metrics`: ~0.9 s that `ledger 
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ledger.errors import LedgerError
-from ledger.bag.metrics import NAMES as METRIC_NAMES, TOLERANCE
+from ledger.bag.metrics import NAMES as METRIC_NAMES, TOLERANCE, beats
 
 TASKS = ("multi_label", "regression")
 # zero_division for every F-score: see the module docstring.
@@ -76,13 +75,7 @@ class TaskMetric:
             return float(self._scorer(truth, preds))
 
     def better(self, a: float, b: float, tolerance: float = TOLERANCE) -> bool:
-        """Whether score `a` beats `b` by more than the tolerance; nan beats nothing (as `Metric.better`)."""
-        if math.isnan(a):
-            return False
-        if math.isnan(b):
-            return True
-        margin = tolerance * max(1.0, abs(a), abs(b))
-        return a - b > margin if self.higher_is_better else b - a > margin
+        return beats(a, b, self.higher_is_better, tolerance)
 
     def _decide(self, truth: np.ndarray, preds: np.ndarray, decision) -> np.ndarray:
         if decision is not None and decision.kind != self.decision_kind:

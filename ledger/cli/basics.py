@@ -162,8 +162,11 @@ def score(
     """
     from ledger.bag.score import score_submission, score_vectors
 
-    task = task or {"f1_samples": "multi_label", "f2_samples": "multi_label", "rmse": "regression",
-                    "mae": "regression"}.get(metric or "", "single_label")
+    from ledger.bag.task_metrics import TASK_METRICS
+
+    # A metric only one task has names it (f2_samples: tags; rmse: numbers); the others mean classes.
+    task = task or next((name for name, metrics in TASK_METRICS.items()
+                         if metric in metrics and metric not in METRIC_NAMES), "single_label")
     if task not in ("single_label", "multi_label", "regression"):
         raise LedgerError(f"--task {task!r}: expected single_label, multi_label or regression")
     if task != "single_label":

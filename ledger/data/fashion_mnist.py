@@ -116,6 +116,33 @@ def _write_pngs(paths: list[Path], images: np.ndarray) -> None:
         list(pool.map(_save_png, paths, images))
 
 
+def write_folder(out_dir: Path, force: bool, written_by: str, train_files: list[str], train_images: np.ndarray,
+                 test_ids: list[str], test_images: np.ndarray, train_table: pd.DataFrame,
+                 sample_submission: pd.DataFrame, solution: pd.DataFrame) -> None:
+    """A competition folder: `train_files` (paths under train_images/, a class folder or none) and
+    the test images as PNGs, the three CSVs and the marker, built beside `out_dir` and renamed into
+    place whole, so an interrupted run leaves neither half a competition nor a lost old one."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        train_paths = [building / "train_images" / name for name in train_files]
+        for folder in sorted({path.parent for path in train_paths}):
+            folder.mkdir(parents=True, exist_ok=True)
+        (building / "test_images").mkdir()
+        _write_pngs(train_paths, train_images)
+        _write_pngs([building / "test_images" / image_id for image_id in test_ids], test_images)
+        train_table.to_csv(building / "train.csv", index=False)
+        sample_submission.to_csv(building / "sample_submission.csv", index=False)
+        solution.to_csv(building / "solution.csv", index=False)
+        (building / MARKER).write_text(f"written by ledger data {written_by}\n")
+        os.chmod(building, 0o755)  # mkdtemp makes it private; the result is an ordinary folder.
+        _check_destination(out_dir, force)  # again: something may have appeared meanwhile
+        replace_folder(building, out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
 def write_competition(
     out_dir: Path,
     *,
@@ -181,29 +208,10 @@ def write_competition(
     # The placeholder is a real class name, so the sample is itself a valid (poor) submission.
     sample_submission = solution.assign(label=CLASS_NAMES[0])
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        for name in CLASS_NAMES:
-            (building / "train_images" / name).mkdir(parents=True)
-        (building / "test_images").mkdir()
-        _write_pngs(
-            [building / "train_images" / label / image_id
-             for image_id, label in zip(train_table.image_id, train_table.label)],
-            train_images[train_rows[train_order]],
-        )
-        _write_pngs([building / "test_images" / image_id for image_id in test_ids], test_images[test_rows])
-        train_table.to_csv(building / "train.csv", index=False)
-        sample_submission.to_csv(building / "sample_submission.csv", index=False)
-        solution.to_csv(building / "solution.csv", index=False)
-        (building / MARKER).write_text(f"written by ledger data fashion-mnist (seed {seed})\n")
-        os.chmod(building, 0o755)  # mkdtemp makes it private; the result is an ordinary folder.
-
-        _check_destination(out_dir, force)  # again: something may have appeared meanwhile
-        replace_folder(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+    write_folder(out_dir, force, f"fashion-mnist (seed {seed})",
+                 [f"{label}/{image_id}" for image_id, label in zip(train_table.image_id, train_table.label)],
+                 train_images[train_rows[train_order]], list(test_ids), test_images[test_rows], train_table,
+                 sample_submission, solution)
 
     return {
         "out_dir": str(out_dir),

@@ -18,21 +18,17 @@ no source image is used twice, so nothing of a test scene was seen in training.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ledger.durable import replace_folder
 from ledger.errors import SpecError
 # The fashion-mnist writer's plumbing, shared so both kinds of folder follow one set of rules
 # (ids, the --force marker, threaded PNG writes).
-from ledger.data.fashion_mnist import (_FIRST_ID, _ID_COUNT, EMBEDDED_SOURCE, MARKER, _check_destination,
-                                       _read_split, _write_pngs)
+from ledger.data.fashion_mnist import (_FIRST_ID, _ID_COUNT, EMBEDDED_SOURCE, _check_destination, _read_split,
+                                       write_folder)
 
 # Index = the class number in the IDX files. Single words, since a `tags` cell splits on spaces.
 TAGS = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
@@ -186,8 +182,8 @@ def write_tags_competition(out_dir: Path, *, seed: int = 0, train: int = 4000, t
         train_table = train_table[["image_id", *TAGS]]
         solution = pd.DataFrame(test_present, columns=list(TAGS)).assign(image_id=test_ids)[["image_id", *TAGS]]
         sample_submission = solution.assign(**{tag: 0.5 for tag in TAGS})
-    _write_folder(out_dir, force, f"fashion-tags --layout {layout} (seed {seed})", train_ids, train_scenes,
-                  test_ids, test_scenes, train_table, sample_submission, solution)
+    write_folder(out_dir, force, f"fashion-tags --layout {layout} (seed {seed})", train_ids, train_scenes,
+                 test_ids, test_scenes, train_table, sample_submission, solution)
     items = _provenance(train_ids, train_sources, train_labels, test_ids, test_sources, test_labels)
     return _summary(out_dir, seed, train, test, target=f"tags ({layout} layout)", items=items,
                     empty_share=float(np.mean([cell == "" for cell in train_cells + test_cells])))
@@ -213,8 +209,8 @@ def write_size_competition(out_dir: Path, *, seed: int = 0, train: int = 4000, t
     train_table = pd.DataFrame({"image_id": train_ids, column: as_target(train_sides)})
     solution = pd.DataFrame({"image_id": test_ids, column: as_target(test_sides)})
     sample_submission = solution.assign(**{column: 0 if grades else 0.0})
-    _write_folder(out_dir, force, f"fashion-size{' --grades' if grades else ''} (seed {seed})", train_ids,
-                  train_scenes, test_ids, test_scenes, train_table, sample_submission, solution)
+    write_folder(out_dir, force, f"fashion-size{' --grades' if grades else ''} (seed {seed})", train_ids,
+                 train_scenes, test_ids, test_scenes, train_table, sample_submission, solution)
     items = _provenance(train_ids, [[r] for r in train_rows], train_labels, test_ids, [[r] for r in test_rows],
                         test_labels).assign(side=np.concatenate([train_sides, test_sides]))
     return _summary(out_dir, seed, train, test, target=column, items=items,
@@ -236,25 +232,3 @@ def _summary(out_dir: Path, seed: int, train: int, test: int, **details) -> dict
             "sample_submission": str(out_dir / "sample_submission.csv"), "solution": str(out_dir / "solution.csv")}
 
 
-def _write_folder(out_dir: Path, force: bool, written_by: str, train_ids: list[str], train_scenes: np.ndarray,
-                  test_ids: list[str], test_scenes: np.ndarray, train_table: pd.DataFrame,
-                  sample_submission: pd.DataFrame, solution: pd.DataFrame) -> None:
-    """Build the folder beside `out_dir` and rename it into place whole, as the fashion-mnist writer does:
-    an interrupted run leaves neither half a competition nor a lost old one."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
-        (building / "train_images").mkdir()
-        (building / "test_images").mkdir()
-        _write_pngs([building / "train_images" / image_id for image_id in train_ids], train_scenes)
-        _write_pngs([building / "test_images" / image_id for image_id in test_ids], test_scenes)
-        train_table.to_csv(building / "train.csv", index=False)
-        sample_submission.to_csv(building / "sample_submission.csv", index=False)
-        solution.to_csv(building / "solution.csv", index=False)
-        (building / MARKER).write_text(f"written by ledger data {written_by}\n")
-        os.chmod(building, 0o755)  # mkdtemp makes it private; the result is an ordinary folder.
-        _check_destination(out_dir, force)  # again: something may have appeared meanwhile
-        replace_folder(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise

@@ -34,7 +34,7 @@ MODULES: dict[str, tuple[str, ...] | None] = {
     "bag.submission_csv": ("read_sample_submission", "write_submission", "_unlink", "_TEMPORARY",
                            "remove_stale_temporaries"),
     "bag.submission_shape": ("LABEL", "PER_CLASS", "POSITIVE", "TAGS", "VALUES", "DIGITS", "Shape", "fill",
-                             "fill_vectors"),
+                             "fill_vectors", "decided_tags", "tag_cells"),
     "spec.keys": None,
     "spec.objects": ("PRECISIONS", "LOSSES", "RESIZE_METHODS", "MAX_RUNS", "DataSpec", "AugmentSpec", "TrainSpec",
                      "ModelSpec", "model_from_dict", "KEYED_DRAWS", "RunTta"),

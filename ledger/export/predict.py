@@ -46,9 +46,9 @@ class Prediction:
                 values["grade"] = self.decision.apply(self.probs)[:, 0]
             return pd.concat([pd.DataFrame({"id": self.ids}), values], axis=1)
         if self.task == "multi_label":
-            chosen = self.decision.apply(self.probs) if self.decision is not None else self.probs >= 0.5
-            words = np.asarray(self.vocab, dtype=object)
-            tags = [" ".join(words[row.astype(bool)]) for row in chosen]
+            from ledger.bag.submission_shape import tag_cells
+
+            tags = tag_cells(self.vocab, self.probs, self.decision)
             return pd.concat([pd.DataFrame({"id": self.ids, "tags": tags}), values], axis=1)
         labels = np.asarray(self.vocab)[self.probs.argmax(axis=1)]
         return pd.concat([pd.DataFrame({"id": self.ids, "label": labels}), values], axis=1)

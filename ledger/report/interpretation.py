@@ -75,19 +75,22 @@ def per_class_accuracy(matrix: np.ndarray, vocab) -> pd.DataFrame:
 
 
 def bag(named: list[tuple[str, Predictions]]) -> Predictions:
-    """The mean of the runs' held-out probabilities per image, over every image held out by at
-    least one run (each run held out a different split, so coverage grows with the runs)."""
+    """The mean of the runs' held-out probabilities (or numbers) per image, over every image held
+    out by at least one run (each run held out a different split, so coverage grows with the runs),
+    with each image's truth: its class, or its tags or numbers."""
     first_name, first = named[0]
-    sums, counts, labels = {}, {}, {}
+    sums, counts, truth = {}, {}, {}
     for name, preds in named:
         if list(preds.vocab) != list(first.vocab):
             raise LedgerError(f"run {name}: its classes differ from run {first_name}'s; cannot bag them")
-        for image_id, probs, label in zip(preds.ids, preds.probs, preds.labels):
+        for image_id, probs, true in zip(preds.ids, preds.probs, preds.truth):
             sums[image_id] = sums.get(image_id, 0.0) + probs.astype(np.float64)
             counts[image_id] = counts.get(image_id, 0) + 1
-            labels.setdefault(image_id, label)
+            truth.setdefault(image_id, true)
     ids = sorted(sums)
+    known = np.array([truth[i] for i in ids])
     return Predictions(
-        ids=np.array(ids), vocab=np.asarray(first.vocab), labels=np.array([labels[i] for i in ids]),
-        probs=np.stack([sums[i] / counts[i] for i in ids]).astype(np.float32),
+        ids=np.array(ids), vocab=np.asarray(first.vocab),
+        probs=np.stack([sums[i] / counts[i] for i in ids]).astype(np.float32), task=first.task,
+        **(dict(labels=known) if first.task == "single_label" else dict(targets=known)),
     )

@@ -27,7 +27,7 @@ from ledger.report.interpretation import Interpretation, bag, interpretation, mo
 from ledger.bag.metrics import format_score
 from ledger.report.plots import (plot_confusion, plot_predicted_vs_true, plot_residuals_by_range, plot_top_losses,
                                  plot_training_curves)
-from ledger.report.task_views import bag_vectors, per_tag, residuals_by_range, vector_interpretation
+from ledger.report.task_views import per_tag, residuals_by_range, vector_interpretation
 
 TOP_LOSSES = 9
 THUMBNAIL = 224  # top-loss images are shown at most this many pixels a side
@@ -201,7 +201,7 @@ def write_report(spec, store, out: Path, run: str | None = None, top_losses: int
             section.notes.append(f"no {artifacts.METRICS} in {run_folder}: no training curves")
         sections.append(section)
     if len(named) > 1:
-        bagged = bag(named) if spec.task == "single_label" else bag_vectors(named)
+        bagged = bag(named)
         interpret = interpretation if spec.task == "single_label" else vector_interpretation
         section = Section("bag", f"bag of {len(named)} runs", interpret("bag", bagged, "the bag"), out / "bag")
         section.folder.mkdir(parents=True, exist_ok=True)

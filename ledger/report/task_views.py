@@ -82,20 +82,3 @@ def residuals_by_range(interp: VectorInterpretation, column: int = 0) -> pd.Data
                      float(residual.mean()) if inside.any() else float("nan"),
                      float(np.sqrt((residual ** 2).mean())) if inside.any() else float("nan")))
     return pd.DataFrame(rows, columns=["true range", "images", "mean residual", "rmse"])
-
-
-def bag_vectors(named: list[tuple[str, Predictions]]) -> Predictions:
-    """The mean of the runs' held-out predictions per image, over every image some run held out."""
-    first_name, first = named[0]
-    sums, counts, truth = {}, {}, {}
-    for name, preds in named:
-        if list(preds.vocab) != list(first.vocab):
-            raise LedgerError(f"run {name}: its tags or targets differ from run {first_name}'s; cannot bag them")
-        for image_id, values, target in zip(preds.ids, preds.probs, preds.targets):
-            sums[image_id] = sums.get(image_id, 0.0) + values.astype(np.float64)
-            counts[image_id] = counts.get(image_id, 0) + 1
-            truth.setdefault(image_id, target)
-    ids = sorted(sums)
-    return Predictions(ids=np.array(ids), vocab=np.asarray(first.vocab),
-                       probs=np.stack([sums[i] / counts[i] for i in ids]).astype(np.float32),
-                       targets=np.stack([truth[i] for i in ids]), task=first.task)
