@@ -130,14 +130,41 @@ def test_greedy_selection_by_hand():
     held = held_out(TUNING, VOCAB)
     # Start: A and B tie at 2/3; log loss A (0.357 + 0.357 + 0.799)/3 = 0.504, B (0.511 + 0.799 +
     # 0.105)/3 = 0.472: B.
-    assert tune_weights(held, steps=0).counts == {"A": 0, "B": 1}
+    assert tune_weights(held, steps=0).weights == {"A": 0, "B": 1}
     # Step 1: B+A: x1 0.65, x2 0.575, x3 P(cat) 0.325: 3/3, a strict gain.
     tuned = tune_weights(held, steps=1)
-    assert tuned.counts == {"A": 1, "B": 1} and tuned.weights == pytest.approx({"A": 0.5, "B": 0.5})
-    assert estimate(held, tuned.counts).accuracy == 1.0 and tuned.steps == 1
+    assert tuned.weights == {"A": 0.5, "B": 0.5} and tuned.picked == {"A": 1, "B": 1} and tuned.passes == 1
+    assert estimate(held, tuned.weights).accuracy == 1.0 and tuned.steps == 1
     # Step 2: A2 B1 and A1 B2 are both 3/3 again: a tie adds nothing, so the search stops there.
     tuned = tune_weights(held, steps=30)
-    assert tuned.counts == {"A": 1, "B": 1} and tuned.steps == 1
+    assert tuned.weights == {"A": 0.5, "B": 0.5} and tuned.steps == 1
+
+
+def test_resampled_weights_share_out_what_one_pass_gives_all_or_nothing():
+    # Three classes, 100 images of class 0. A is right (P 0.6) on images 0-50 and wrong elsewhere
+    # (P 0.95 on class 1); B is right (P 0.6) on 51-99 and wrong elsewhere (P 0.95 on class 2).
+    # Where one is right the other puts 0.95 on a wrong class, so a mix is right on A's images or
+    # on B's (or on neither), never on both: no addition beats the best single entry, and every
+    # pass keeps one entry. One pass: A (51 right against 49). A resample has A or B ahead.
+    vocab = ["c0", "c1", "c2"]
+    ids = np.array([f"i{n:03d}" for n in range(100)])
+    labels = np.array(["c0"] * 100)
+    a_right, b_right = np.arange(100) <= 50, np.arange(100) > 50
+    right, wrong_a, wrong_b = [0.6, 0.2, 0.2], [0.025, 0.95, 0.025], [0.025, 0.025, 0.95]
+    a = np.where(a_right[:, None], right, wrong_a)
+    b = np.where(b_right[:, None], right, wrong_b)
+    held = held_out([("a", "A", Predictions(ids=ids, probs=a, vocab=np.array(vocab), labels=labels)),
+                     ("b", "B", Predictions(ids=ids, probs=b, vocab=np.array(vocab), labels=labels))], vocab)
+    assert estimate(held, {"A": 1, "B": 1}).accuracy == 0.0  # the premise: mixing never helps
+    one = tune_weights(held)
+    assert one.weights == {"A": 1, "B": 0} and one.passes == 1 and one.steps == 0
+    tuned = tune_weights(held, resamples=40, seed=3)
+    assert tuned.passes == 40 and tuned.steps == 0
+    # Every pass weighs exactly one entry; the mean share is the fraction of passes it won.
+    assert tuned.picked["A"] + tuned.picked["B"] == 40 and 0 < tuned.picked["B"] < tuned.picked["A"]
+    assert tuned.weights == pytest.approx({"A": tuned.picked["A"] / 40, "B": tuned.picked["B"] / 40}, abs=0.005)
+    # The same predictions and seed give the same weights.
+    assert tune_weights(held, resamples=40, seed=3) == tuned
 
 
 def test_a_chance_level_entry_earns_no_weight_for_a_tie():
@@ -161,14 +188,17 @@ def test_a_chance_level_entry_earns_no_weight_for_a_tie():
     alone = estimate(held, {"good": 1}, metric=metric_by_name("log_loss")).score
     assert mixed < alone  # the premise: the coin lowers the log loss
     tuned = tune_weights(held, steps=20)
-    assert tuned.counts == {"good": 1, "coin": 0} and tuned.steps == 0
+    assert tuned.weights == {"good": 1, "coin": 0} and tuned.steps == 0
+    # On every bootstrap resample too: resampling never turns a tie into a gain.
+    resampled = tune_weights(held, steps=20, resamples=10)
+    assert resampled.weights == {"good": 1, "coin": 0} and resampled.picked == {"good": 10, "coin": 0}
 
 
 def test_ties_go_to_the_first_entry():
     same = valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})
     held = held_out([("r2", "second", same), ("r1", "first", same)], VOCAB)
     # Identical entries: every candidate ties, so the start is kept: the entry listed first.
-    assert tune_weights(held, steps=10).counts == {"second": 1, "first": 0}
+    assert tune_weights(held, steps=10).weights == {"second": 1, "first": 0}
 
 
 def test_ties_within_rounding_noise_still_go_to_the_first_entry():
@@ -178,7 +208,7 @@ def test_ties_within_rounding_noise_still_go_to_the_first_entry():
                          probs=np.array([[0.7 + 1e-13, 0.3 - 1e-13], [0.7 + 1e-13, 0.3 - 1e-13], [0.55 - 1e-13, 0.45 + 1e-13]]))
     held = held_out([("r1", "first", valid({"x1": 0.7, "x2": 0.7, "x3": 0.55})), ("r2", "second", nudged)], VOCAB)
     for name in ("accuracy", "log_loss"):
-        assert tune_weights(held, steps=10, metric=metric_by_name(name)).counts == {"first": 1, "second": 0}
+        assert tune_weights(held, steps=10, metric=metric_by_name(name)).weights == {"first": 1, "second": 0}
 
 
 # Labels x1 cat, x3 dog. A: P(cat) 0.9, 0.6; B: 0.5, 0.1.
@@ -189,14 +219,14 @@ def test_greedy_selection_on_log_loss_by_hand():
     held = held_out(LOSSES, VOCAB)
     log_loss = metric_by_name("log_loss")
     # Alone: A (-ln 0.9 - ln 0.4)/2 = 0.5108; B (-ln 0.5 - ln 0.9)/2 = 0.3993: start from B.
-    assert tune_weights(held, steps=0, metric=log_loss).counts == {"A": 0, "B": 1}
+    assert tune_weights(held, steps=0, metric=log_loss).weights == {"A": 0, "B": 1}
     # Step 1: B+A: x1 0.7, x3 P(dog) 0.65: (0.3567 + 0.4308)/2 = 0.3937 beats B+B (0.3993).
-    assert tune_weights(held, steps=1, metric=log_loss).counts == {"A": 1, "B": 1}
+    assert tune_weights(held, steps=1, metric=log_loss).weights == {"A": 0.5, "B": 0.5}
     # Step 2: A1 B2: x1 1.9/3 = 0.6333, x3 P(dog) 1 - 0.8/3 = 0.7333: (0.4568 + 0.3102)/2 = 0.3835;
     # A2 B1 scores 0.4168.  Step 3: A1 B3: x1 0.6, x3 P(dog) 0.775: (0.5108 + 0.2549)/2 = 0.3829;
     # A2 B2 is A1 B1 (0.3937).
     tuned = tune_weights(held, steps=3, metric=log_loss)
-    assert tuned.counts == {"A": 1, "B": 3}
+    assert tuned.weights == {"A": 0.25, "B": 0.75}
     table = compare(held, {"A": 1, "B": 1}, tuned, metric=log_loss).set_index("name")
     assert table.loc["tuned", "score"] == pytest.approx(-(np.log(0.6) + np.log(0.775)) / 2)
     assert table.loc["equal", "score"] == pytest.approx(-(np.log(0.7) + np.log(0.65)) / 2)

@@ -133,6 +133,8 @@ def test_tune_weights_prints_the_comparison_and_never_writes_the_spec(setup):
     before = setup["spec_path"].read_bytes()
     data = ensemble_json(setup, "--tune-weights")
     assert data["tuned"]["weights"] == {"convnext": 1, "vit": 0}
+    # 20 bootstrap resamples by default: convnext wins every one.
+    assert data["tuned"]["passes"] == 20 and data["tuned"]["picked"] == {"convnext": 20, "vit": 0}
     rows = {row["name"]: row for row in data["tuned"]["comparison"]}
     assert [rows[n]["accuracy"] for n in ("convnext", "vit", "spec", "equal", "tuned")] == [1.0, 0.0, 0.0, 1.0, 1.0]
     assert {row["images"] for row in rows.values()} == {60}
@@ -146,7 +148,11 @@ def test_tune_weights_prints_the_comparison_and_never_writes_the_spec(setup):
 
     text = invoke("ensemble", setup["spec_path"], "--home", setup["home"], "--tune-weights", "--dry-run")
     assert text.exit_code == 0, text.output
-    assert "  convnext: 1\n  vit: 0\n" in text.stdout and "equal" in text.stdout
+    assert "  convnext: 1  (weighted by 20 of 20 passes)\n  vit: 0  (weighted by 0 of 20 passes)\n" in text.stdout
+    assert "equal" in text.stdout
+    one_pass = invoke("ensemble", setup["spec_path"], "--home", setup["home"], "--tune-weights", "--resamples", "0",
+                      "--dry-run")
+    assert "one pass on these images" in one_pass.stdout and "  convnext: 1\n  vit: 0\n" in one_pass.stdout
 
 
 def test_runs_named_by_unique_prefix(setup):

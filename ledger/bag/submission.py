@@ -29,8 +29,8 @@ from ledger.ids import match_id
 from ledger.errors import LedgerError
 from ledger.spec.fingerprint import run_fingerprint
 from ledger.bag.metrics import Metric
-from ledger.bag.out_of_bag import (DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare, estimate, held_out,
-                                   tune_weights)
+from ledger.bag.out_of_bag import (DEFAULT_RESAMPLES, DEFAULT_STEPS, Estimate, HeldOut, Tuned, by_runs, compare,
+                                   estimate, held_out, tune_weights)
 from ledger.bag.submission_shape import Shape, spec_metric, submission_shape
 
 
@@ -44,6 +44,7 @@ class BagOptions:
     tune: bool = False  # --tune-weights: search greedy weights out of bag and report them
     use_tuned: bool = False  # --use-tuned: bag with those weights (implies tune)
     steps: int = DEFAULT_STEPS  # greedy selection steps
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples whose greedy weights are averaged; 0: one pass
     allow_missing: bool = False  # --allow-missing: bag the runs there are while others train or lost their folder
 
     def __post_init__(self):
@@ -223,10 +224,10 @@ def make_submission(spec, store, options: BagOptions = BagOptions(), out: Path |
     shape = submission_shape(sample_path, list(frame.columns), vocab, metric, spec.task)  # fails before any work
     held = held_out([(r.run_id, r.model, r.valid) for r in runs if r.valid is not None and r.valid.truth is not None],
                     vocab, _train_images(spec))
-    tuned = tune_weights(held, steps, metric) if (tune or use_tuned) else None
+    tuned = tune_weights(held, steps, metric, options.resamples) if (tune or use_tuned) else None
     comparison = compare(held, {e: w for e, w in given.items() if e in held.entries}, tuned, metric) \
         if tuned is not None else None
-    chosen = {e: float(tuned.counts.get(e, 0)) for e in entries} if use_tuned else given
+    chosen = {e: float(tuned.weights.get(e, 0)) for e in entries} if use_tuned else given
 
     weights = normalise_weights(runs, chosen)
     excluded = list(selection.excluded) + [Excluded(r.run_id, f"entry {r.model!r} has weight 0")

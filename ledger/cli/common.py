@@ -60,6 +60,7 @@ WeightOpt = Annotated[Optional[list[str]], typer.Option(
 UseTunedOpt = Annotated[bool, typer.Option(
     "--use-tuned", help="Bag with the greedy out-of-bag weights instead of the spec's.")]
 StepsOpt = Annotated[int, typer.Option(min=1, max=1000, help="Greedy selection steps for the tuned weights.")]
+ResamplesOpt = Annotated[int, typer.Option(min=0, max=1000, help="Bootstrap resamples of the held-out images: the tuned weights average a greedy pass on each; 0: one pass on the images themselves.")]
 AllowMissingOpt = Annotated[bool, typer.Option(
     "--allow-missing", help="Bag the runs there are while others of the spec still train or lost their folder.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
@@ -135,12 +136,12 @@ def _weights(pairs: list[str] | None) -> dict[str, float]:
     return weights
 
 
-def _bag_options(run: list[str] | None, weight: list[str] | None, use_tuned: bool, steps: int,
+def _bag_options(run: list[str] | None, weight: list[str] | None, use_tuned: bool, steps: int, resamples: int,
                  tune: bool = False, allow_missing: bool = False):
     """The bag options of ensemble, predict SPEC and export, as one object."""
     from ledger.bag.submission import BagOptions
 
-    return BagOptions(tuple(run or ()), _weights(weight), tune or use_tuned, use_tuned, steps, allow_missing)
+    return BagOptions(tuple(run or ()), _weights(weight), tune or use_tuned, use_tuned, steps, resamples, allow_missing)
 
 
 def _print_json(data) -> None:

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ledger.cli.common import (AllowMissingOpt, DeviceOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt,
-                               WeightOpt, _accuracy, _bag_options, _coverage, _device, _load, _print_json, app,
-                               console, friendly_errors)
+from ledger.cli.common import (AllowMissingOpt, DeviceOpt, HomeOpt, ResamplesOpt, RunsOpt, SetOpt, SpecArg, StepsOpt,
+                               UseTunedOpt, WeightOpt, _accuracy, _bag_options, _coverage, _device, _load, _print_json,
+                               app, console, friendly_errors)
 from ledger.errors import SpecError
 
 def _number(value: float) -> float | None:
@@ -43,7 +43,8 @@ def _submission_json(submission) -> dict:
     }
     if submission.tuned is not None:
         table = submission.comparison
-        data["tuned"] = {"weights": submission.tuned.counts, "steps": submission.tuned.steps,
+        data["tuned"] = {"weights": submission.tuned.weights, "picked": submission.tuned.picked,
+                         "passes": submission.tuned.passes, "steps": submission.tuned.steps,
                          "comparison": [dict(row, score=_number(row["score"]), accuracy=_number(row["accuracy"]))
                                         for row in table.to_dict("records")]}
     return data
@@ -82,10 +83,14 @@ def _print_submission(submission) -> None:
             table.add_row(label, _accuracy(row.score), *(_accuracy(row.accuracy) for _ in extra),
                           _coverage(row.images, row.train_images))
         console.print(table)
-        console.print(f"tuned weights (greedy selection on {metric} on these same images, so its figure is "
-                      "optimistic); to use them, paste into the spec's models or pass --use-tuned:")
-        for entry, count in submission.tuned.counts.items():
-            console.print(f"  {entry}: {count}")
+        tuned = submission.tuned
+        how = "one pass on these images" if tuned.passes == 1 else \
+            f"the mean of {tuned.passes} passes, each on a bootstrap resample of these images"
+        console.print(f"tuned weights (greedy selection on {metric}, {how}, so its figure is optimistic); "
+                      "to use them, paste into the spec's models or pass --use-tuned:")
+        for entry, share in tuned.weights.items():
+            console.print(f"  {entry}: {share:g}" + (f"  (weighted by {tuned.picked[entry]} of {tuned.passes} passes)"
+                                                     if tuned.passes > 1 else ""))
     if submission.gain is not None:
         table = Table("runs averaged per entry", "images", f"{metric}", f"{metric}, one run per entry",
                       title="the bagging gain: images held out by several runs of every weighted entry")
@@ -116,6 +121,7 @@ def ensemble(
     tune_weights: Annotated[bool, typer.Option("--tune-weights", help="Search entry weights on the out-of-bag predictions (greedy selection) and print them; the spec is never written.")] = False,
     use_tuned: UseTunedOpt = False,
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
+    resamples: ResamplesOpt = 20,  # out_of_bag.DEFAULT_RESAMPLES
     message: Annotated[Optional[str], typer.Option("--message", "-m", help="A note kept with the submission in the ledger.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file (never a recorded submission, the data or the ledger).")] = False,
     allow_missing: AllowMissingOpt = False,
@@ -137,7 +143,7 @@ def ensemble(
     from ledger.bag.submission import make_submission
 
     spec = _load(spec_path, check_models=False, overrides=overrides)
-    options = _bag_options(run, weight, use_tuned, steps, tune=tune_weights, allow_missing=allow_missing)
+    options = _bag_options(run, weight, use_tuned, steps, resamples, tune=tune_weights, allow_missing=allow_missing)
     submission = make_submission(spec, Store(home, existing=True), options, out, dry_run=dry_run, message=message,
                                  force=force)
     if as_json:
@@ -192,6 +198,7 @@ def predict(
     weight: WeightOpt = None,
     use_tuned: UseTunedOpt = False,
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
+    resamples: ResamplesOpt = 20,  # out_of_bag.DEFAULT_RESAMPLES
     allow_missing: AllowMissingOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
     device: DeviceOpt = None,
@@ -219,7 +226,7 @@ def predict(
     spec = _load(Path(target), check_models=False, overrides=overrides) if is_spec else None
     paths = image_paths(images)
     out = guard_output(out, FILE, spec=spec, homes=[store.home], reads=[images], force=force)
-    members, decision = members_of_spec(spec, store, _bag_options(run, weight, use_tuned, steps,
+    members, decision = members_of_spec(spec, store, _bag_options(run, weight, use_tuned, steps, resamples,
                                                                   allow_missing=allow_missing)) \
         if is_spec else (members_of_run(store, target), None)
     with StageDisplay(console) as stage:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ledger.cli.common import (AllowMissingOpt, HomeOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt, WeightOpt,
-                               _bag_options, _load, app, console, err_console, friendly_errors)
+from ledger.cli.common import (AllowMissingOpt, HomeOpt, ResamplesOpt, RunsOpt, SetOpt, SpecArg, StepsOpt, UseTunedOpt,
+                               WeightOpt, _bag_options, _load, app, console, err_console, friendly_errors)
 from ledger.errors import SpecError
 
 
@@ -22,6 +22,7 @@ def export(
     weight: WeightOpt = None,
     use_tuned: UseTunedOpt = False,
     steps: StepsOpt = 30,  # out_of_bag.DEFAULT_STEPS
+    resamples: ResamplesOpt = 20,  # out_of_bag.DEFAULT_RESAMPLES
     max_size: Annotated[str, typer.Option("--max-size", help="Refuse a bundle larger than this (Kaggle datasets "
                                                              "have a size limit), e.g. 20GB, 100GiB.")] = "20GB",
     force: Annotated[bool, typer.Option("--force", help="Replace the --out folder if it is an earlier bundle.")] = False,
@@ -48,7 +49,7 @@ def export(
         raise SpecError(f"--max-size {max_size!r}: {e}") from None
     spec = _load(spec_path, check_models=False, overrides=overrides)
     bundle = export_bag(spec, Store(home, existing=True), out,
-                        _bag_options(run, weight, use_tuned, steps, allow_missing=allow_missing),
+                        _bag_options(run, weight, use_tuned, steps, resamples, allow_missing=allow_missing),
                         max_size=limit, force=force)
     for note in bundle.notes:
         err_console.print(f"note: {note}", markup=False)
