@@ -14,9 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from ledger.bag.ensemble import RunInput, bag, normalise_weights
 from ledger.bag.out_of_bag import held_out, tune_weights
 from ledger.runs.artifacts import load_predictions
 
@@ -28,24 +28,16 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, nargs="+", default=[20, 100])
     args = parser.parse_args()
     entries = [json.loads((run / "summary.json").read_text())["model"] for run in args.runs]
-    valids = [(run.name, entry, load_predictions(run / "valid_preds.npz")) for run, entry in zip(args.runs, entries)]
-    tests = [load_predictions(run / "test_preds.npz") for run in args.runs]
-    vocab = sorted(str(v) for v in tests[0].vocab)
-    held = held_out(valids, vocab)
+    runs = [RunInput(run.name, entry, load_predictions(run / "test_preds.npz"), load_predictions(run / "valid_preds.npz"))
+            for run, entry in zip(args.runs, entries)]
+    vocab = sorted(str(v) for v in runs[0].test.vocab)
+    held = held_out([(r.run_id, r.model, r.valid) for r in runs], vocab)
     solution = pd.read_csv(args.solution)
-    truth = solution.set_index(solution.columns[0])[solution.columns[1]].astype(str)
+    ids, truth = solution.iloc[:, 0].astype(str).to_numpy(), solution.iloc[:, 1].astype(str).to_numpy()
 
     def hidden(weights: dict[str, float]) -> float:
-        ids = np.asarray(tests[0].ids).astype(str)
-        mixed = np.zeros((len(ids), len(vocab)))
-        for entry in dict.fromkeys(entries):
-            runs = [t for t, e in zip(tests, entries) if e == entry]
-            for t in runs:
-                order = {c: i for i, c in enumerate(np.asarray(t.vocab).astype(str))}
-                rows = pd.Index(np.asarray(t.ids).astype(str)).get_indexer(ids)
-                probs = np.asarray(t.probs)[rows][:, [order[c] for c in vocab]]
-                mixed += weights.get(entry, 0.0) / sum(weights.values()) * probs / len(runs)
-        return float((np.array(vocab)[mixed.argmax(axis=1)] == truth.loc[ids].to_numpy()).mean())
+        """The hidden accuracy of the bag `ledger ensemble` makes with these entry weights."""
+        return float((bag(runs, normalise_weights(runs, weights), ids).labels == truth).mean())
 
     for resamples in [0, *args.resamples]:
         tuned = tune_weights(held, resamples=resamples)

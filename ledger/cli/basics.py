@@ -16,15 +16,23 @@ from ledger.errors import LedgerError
 
 
 
+# The options the embedded competitions' writers share.
+OutDirArg = Annotated[Path, typer.Argument(help="Folder to write the competition into.")]
+TestImagesOpt = Annotated[int, typer.Option("--test", help="Test images.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")]
+TrainImagesOpt = Annotated[int, typer.Option("--train", help="Training images.")]
+SceneSeedOpt = Annotated[int, typer.Option(help="Seed for the scenes and the ids.")]
+
+
 @data_app.command("fashion-mnist")
 @friendly_errors
 def data_fashion_mnist(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
+    out_dir: OutDirArg,
     seed: Annotated[int, typer.Option(help="Seed for the sample and the ids.")] = 0,
     train_per_class: Annotated[int, typer.Option("--train-per-class", help="Training images per class.")] = 500,
-    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
+    test: TestImagesOpt = 1000,
     full: Annotated[bool, typer.Option("--full", help="Read Debian's dataset-fashion-mnist (70,000 images).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write the embedded Fashion-MNIST competition (Kaggle layout, hidden solution.csv).
 
@@ -40,13 +48,13 @@ def data_fashion_mnist(
 @data_app.command("fashion-tags")
 @friendly_errors
 def data_fashion_tags(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
-    train: Annotated[int, typer.Option("--train", help="Training images.")] = 4000,
-    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed for the scenes and the ids.")] = 0,
+    out_dir: OutDirArg,
+    train: TrainImagesOpt = 4000,
+    test: TestImagesOpt = 1000,
+    seed: SceneSeedOpt = 0,
     layout: Annotated[str, typer.Option("--layout", help="tags: one column of space-separated tags (Planet); "
                                                          "columns: a 0/1 column per tag (CheXpert).")] = "tags",
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write a multi-label competition: 0 to 3 Fashion-MNIST items of different classes per image,
     tagged with the classes present (a tenth of the images hold none).
@@ -63,13 +71,13 @@ def data_fashion_tags(
 @data_app.command("fashion-size")
 @friendly_errors
 def data_fashion_size(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to write the competition into.")],
-    train: Annotated[int, typer.Option("--train", help="Training images.")] = 4000,
-    test: Annotated[int, typer.Option("--test", help="Test images.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed for the scenes and the ids.")] = 0,
+    out_dir: OutDirArg,
+    train: TrainImagesOpt = 4000,
+    test: TestImagesOpt = 1000,
+    seed: SceneSeedOpt = 0,
     grades: Annotated[bool, typer.Option("--grades", help="An ordinal grade 0-4 (the size in five equal bins) "
                                                           "instead of the size.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write a regression competition: one Fashion-MNIST item per image at a random scale; the target
     `size` is its longest edge in pixels, 12 to 36.
